@@ -1,0 +1,65 @@
+package event
+
+import (
+	"time"
+
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+)
+
+// Event is one decoded, valid event: exactly one of Usage and Lifecycle is set.
+type Event struct {
+	Kind      Kind
+	Usage     *keytrailv1.UsageEvent
+	Lifecycle *keytrailv1.LifecycleEvent
+}
+
+// ID is the event's unique id.
+func (e Event) ID() string {
+	if e.Kind == KindLifecycle {
+		return e.Lifecycle.GetEventId()
+	}
+	return e.Usage.GetEventId()
+}
+
+// Decode turns one message into a valid Event or an *Invalid error saying why not.
+// The subject decides the kind and must name the event's own project, so a gateway cannot
+// write into another project's subject space by mislabelling a payload.
+func (s Subjects) Decode(subject, contentType string, data []byte, now time.Time) (Event, error) {
+	if len(data) > MaxPayloadBytes {
+		return Event{}, invalid(ReasonOversize, "payload is %d bytes (at most %d)", len(data), MaxPayloadBytes)
+	}
+	kind, projectToken, err := s.Parse(subject)
+	if err != nil {
+		return Event{}, invalid(ReasonBadSubject, "%v", err)
+	}
+	enc, err := ParseContentType(contentType)
+	if err != nil {
+		return Event{}, invalid(ReasonBadContentType, "%v", err)
+	}
+	var ev Event
+	var project string
+	switch kind {
+	case KindUsage:
+		m := &keytrailv1.UsageEvent{}
+		if err := enc.unmarshal(data, m); err != nil {
+			return Event{}, invalid(ReasonUndecodable, "%s usage event: %v", enc.ContentType(), err)
+		}
+		if err := ValidateUsage(m, now); err != nil {
+			return Event{}, err
+		}
+		ev, project = Event{Kind: kind, Usage: m}, m.GetProject()
+	case KindLifecycle:
+		m := &keytrailv1.LifecycleEvent{}
+		if err := enc.unmarshal(data, m); err != nil {
+			return Event{}, invalid(ReasonUndecodable, "%s lifecycle event: %v", enc.ContentType(), err)
+		}
+		if err := ValidateLifecycle(m, now); err != nil {
+			return Event{}, err
+		}
+		ev, project = Event{Kind: kind, Lifecycle: m}, m.GetProject()
+	}
+	if subjectToken(project) != projectToken {
+		return Event{}, invalid(ReasonProjectMismatch, "project %q does not match subject %q", project, subject)
+	}
+	return ev, nil
+}
