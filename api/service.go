@@ -1,0 +1,91 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/keytrail/keytrail/event"
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query"
+)
+
+// queryService implements keytrailv1.QueryServiceServer over a query.Reader. Requests
+// arrive already checked against their proto constraints by the protovalidate interceptor.
+type queryService struct {
+	keytrailv1.UnimplementedQueryServiceServer
+	reader *query.Reader
+	log    *slog.Logger
+}
+
+func (s *queryService) ListKeyServices(ctx context.Context, req *keytrailv1.ListKeyServicesRequest) (*keytrailv1.ListKeyServicesResponse, error) {
+	page, err := s.reader.KeyServices(ctx, query.UsageRequest{
+		Value: req.GetKeyId(), Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, "ListKeyServices", err)
+	}
+	return &keytrailv1.ListKeyServicesResponse{Services: usageRows(page.Rows), NextPageToken: page.NextPageToken}, nil
+}
+
+func (s *queryService) ListServiceKeys(ctx context.Context, req *keytrailv1.ListServiceKeysRequest) (*keytrailv1.ListServiceKeysResponse, error) {
+	page, err := s.reader.ServiceKeys(ctx, query.UsageRequest{
+		Value: req.GetService(), Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, "ListServiceKeys", err)
+	}
+	return &keytrailv1.ListServiceKeysResponse{Keys: usageRows(page.Rows), NextPageToken: page.NextPageToken}, nil
+}
+
+func (s *queryService) ListAuditEvents(ctx context.Context, req *keytrailv1.ListAuditEventsRequest) (*keytrailv1.ListAuditEventsResponse, error) {
+	page, err := s.reader.AuditEvents(ctx, query.AuditRequest{
+		Filter: query.AuditFilter{
+			Project: req.GetProject(), KeyID: req.GetKeyId(), Actor: req.GetActor(), Action: event.ActionName(req.GetAction()),
+		},
+		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, "ListAuditEvents", err)
+	}
+	return &keytrailv1.ListAuditEventsResponse{Events: page.Events, NextPageToken: page.NextPageToken}, nil
+}
+
+// toStatus maps an error to what the caller may see. Input problems name the field; anything
+// else is logged in full for the operator and reported to the caller without internals.
+func (s *queryService) toStatus(ctx context.Context, method string, err error) error {
+	var invalid *query.InvalidError
+	switch {
+	case errors.As(err, &invalid):
+		return status.Error(codes.InvalidArgument, invalid.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "the query took too long")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "the request was cancelled")
+	}
+	s.log.ErrorContext(ctx, "query failed", "method", method, "error", err)
+	return status.Error(codes.Internal, "internal error while reading storage; the operator's log has the details")
+}
+
+func usageRows(rows []query.KeyServiceUsage) []*keytrailv1.KeyServiceUsage {
+	out := make([]*keytrailv1.KeyServiceUsage, len(rows))
+	for i, r := range rows {
+		out[i] = &keytrailv1.KeyServiceUsage{
+			Project:      r.Project,
+			KeyId:        r.KeyID,
+			Service:      r.Service,
+			FirstSeen:    timestamppb.New(r.FirstSeen),
+			LastSeen:     timestamppb.New(r.LastSeen),
+			RequestCount: int64(r.Requests),
+			ErrorCount:   int64(r.Errors),
+		}
+	}
+	return out
+}

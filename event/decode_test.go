@@ -1,0 +1,166 @@
+package event
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+)
+
+var (
+	subjects = Subjects{Prefix: "keytrail"}
+	testNow  = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+)
+
+func validUsage() *keytrailv1.UsageEvent {
+	return &keytrailv1.UsageEvent{
+		EventId: "ev-1", Time: timestamppb.New(testNow.Add(-time.Minute)), Project: "acme",
+		KeyId: "key_1", Service: "billing-api", StatusCode: 200, CostMicros: 1500,
+	}
+}
+
+func validLifecycle() *keytrailv1.LifecycleEvent {
+	return &keytrailv1.LifecycleEvent{
+		EventId: "lc-1", Time: timestamppb.New(testNow.Add(-time.Minute)), Project: "acme",
+		KeyId: "key_1", Action: keytrailv1.Action_ACTION_ROTATED, NewKeyId: "key_2",
+		Actor: "alice", ActorType: keytrailv1.ActorType_ACTOR_TYPE_USER,
+	}
+}
+
+func marshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestDecodeAcceptsProtoAndJSON(t *testing.T) {
+	ev, err := subjects.Decode("keytrail.usage.acme", "", marshal(t, validUsage()), testNow)
+	if err != nil {
+		t.Fatalf("proto: %v", err)
+	}
+	if ev.Kind != KindUsage || ev.ID() != "ev-1" || ev.Usage.GetCostMicros() != 1500 {
+		t.Errorf("proto decoded %+v", ev)
+	}
+	json := `{"event_id":"lc-1","time":"2026-11-01T11:59:00.123Z","project":"acme","key_id":"key_1",
+		"action":"ACTION_ROTATED","new_key_id":"key_2","actor":"alice","actor_type":"ACTOR_TYPE_USER",
+		"budget":{"amount_micros":"5000000","period":"BUDGET_PERIOD_DAY"},"future_field":1}`
+	ev, err = subjects.Decode("keytrail.lifecycle.acme", "application/json; charset=utf-8", []byte(json), testNow)
+	if err != nil {
+		t.Fatalf("json: %v", err)
+	}
+	if ev.Kind != KindLifecycle || ev.Lifecycle.GetNewKeyId() != "key_2" || ev.Lifecycle.GetBudget().GetAmountMicros() != 5_000_000 ||
+		ev.Lifecycle.GetTime().AsTime().UnixMilli() != time.Date(2026, 11, 1, 11, 59, 0, 123e6, time.UTC).UnixMilli() {
+		t.Errorf("json decoded %v", ev.Lifecycle)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	usage := func(mut func(*keytrailv1.UsageEvent)) []byte {
+		e := validUsage()
+		mut(e)
+		return marshal(t, e)
+	}
+	lifecycle := func(mut func(*keytrailv1.LifecycleEvent)) []byte {
+		e := validLifecycle()
+		mut(e)
+		return marshal(t, e)
+	}
+	tests := []struct {
+		name, subject, contentType string
+		data                       []byte
+		reason                     Reason
+		detail                     string
+	}{
+		{"not protobuf", "keytrail.usage.acme", "", []byte("\xff\xff\xff garbage"), ReasonUndecodable, ""},
+		{"not json", "keytrail.usage.acme", "application/json", []byte("{nope"), ReasonUndecodable, ""},
+		{"wrong json type", "keytrail.usage.acme", "application/json", []byte(`{"event_id":"e","status_code":"two hundred"}`), ReasonUndecodable, ""},
+		{"unknown content type", "keytrail.usage.acme", "text/plain", marshal(t, validUsage()), ReasonBadContentType, ""},
+		{"bad subject kind", "keytrail.billing.acme", "", marshal(t, validUsage()), ReasonBadSubject, ""},
+		{"oversize", "keytrail.usage.acme", "", make([]byte, MaxPayloadBytes+1), ReasonOversize, "payload is 65537 bytes (at most 65536)"},
+		{"missing event id", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.EventId = "" }), ReasonMissingField, "event_id is required"},
+		{"missing key id", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.KeyId = "" }), ReasonMissingField, "key_id is required"},
+		{"missing time", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Time = nil }), ReasonMissingField, "time is required"},
+		{"before 2000", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Time = timestamppb.New(time.Date(1999, 12, 31, 0, 0, 0, 0, time.UTC)) }), ReasonTimeOutOfRange, "time 1999-12-31T00:00:00Z is before 2000-01-01T00:00:00Z"},
+		{"far future", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Time = timestamppb.New(testNow.Add(2 * time.Hour)) }), ReasonTimeOutOfRange, "time 2026-11-01T14:00:00Z is more than 1h0m0s after the ingester's clock"},
+		{"negative cost", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.CostMicros = -1 }), ReasonNegativeCost, "cost_micros -1 is negative"},
+		{"bad status", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.StatusCode = 42 }), ReasonInvalidField, "status_code 42 is not an HTTP status (100-599)"},
+		{"control char", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Endpoint = "/v1/\x1b[31m" }), ReasonInvalidField, "endpoint contains control character U+001B"},
+		{"space in key id", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.KeyId = "key 1" }), ReasonInvalidField, "key_id contains white space"},
+		{"long service", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Service = strings.Repeat("s", 257) }), ReasonInvalidField, "service is 257 bytes (at most 256)"},
+		{"project mismatch", "keytrail.usage.globex", "", marshal(t, validUsage()), ReasonProjectMismatch, `project "acme" does not match subject "keytrail.usage.globex"`},
+		{"unknown action", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.Action = 99; e.NewKeyId = "" }), ReasonUnknownAction, "action 99 is not a known action"},
+		{"unspecified action", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.Action = 0; e.NewKeyId = "" }), ReasonUnknownAction, "action 0 is not a known action"},
+		{"rotation without new key", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.NewKeyId = "" }), ReasonMissingField, "new_key_id is required"},
+		{"rotation onto itself", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.NewKeyId = "key_1" }), ReasonInvalidField, "new_key_id must differ from key_id"},
+		{"missing actor", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.Actor = "" }), ReasonMissingField, "actor is required"},
+		{"negative budget", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Action, e.NewKeyId = keytrailv1.Action_ACTION_BUDGET_CHANGED, ""
+			e.Budget = &keytrailv1.Budget{AmountMicros: -5, Period: keytrailv1.BudgetPeriod_BUDGET_PERIOD_DAY}
+		}), ReasonNegativeCost, "budget.amount_micros -5 is negative"},
+		{"budget change without budget", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Action, e.NewKeyId = keytrailv1.Action_ACTION_BUDGET_CHANGED, ""
+		}), ReasonMissingField, "budget is required for ACTION_BUDGET_CHANGED"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := subjects.Decode(tt.subject, tt.contentType, tt.data, testNow)
+			inv, ok := err.(*Invalid)
+			if !ok {
+				t.Fatalf("want *Invalid, got %v", err)
+			}
+			if inv.Reason != tt.reason {
+				t.Errorf("reason %q, want %q (%s)", inv.Reason, tt.reason, inv.Detail)
+			}
+			if tt.detail != "" && inv.Detail != tt.detail {
+				t.Errorf("detail %q, want %q", inv.Detail, tt.detail)
+			}
+		})
+	}
+}
+
+func TestInvalidUTF8InProtobufIsUndecodable(t *testing.T) {
+	// proto.Marshal refuses invalid UTF-8, so build the wire bytes by hand:
+	// field 1 (event_id), wire type 2, length 2, bytes 0xff 0xfe.
+	data := []byte{0x0a, 0x02, 0xff, 0xfe}
+	_, err := subjects.Decode("keytrail.usage.acme", "", data, testNow)
+	if inv, ok := err.(*Invalid); !ok || inv.Reason != ReasonUndecodable {
+		t.Fatalf("got %v, want undecodable", err)
+	}
+}
+
+func TestSubjectsRoundTrip(t *testing.T) {
+	if got := subjects.Usage("a.b c"); got != "keytrail.usage.a_b_c" {
+		t.Errorf("Usage subject %q", got)
+	}
+	e := validUsage()
+	e.Project = "a.b"
+	if _, err := subjects.Decode(subjects.Usage(e.Project), "", marshal(t, e), testNow); err != nil {
+		t.Errorf("project with a dot must round-trip: %v", err)
+	}
+	kind, project, err := subjects.Parse("keytrail.lifecycle.acme")
+	if err != nil || kind != KindLifecycle || project != "acme" {
+		t.Errorf("Parse = %v %q %v", kind, project, err)
+	}
+}
+
+func TestEnumNames(t *testing.T) {
+	if ActionName(keytrailv1.Action_ACTION_SCOPES_CHANGED) != "scopes_changed" {
+		t.Error(ActionName(keytrailv1.Action_ACTION_SCOPES_CHANGED))
+	}
+	if a, ok := ParseAction("scopes_changed"); !ok || a != keytrailv1.Action_ACTION_SCOPES_CHANGED {
+		t.Error(a, ok)
+	}
+	if _, ok := ParseAction("unspecified"); ok {
+		t.Error("unspecified must not parse")
+	}
+	if ActorTypeName(keytrailv1.ActorType_ACTOR_TYPE_UNSPECIFIED) != "" || BudgetPeriodName(keytrailv1.BudgetPeriod_BUDGET_PERIOD_MONTH) != "month" {
+		t.Error("names")
+	}
+}

@@ -1,0 +1,8 @@
+// Package chsink is the ClickHouse Sink of the ingester: it writes usage and lifecycle
+// records to the raw tables with column-named batch inserts (the only INSERT form that works
+// against ClickHouse 18.16 over the native protocol), appending column by column.
+//
+// Guarantee: within one process, a batch retried after a partial failure never writes a
+// kind of event twice: the sink remembers, per table, the highest stream sequence it has
+// stored, and skips a table whose part of the batch lies at or below it.
+package chsink

@@ -1,0 +1,17 @@
+// Package ingest moves events from the JetStream events stream into storage.
+//
+// An Ingester pulls from the durable consumer in batches, decodes and validates each message
+// (package event), buffers the valid ones and flushes them to a Sink when the buffer is full
+// or old enough. A message that fails validation is republished to the dead-letter subject
+// with its reason and never blocks the messages behind it.
+//
+// Guarantee (at-least-once, in stream order): a message is acknowledged only after every
+// message up to it has been stored by the Sink or dead-lettered. The consumer uses AckAll, so
+// one ack per flush covers the batch. If the process dies between the Sink write and the
+// ack, JetStream redelivers the batch; stopping those redeliveries from becoming duplicate
+// rows is the Sink's job (see the effectively-once notes in the README).
+//
+// Memory is bounded by BatchSize plus one fetch: while a write is failing the Ingester stops
+// fetching and retries with backoff, so a ClickHouse outage turns into consumer lag, not
+// into growth of this process.
+package ingest

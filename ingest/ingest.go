@@ -1,0 +1,295 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/event"
+)
+
+// Record is one valid event with where it came from in the stream.
+type Record struct {
+	Event     event.Event
+	StreamSeq uint64
+	// Redelivered is true when JetStream delivered this message before; the Sink may use it
+	// to check for rows an earlier, unacknowledged flush already stored.
+	Redelivered bool
+}
+
+// Sink stores a batch. Write must be all-or-error for each kind of event it holds, and may
+// be called again with the same records after an error.
+type Sink interface {
+	Write(ctx context.Context, records []Record) error
+}
+
+// Config configures an Ingester.
+type Config struct {
+	JetStream jetstream.JetStream
+	Streams   broker.StreamConfig
+	Sink      Sink
+	// BatchSize is the most events one flush writes.
+	BatchSize int
+	// FlushInterval is the longest an event waits in the buffer before a flush.
+	FlushInterval time.Duration
+	// FetchSize is the most messages one pull request asks for.
+	FetchSize int
+	// MaxBackoff caps the wait between retries of a failed write or dead-letter publish.
+	MaxBackoff time.Duration
+	Metrics    *Metrics
+	Logger     *slog.Logger
+	// Now is the clock event times are validated against; time.Now when nil.
+	Now func() time.Time
+}
+
+// Validate reports every problem with the configuration at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.JetStream == nil {
+		errs = append(errs, errors.New("ingest: jetstream is required"))
+	}
+	if c.Sink == nil {
+		errs = append(errs, errors.New("ingest: sink is required"))
+	}
+	if err := c.Streams.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.BatchSize < 0 || c.FetchSize < 0 || c.FlushInterval < 0 || c.MaxBackoff < 0 {
+		errs = append(errs, errors.New("ingest: sizes and durations must not be negative"))
+	}
+	if c.BatchSize > 0 && c.Streams.MaxAckPending > 0 && c.BatchSize > c.Streams.MaxAckPending {
+		errs = append(errs, fmt.Errorf("ingest: batch size %d exceeds the consumer's max ack pending %d, so a batch could never fill", c.BatchSize, c.Streams.MaxAckPending))
+	}
+	return errors.Join(errs...)
+}
+
+// Ingester consumes the events stream into a Sink. Create it with New and run it with Run.
+type Ingester struct {
+	cfg      Config
+	consumer jetstream.Consumer
+	log      *slog.Logger
+	metrics  *Metrics
+
+	buf []Record
+	// held are the messages behind buf that still need their lease extended while a write
+	// is retried; lastMsg is the newest message taken from the stream, acked on flush.
+	held      []jetstream.Msg
+	lastMsg   jetstream.Msg
+	pendingAt time.Time
+}
+
+// New validates the configuration and binds to the durable consumer, which must exist
+// (broker.EnsureStreams creates it).
+func New(ctx context.Context, cfg Config) (*Ingester, error) {
+	if cfg.BatchSize == 0 {
+		cfg.BatchSize = 10_000
+	}
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 500 * time.Millisecond
+	}
+	if cfg.FetchSize == 0 {
+		cfg.FetchSize = min(cfg.BatchSize, 2_000)
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	consumer, err := cfg.JetStream.Consumer(ctx, cfg.Streams.EventsStream, cfg.Streams.Durable)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: bind consumer %s on %s: %w", cfg.Streams.Durable, cfg.Streams.EventsStream, err)
+	}
+	return &Ingester{
+		cfg:      cfg,
+		consumer: consumer,
+		log:      cfg.Logger.With("component", "ingester"),
+		metrics:  cfg.Metrics,
+		buf:      make([]Record, 0, cfg.BatchSize),
+	}, nil
+}
+
+// Run consumes until ctx is cancelled, then flushes what it holds (bounded by
+// shutdownTimeout) and returns. Messages it could not flush are redelivered later.
+func (in *Ingester) Run(ctx context.Context) error {
+	go in.watchLag(ctx)
+	for ctx.Err() == nil {
+		if err := in.fetchOnce(ctx); err != nil && ctx.Err() == nil {
+			in.log.Warn("fetch failed; retrying", "error", err)
+			sleep(ctx, time.Second)
+		}
+		if in.flushDue() {
+			in.flush(ctx)
+		}
+	}
+	return in.shutdown()
+}
+
+const shutdownTimeout = 15 * time.Second
+
+func (in *Ingester) shutdown() error {
+	if in.lastMsg == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if !in.flush(ctx) {
+		return fmt.Errorf("ingest: shutdown flush of %d events did not complete; JetStream will redeliver them", len(in.buf))
+	}
+	in.log.Info("flushed on shutdown")
+	return nil
+}
+
+// fetchOnce pulls up to one fetch worth of messages, waiting at most until the buffer is
+// due for a flush, and routes each message to the buffer or the dead-letter subject.
+func (in *Ingester) fetchOnce(ctx context.Context) error {
+	want := min(in.cfg.FetchSize, in.cfg.BatchSize-len(in.buf))
+	if want <= 0 {
+		return nil
+	}
+	wait := in.cfg.FlushInterval
+	if in.lastMsg != nil {
+		wait = max(time.Until(in.pendingAt.Add(in.cfg.FlushInterval)), 10*time.Millisecond)
+	}
+	// The pull request must expire before ctx does so shutdown is not held up by it.
+	batch, err := in.consumer.Fetch(want, jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
+	if err != nil {
+		return err
+	}
+	for msg := range batch.Messages() {
+		in.take(ctx, msg)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		return err
+	}
+	return nil
+}
+
+func (in *Ingester) take(ctx context.Context, msg jetstream.Msg) {
+	if in.lastMsg == nil {
+		in.pendingAt = time.Now()
+	}
+	in.lastMsg = msg
+	in.held = append(in.held, msg)
+	meta, err := msg.Metadata()
+	if err != nil {
+		// Only a message without a JetStream reply subject lacks metadata; a pull consumer
+		// never hands one out, but dead-letter it rather than guess.
+		in.deadLetter(ctx, msg, &event.Invalid{Reason: event.ReasonUndecodable, Detail: "no jetstream metadata: " + err.Error()}, 0)
+		return
+	}
+	ev, err := in.cfg.Streams.Subjects.Decode(msg.Subject(), msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.cfg.Now())
+	if err != nil {
+		var inv *event.Invalid
+		if !errors.As(err, &inv) {
+			inv = &event.Invalid{Reason: event.ReasonUndecodable, Detail: err.Error()}
+		}
+		in.deadLetter(ctx, msg, inv, meta.Sequence.Stream)
+		return
+	}
+	in.metrics.received.WithLabelValues(ev.Kind.String()).Inc()
+	in.buf = append(in.buf, Record{Event: ev, StreamSeq: meta.Sequence.Stream, Redelivered: meta.NumDelivered > 1})
+}
+
+func (in *Ingester) flushDue() bool {
+	if in.lastMsg == nil {
+		return false
+	}
+	return len(in.buf) >= in.cfg.BatchSize || time.Since(in.pendingAt) >= in.cfg.FlushInterval
+}
+
+// flush stores the buffer and acknowledges it. It returns false only when ctx ended first.
+//
+//  1. Write the buffered records to the Sink, retrying with backoff until it succeeds. No
+//     new messages are fetched meanwhile, so memory stays bounded; the held messages'
+//     leases are extended so JetStream does not redeliver them to another ingester.
+//  2. Ack the newest message taken. With AckAll this acknowledges every message up to it:
+//     the stored ones and the dead-lettered ones (already republished before this point).
+//     If the ack is lost, JetStream redelivers the batch and the Sink sees it again with
+//     Redelivered set; nothing is lost.
+func (in *Ingester) flush(ctx context.Context) bool {
+	if len(in.buf) > 0 {
+		backoff := 100 * time.Millisecond
+		lastLeaseExtension := time.Now()
+		for attempt := 1; ; attempt++ {
+			start := time.Now()
+			err := in.cfg.Sink.Write(ctx, in.buf)
+			in.metrics.insertDuration.Observe(time.Since(start).Seconds())
+			if err == nil {
+				break
+			}
+			in.metrics.insertErrors.Inc()
+			in.log.Warn("storing batch failed; retrying", "events", len(in.buf), "attempt", attempt, "backoff", backoff, "error", err)
+			if !sleep(ctx, backoff) {
+				return false
+			}
+			backoff = min(backoff*2, in.cfg.MaxBackoff)
+			if time.Since(lastLeaseExtension) > in.cfg.Streams.AckWait/3 {
+				in.extendLeases()
+				lastLeaseExtension = time.Now()
+			}
+		}
+		in.metrics.batchSize.Observe(float64(len(in.buf)))
+		for _, r := range in.buf {
+			in.metrics.inserted.WithLabelValues(r.Event.Kind.String()).Inc()
+		}
+	}
+	if err := in.lastMsg.Ack(); err != nil {
+		// The rows are stored; a lost ack only means redelivery, which the Sink tolerates.
+		in.log.Warn("ack failed; the batch will be redelivered", "error", err)
+	}
+	in.buf = in.buf[:0]
+	in.held = in.held[:0]
+	in.lastMsg = nil
+	return true
+}
+
+func (in *Ingester) extendLeases() {
+	for _, m := range in.held {
+		_ = m.InProgress()
+	}
+}
+
+func (in *Ingester) watchLag(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		info, err := in.consumer.Info(ctx)
+		if err == nil {
+			in.metrics.pending.Set(float64(info.NumPending))
+			in.metrics.ackPending.Set(float64(info.NumAckPending))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sleep waits d or until ctx ends; it reports whether the full wait happened.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

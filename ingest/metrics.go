@@ -1,0 +1,59 @@
+package ingest
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the ingester's Prometheus series.
+type Metrics struct {
+	received       *prometheus.CounterVec
+	inserted       *prometheus.CounterVec
+	deadLettered   *prometheus.CounterVec
+	insertErrors   prometheus.Counter
+	batchSize      prometheus.Histogram
+	insertDuration prometheus.Histogram
+	pending        prometheus.Gauge
+	ackPending     prometheus.Gauge
+}
+
+// NewMetrics creates the series and registers them with reg (skipped when reg is nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_ingest_events_received_total",
+			Help: "Valid events taken from the stream, by kind.",
+		}, []string{"kind"}),
+		inserted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_ingest_events_inserted_total",
+			Help: "Events stored in ClickHouse, by kind.",
+		}, []string{"kind"}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_ingest_events_dead_lettered_total",
+			Help: "Messages rejected and republished to the dead-letter subject, by reason.",
+		}, []string{"reason"}),
+		insertErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keytrail_ingest_insert_errors_total",
+			Help: "Failed attempts to store a batch (each is retried).",
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keytrail_ingest_batch_size",
+			Help:    "Events per stored batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
+		}),
+		insertDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "keytrail_ingest_insert_duration_seconds",
+			Help:    "Time to store one batch in ClickHouse.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keytrail_ingest_consumer_pending",
+			Help: "Messages in the stream not yet delivered to the ingester (consumer lag).",
+		}),
+		ackPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keytrail_ingest_consumer_ack_pending",
+			Help: "Messages delivered to the ingester and not yet acknowledged.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.received, m.inserted, m.deadLettered, m.insertErrors, m.batchSize, m.insertDuration, m.pending, m.ackPending)
+	}
+	return m
+}

@@ -1,0 +1,58 @@
+-- Raw events. Never updated: every answer is derived from these rows or from rollups fed by
+-- them. Partitioned by month so retention is a partition drop; sorted for per-key reads.
+-- SQL here must run on ClickHouse 18.16 and current versions (see PLATFORM-NOTES.md).
+
+CREATE TABLE IF NOT EXISTS usage_events
+(
+    event_id String,
+    event_time DateTime('UTC'),
+    event_time_ms Int64,
+    project String,
+    key_id String,
+    service String,
+    gateway_instance String,
+    method String,
+    endpoint String,
+    model String,
+    provider String,
+    status_code UInt16,
+    latency_ms UInt32,
+    input_tokens UInt64,
+    output_tokens UInt64,
+    cost_micros Int64,
+    client_ip String,
+    request_id String,
+    stream_seq UInt64,
+    ingested_at DateTime('UTC')
+)
+ENGINE = MergeTree()
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (key_id, service, event_time);
+
+CREATE TABLE IF NOT EXISTS lifecycle_events
+(
+    event_id String,
+    event_time DateTime('UTC'),
+    event_time_ms Int64,
+    project String,
+    key_id String,
+    action String,
+    new_key_id String,
+    actor String,
+    actor_type String,
+    reason String,
+    expires_at Nullable(DateTime('UTC')),
+    budget_amount_micros Nullable(Int64),
+    budget_period String,
+    scopes Array(String),
+    attribute_keys Array(String),
+    attribute_values Array(String),
+    change_fields Array(String),
+    change_before Array(String),
+    change_after Array(String),
+    stream_seq UInt64,
+    ingested_at DateTime('UTC')
+)
+ENGINE = MergeTree()
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (project, key_id, event_time_ms, event_id);

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keytrail/keytrail/storage"
+)
+
+// Config is everything the keytrail binary can be told. Each flag has an environment
+// variable (KEYTRAIL_ + the flag name in upper case with - as _) that sets its default.
+type Config struct {
+	Role string
+
+	NATSURL        string
+	NATSListen     string
+	NATSStoreDir   string
+	NATSSyncPeriod time.Duration
+	SubjectPrefix  string
+
+	ClickHouseDSN string
+
+	GRPCListen string
+	HTTPListen string
+
+	BatchSize     int
+	FlushInterval time.Duration
+
+	LogFormat string
+	LogLevel  string
+}
+
+// Roles a process can take; "all" is both in one process.
+const (
+	RoleAll    = "all"
+	RoleIngest = "ingest"
+	RoleQuery  = "query"
+)
+
+func (c Config) runsIngest() bool { return c.Role == RoleAll || c.Role == RoleIngest }
+func (c Config) runsQuery() bool  { return c.Role == RoleAll || c.Role == RoleQuery }
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Role {
+	case RoleAll, RoleIngest, RoleQuery:
+	default:
+		errs = append(errs, fmt.Errorf("role %q must be one of all, ingest, query", c.Role))
+	}
+	if c.NATSURL == "" && c.NATSStoreDir == "" {
+		errs = append(errs, errors.New("nats-store-dir is required when running the embedded NATS server (no nats-url)"))
+	}
+	if err := (storage.Config{DSN: c.ClickHouseDSN}).Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.runsQuery() && (c.GRPCListen == "" || c.HTTPListen == "") {
+		errs = append(errs, errors.New("grpc-listen and http-listen are required for the query role"))
+	}
+	if c.BatchSize <= 0 || c.FlushInterval <= 0 {
+		errs = append(errs, errors.New("batch-size and flush-interval must be positive"))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log-format %q must be text or json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// parseConfig reads flags, with environment variables as defaults.
+func parseConfig(name string, args []string) (Config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	var c Config
+	str := func(p *string, flagName, def, usage string) {
+		fs.StringVar(p, flagName, env(flagName, def), usage+" (env "+envName(flagName)+")")
+	}
+	dur := func(p *time.Duration, flagName string, def time.Duration, usage string) {
+		v := def
+		if s := os.Getenv(envName(flagName)); s != "" {
+			if d, err := time.ParseDuration(s); err == nil {
+				v = d
+			}
+		}
+		fs.DurationVar(p, flagName, v, usage+" (env "+envName(flagName)+")")
+	}
+	str(&c.Role, "role", RoleAll, "what this process runs: all, ingest or query")
+	str(&c.NATSURL, "nats-url", "", "external NATS URL; empty runs an embedded NATS server with JetStream")
+	str(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
+	str(&c.NATSStoreDir, "nats-store-dir", ".local/nats", "JetStream storage of the embedded NATS server")
+	dur(&c.NATSSyncPeriod, "nats-sync-interval", 0, "how often the embedded JetStream fsyncs; 0 keeps the server default (2m)")
+	str(&c.SubjectPrefix, "subject-prefix", "keytrail", "first token of every keytrail subject")
+	str(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol)")
+	str(&c.GRPCListen, "grpc-listen", "127.0.0.1:9090", "gRPC listen address")
+	str(&c.HTTPListen, "http-listen", "127.0.0.1:8080", "REST, OpenAPI, health and metrics listen address")
+	batch := env("batch-size", "10000")
+	fs.Func("batch-size", "most events per ClickHouse insert (env KEYTRAIL_BATCH_SIZE, default "+batch+")", func(s string) error {
+		n, err := strconv.Atoi(s)
+		c.BatchSize = n
+		return err
+	})
+	c.BatchSize, _ = strconv.Atoi(batch)
+	dur(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
+	str(&c.LogFormat, "log-format", "text", "text or json")
+	str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	return c, c.Validate()
+}
+
+func envName(flagName string) string {
+	return "KEYTRAIL_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func env(flagName, def string) string {
+	if v, ok := os.LookupEnv(envName(flagName)); ok {
+		return v
+	}
+	return def
+}

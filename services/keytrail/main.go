@@ -1,0 +1,275 @@
+// Command keytrail runs the keytrail service: by default an embedded NATS server with
+// JetStream, the ingester and the query API (gRPC + REST) in one process. Flags point it at
+// an external NATS and ClickHouse and pick one role for scaled deployments.
+//
+//	keytrail [serve] [flags]   run (see -h)
+//	keytrail migrate [flags]   apply the ClickHouse schema and exit
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/keytrail/keytrail/api"
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/ingest"
+	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/migrations"
+	"github.com/keytrail/keytrail/query"
+	"github.com/keytrail/keytrail/storage"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "keytrail:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	command := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		command, args = args[0], args[1:]
+	}
+	switch command {
+	case "serve":
+		cfg, err := parseConfig("keytrail serve", args)
+		if err != nil {
+			return err
+		}
+		m := &Main{Config: cfg, Stdout: stdout}
+		if err := m.Start(ctx); err != nil {
+			m.Close()
+			return err
+		}
+		<-ctx.Done()
+		return m.Close()
+	case "migrate":
+		cfg, err := parseConfig("keytrail migrate", args)
+		if err != nil {
+			return err
+		}
+		conn, err := storage.Open(ctx, storage.Config{DSN: cfg.ClickHouseDSN})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		applied, err := migrations.Apply(ctx, conn)
+		fmt.Fprintf(stdout, "applied migrations %v\n", applied)
+		return err
+	}
+	return fmt.Errorf("unknown command %q (want serve or migrate)", command)
+}
+
+// Main is one running keytrail process. Start brings the parts up in dependency order;
+// Close stops them in reverse, so the ingester flushes before NATS and ClickHouse go away.
+type Main struct {
+	Config Config
+	Stdout io.Writer
+
+	// Set by Start: where the process actually listens (ports may be 0 in the config).
+	NATSURL  string
+	GRPCAddr string
+	HTTPAddr string
+
+	log      *slog.Logger
+	registry *prometheus.Registry
+	nats     *server.Server
+	nc       *nats.Conn
+	ch       driver.Conn
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errMu  sync.Mutex
+	errs   []error
+}
+
+// Start runs every part the role needs and returns once they are serving.
+func (m *Main) Start(parent context.Context) error {
+	cfg := m.Config
+	m.log = newLogger(cfg, m.Stdout)
+	m.registry = prometheus.NewRegistry()
+	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctx, cancel := context.WithCancel(parent)
+	m.cancel = cancel
+
+	// 1. NATS: embedded unless an external URL is configured.
+	m.NATSURL = cfg.NATSURL
+	if m.NATSURL == "" {
+		host, port, err := splitHostPort(cfg.NATSListen)
+		if err != nil {
+			return fmt.Errorf("nats-listen: %w", err)
+		}
+		srv, err := broker.RunEmbedded(broker.EmbeddedConfig{Host: host, Port: port, StoreDir: cfg.NATSStoreDir, SyncInterval: cfg.NATSSyncPeriod})
+		if err != nil {
+			return err
+		}
+		m.nats = srv
+		m.NATSURL = srv.ClientURL()
+	}
+	nc, err := nats.Connect(m.NATSURL, nats.Name("keytrail"), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { m.log.Warn("nats disconnected", "error", err) }),
+		nats.ReconnectHandler(func(*nats.Conn) { m.log.Info("nats reconnected") }))
+	if err != nil {
+		return fmt.Errorf("connect nats %s: %w", m.NATSURL, err)
+	}
+	m.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	streams := broker.DefaultStreamConfig()
+	streams.Subjects = event.Subjects{Prefix: cfg.SubjectPrefix}
+	if err := broker.EnsureStreams(ctx, js, streams); err != nil {
+		return err
+	}
+
+	// 2. ClickHouse, with the schema brought up to date.
+	m.ch, err = storage.Open(ctx, storage.Config{DSN: cfg.ClickHouseDSN})
+	if err != nil {
+		return err
+	}
+	if applied, err := migrations.Apply(ctx, m.ch); err != nil {
+		return err
+	} else if len(applied) > 0 {
+		m.log.Info("applied migrations", "versions", applied)
+	}
+
+	// 3. The ingester.
+	if cfg.runsIngest() {
+		sink, err := chsink.New(chsink.Config{Conn: m.ch})
+		if err != nil {
+			return err
+		}
+		ing, err := ingest.New(ctx, ingest.Config{
+			JetStream: js, Streams: streams, Sink: sink,
+			BatchSize: cfg.BatchSize, FlushInterval: cfg.FlushInterval,
+			Metrics: ingest.NewMetrics(m.registry), Logger: m.log,
+		})
+		if err != nil {
+			return err
+		}
+		m.goRun("ingester", func() error { return ing.Run(ctx) })
+	}
+
+	// 4. The query API.
+	if cfg.runsQuery() {
+		srv, err := api.New(api.Config{
+			Reader:   query.NewReader(m.ch, nil),
+			Ready:    m.ready,
+			Gatherer: m.registry,
+			Logger:   m.log,
+		})
+		if err != nil {
+			return err
+		}
+		grpcLis, err := net.Listen("tcp", cfg.GRPCListen)
+		if err != nil {
+			return fmt.Errorf("grpc-listen: %w", err)
+		}
+		httpLis, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			grpcLis.Close()
+			return fmt.Errorf("http-listen: %w", err)
+		}
+		m.GRPCAddr, m.HTTPAddr = grpcLis.Addr().String(), httpLis.Addr().String()
+		m.goRun("api", func() error { return srv.Serve(ctx, grpcLis, httpLis) })
+	}
+
+	m.log.Info("keytrail started", "role", cfg.Role, "nats", m.NATSURL, "grpc", m.GRPCAddr, "http", m.HTTPAddr)
+	return nil
+}
+
+// ready is the readiness probe: storage and NATS reachable.
+func (m *Main) ready(ctx context.Context) error {
+	if m.nc == nil || !m.nc.IsConnected() {
+		return errors.New("nats not connected")
+	}
+	if err := m.ch.Ping(ctx); err != nil {
+		return fmt.Errorf("clickhouse: %w", err)
+	}
+	return nil
+}
+
+func (m *Main) goRun(name string, fn func() error) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		if err := fn(); err != nil {
+			m.log.Error("stopped with error", "part", name, "error", err)
+			m.errMu.Lock()
+			m.errs = append(m.errs, fmt.Errorf("%s: %w", name, err))
+			m.errMu.Unlock()
+		}
+	}()
+}
+
+// Close stops the ingester and API (which flush and drain), then NATS and ClickHouse.
+func (m *Main) Close() error {
+	if m.cancel != nil {
+		m.cancel()
+	}
+	m.wg.Wait()
+	if m.nc != nil {
+		_ = m.nc.Drain()
+		m.nc.Close()
+	}
+	if m.nats != nil {
+		m.nats.Shutdown()
+		m.nats.WaitForShutdown()
+	}
+	if m.ch != nil {
+		m.ch.Close()
+	}
+	if m.log != nil {
+		m.log.Info("keytrail stopped")
+	}
+	m.errMu.Lock()
+	defer m.errMu.Unlock()
+	return errors.Join(m.errs...)
+}
+
+func newLogger(cfg Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	var port int
+	if _, err := fmt.Sscanf(portStr, "%d", &port); err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", portStr, err)
+	}
+	if port == 0 {
+		port = -1 // the NATS server's "pick a free port"
+	}
+	return host, port, nil
+}
+
