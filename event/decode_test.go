@@ -87,7 +87,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"missing event id", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.EventId = "" }), ReasonMissingField, "event_id is required"},
 		{"missing key id", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.KeyId = "" }), ReasonMissingField, "key_id is required"},
 		{"missing time", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Time = nil }), ReasonMissingField, "time is required"},
-		{"before 2000", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Time = timestamppb.New(time.Date(1999, 12, 31, 0, 0, 0, 0, time.UTC)) }), ReasonTimeOutOfRange, "time 1999-12-31T00:00:00Z is before 2000-01-01T00:00:00Z"},
+		{"before 2000", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) {
+			e.Time = timestamppb.New(time.Date(1999, 12, 31, 0, 0, 0, 0, time.UTC))
+		}), ReasonTimeOutOfRange, "time 1999-12-31T00:00:00Z is before 2000-01-01T00:00:00Z"},
 		{"far future", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Time = timestamppb.New(testNow.Add(2 * time.Hour)) }), ReasonTimeOutOfRange, "time 2026-11-01T14:00:00Z is more than 1h0m0s after the ingester's clock"},
 		{"negative cost", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.CostMicros = -1 }), ReasonNegativeCost, "cost_micros -1 is negative"},
 		{"bad status", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.StatusCode = 42 }), ReasonInvalidField, "status_code 42 is not an HTTP status (100-599)"},

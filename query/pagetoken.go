@@ -3,8 +3,8 @@ package query
 import (
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"encoding/hex"
+	"encoding/json"
 	"strings"
 )
 
