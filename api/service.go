@@ -86,6 +86,9 @@ func usageRows(rows []query.KeyServiceUsage) []*keytrailv1.KeyServiceUsage {
 			RequestCount: int64(r.Requests),
 			ErrorCount:   int64(r.Errors),
 		}
+		if !r.LastSuccess.IsZero() {
+			out[i].LastSuccess = timestamppb.New(r.LastSuccess)
+		}
 	}
 	return out
 }

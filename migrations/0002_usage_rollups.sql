@@ -1,6 +1,7 @@
 -- Per-minute rollups of usage per key x service, one sorted by key and one by service, so
 -- "which services used key K" and "which keys did service S use" each read a narrow range.
--- first/last seen keep millisecond precision through min/max states.
+-- first/last seen keep millisecond precision through min/max states; last_success_ms is the
+-- last request that did not fail (status < 400), 0 when there was none.
 
 CREATE TABLE IF NOT EXISTS usage_by_key_minute
 (
@@ -11,7 +12,8 @@ CREATE TABLE IF NOT EXISTS usage_by_key_minute
     requests AggregateFunction(count),
     errors AggregateFunction(sum, UInt64),
     first_seen_ms AggregateFunction(min, Int64),
-    last_seen_ms AggregateFunction(max, Int64)
+    last_seen_ms AggregateFunction(max, Int64),
+    last_success_ms AggregateFunction(maxIf, Int64, UInt8)
 )
 ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(minute)
@@ -26,7 +28,8 @@ SELECT
     countState() AS requests,
     sumState(toUInt64(status_code >= 400)) AS errors,
     minState(event_time_ms) AS first_seen_ms,
-    maxState(event_time_ms) AS last_seen_ms
+    maxState(event_time_ms) AS last_seen_ms,
+    maxIfState(event_time_ms, status_code < 400) AS last_success_ms
 FROM usage_events
 GROUP BY minute, project, key_id, service;
 
@@ -39,7 +42,8 @@ CREATE TABLE IF NOT EXISTS usage_by_service_minute
     requests AggregateFunction(count),
     errors AggregateFunction(sum, UInt64),
     first_seen_ms AggregateFunction(min, Int64),
-    last_seen_ms AggregateFunction(max, Int64)
+    last_seen_ms AggregateFunction(max, Int64),
+    last_success_ms AggregateFunction(maxIf, Int64, UInt8)
 )
 ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(minute)
@@ -54,6 +58,7 @@ SELECT
     countState() AS requests,
     sumState(toUInt64(status_code >= 400)) AS errors,
     minState(event_time_ms) AS first_seen_ms,
-    maxState(event_time_ms) AS last_seen_ms
+    maxState(event_time_ms) AS last_seen_ms,
+    maxIfState(event_time_ms, status_code < 400) AS last_success_ms
 FROM usage_events
 GROUP BY minute, project, service, key_id;

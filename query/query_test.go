@@ -54,15 +54,15 @@ func TestSplitRange(t *testing.T) {
 func TestKeyServicesSQL(t *testing.T) {
 	r := Range{Start: mustTime(t, "2026-11-01T10:00:30.5Z"), End: mustTime(t, "2026-11-01T10:05:10Z")}
 	got := KeyServices("key_a", r, "billing", 101)
-	wantSQL := `SELECT service, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors
+	wantSQL := `SELECT service, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
 FROM
 (
-    SELECT service, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count
+    SELECT service, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
     FROM usage_by_key_minute
     WHERE key_id = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND service > ?
     GROUP BY service
     UNION ALL
-    SELECT service, any(project) AS project_any, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count
+    SELECT service, any(project) AS project_any, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count, maxIf(event_time_ms, status_code < 400) AS success_ms
     FROM usage_events
     WHERE key_id = ? AND service > ? AND ((event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?) OR (event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?))
     GROUP BY service
@@ -88,10 +88,10 @@ LIMIT ?`
 func TestServiceKeysSQLAlignedRangeReadsOnlyTheRollup(t *testing.T) {
 	r := Range{Start: mustTime(t, "2026-11-01T00:00:00Z"), End: mustTime(t, "2026-11-02T00:00:00Z")}
 	got := ServiceKeys("billing", r, "", 11)
-	wantSQL := `SELECT key_id, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors
+	wantSQL := `SELECT key_id, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
 FROM
 (
-    SELECT key_id, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count
+    SELECT key_id, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
     FROM usage_by_service_minute
     WHERE service = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND key_id > ?
     GROUP BY key_id

@@ -16,8 +16,10 @@ type KeyServiceUsage struct {
 	Service   string
 	FirstSeen time.Time
 	LastSeen  time.Time
-	Requests  uint64
-	Errors    uint64
+	// LastSuccess is the last request with a status below 400; zero when there was none.
+	LastSuccess time.Time
+	Requests    uint64
+	Errors      uint64
 }
 
 // usageAxis is one way of slicing key x service usage: fix one column, list the other.
@@ -48,7 +50,7 @@ func usageQuery(axis usageAxis, fixedValue string, r Range, after string, limit 
 	var parts []string
 	var args []any
 	if s.hasRollup() {
-		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count
+		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
     FROM %[3]s
     WHERE %[1]s = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND %[2]s > ?
     GROUP BY %[2]s`, axis.fixed, axis.listed, axis.rollup))
@@ -56,14 +58,14 @@ func usageQuery(axis usageAxis, fixedValue string, r Range, after string, limit 
 	}
 	if len(s.Edges) > 0 {
 		cond, condArgs := s.edgeCondition()
-		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count
+		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count, maxIf(event_time_ms, status_code < 400) AS success_ms
     FROM usage_events
     WHERE %[1]s = ? AND %[2]s > ? AND %[3]s
     GROUP BY %[2]s`, axis.fixed, axis.listed, cond))
 		args = append(args, fixedValue, after)
 		args = append(args, condArgs...)
 	}
-	sql := fmt.Sprintf(`SELECT %[1]s, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors
+	sql := fmt.Sprintf(`SELECT %[1]s, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
 FROM
 (
 %[2]s
@@ -154,11 +156,15 @@ func (rd *Reader) usage(ctx context.Context, axis usageAxis, req UsageRequest) (
 			listed, project string
 			first, last     int64
 			requests, errs  uint64
+			success         int64
 		)
-		if err := rows.Scan(&listed, &project, &first, &last, &requests, &errs); err != nil {
+		if err := rows.Scan(&listed, &project, &first, &last, &requests, &errs, &success); err != nil {
 			return UsagePage{}, fmt.Errorf("scan %s usage: %w", axis.fixed, err)
 		}
 		u := KeyServiceUsage{Project: project, FirstSeen: time.UnixMilli(first).UTC(), LastSeen: time.UnixMilli(last).UTC(), Requests: requests, Errors: errs}
+		if success > 0 {
+			u.LastSuccess = time.UnixMilli(success).UTC()
+		}
 		if axis == servicesOfKey {
 			u.KeyID, u.Service = req.Value, listed
 		} else {

@@ -39,7 +39,9 @@ type KeyServiceUsage struct {
 	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
 	RequestCount int64                  `protobuf:"varint,6,opt,name=request_count,json=requestCount,proto3" json:"request_count,omitempty"`
 	// Requests answered with a status code of 400 or above.
-	ErrorCount    int64 `protobuf:"varint,7,opt,name=error_count,json=errorCount,proto3" json:"error_count,omitempty"`
+	ErrorCount int64 `protobuf:"varint,7,opt,name=error_count,json=errorCount,proto3" json:"error_count,omitempty"`
+	// Last request that did not fail (status below 400); unset when none did.
+	LastSuccess   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -121,6 +123,13 @@ func (x *KeyServiceUsage) GetErrorCount() int64 {
 		return x.ErrorCount
 	}
 	return 0
+}
+
+func (x *KeyServiceUsage) GetLastSuccess() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return nil
 }
 
 type ListKeyServicesRequest struct {
@@ -541,7 +550,7 @@ var File_keytrail_v1_query_proto protoreflect.FileDescriptor
 
 const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x17keytrail/v1/query.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18keytrail/v1/events.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x96\x02\n" +
+	"\x17keytrail/v1/query.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkeytrail/v1/anomalies.proto\x1a\x18keytrail/v1/events.proto\x1a\x16keytrail/v1/keys.proto\x1a\x1akeytrail/v1/rotation.proto\x1a\x17keytrail/v1/spend.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xd5\x02\n" +
 	"\x0fKeyServiceUsage\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x18\n" +
@@ -551,7 +560,8 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12#\n" +
 	"\rrequest_count\x18\x06 \x01(\x03R\frequestCount\x12\x1f\n" +
 	"\verror_count\x18\a \x01(\x03R\n" +
-	"errorCount\"\x89\x03\n" +
+	"errorCount\x12=\n" +
+	"\flast_success\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\"\x89\x03\n" +
 	"\x16ListKeyServicesRequest\x12!\n" +
 	"\x06key_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x05keyId\x129\n" +
@@ -598,11 +608,19 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"time_range\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"v\n" +
 	"\x17ListAuditEventsResponse\x123\n" +
 	"\x06events\x18\x01 \x03(\v2\x1b.keytrail.v1.LifecycleEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x8d\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xe2\b\n" +
 	"\fQueryService\x12\x80\x01\n" +
 	"\x0fListKeyServices\x12#.keytrail.v1.ListKeyServicesRequest\x1a$.keytrail.v1.ListKeyServicesResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/keys/{key_id}/services\x12\x81\x01\n" +
 	"\x0fListServiceKeys\x12#.keytrail.v1.ListServiceKeysRequest\x1a$.keytrail.v1.ListServiceKeysResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/services/{service}/keys\x12v\n" +
-	"\x0fListAuditEvents\x12#.keytrail.v1.ListAuditEventsRequest\x1a$.keytrail.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/eventsB\xb5\x02\x92A\xf8\x01\x12\xf5\x01\n" +
+	"\x0fListAuditEvents\x12#.keytrail.v1.ListAuditEventsRequest\x1a$.keytrail.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x12t\n" +
+	"\vGetRotation\x12\x1f.keytrail.v1.GetRotationRequest\x1a .keytrail.v1.GetRotationResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/rotations/{old_key_id}\x12\\\n" +
+	"\x06GetKey\x12\x1a.keytrail.v1.GetKeyRequest\x1a\x1b.keytrail.v1.GetKeyResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12Y\n" +
+	"\bListKeys\x12\x1c.keytrail.v1.ListKeysRequest\x1a\x1d.keytrail.v1.ListKeysResponse\"\x10\x82\xd3\xe4\x93\x02\n" +
+	"\x12\b/v1/keys\x12Z\n" +
+	"\bGetSpend\x12\x1c.keytrail.v1.GetSpendRequest\x1a\x1d.keytrail.v1.GetSpendResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/spend\x12e\n" +
+	"\vListBudgets\x12\x1f.keytrail.v1.ListBudgetsRequest\x1a .keytrail.v1.ListBudgetsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/budgets\x12m\n" +
+	"\rListAnomalies\x12!.keytrail.v1.ListAnomaliesRequest\x1a\".keytrail.v1.ListAnomaliesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/anomalies\x12r\n" +
+	"\x0eListNewCallers\x12\".keytrail.v1.ListNewCallersRequest\x1a#.keytrail.v1.ListNewCallersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/new-callersB\xb5\x02\x92A\xf8\x01\x12\xf5\x01\n" +
 	"\bkeytrail\x12\xe4\x01API-key audit and usage analytics. Times are RFC 3339; omitted start_time means the beginning of history, omitted end_time means now. Lists are paginated with page_size (default 100, at most 1000) and the opaque next_page_token.2\x02v1Z7github.com/keytrail/keytrail/gen/keytrail/v1;keytrailv1b\x06proto3"
 
 var (
@@ -629,31 +647,60 @@ var file_keytrail_v1_query_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
 	(Action)(0),                     // 8: keytrail.v1.Action
 	(*LifecycleEvent)(nil),          // 9: keytrail.v1.LifecycleEvent
+	(*GetRotationRequest)(nil),      // 10: keytrail.v1.GetRotationRequest
+	(*GetKeyRequest)(nil),           // 11: keytrail.v1.GetKeyRequest
+	(*ListKeysRequest)(nil),         // 12: keytrail.v1.ListKeysRequest
+	(*GetSpendRequest)(nil),         // 13: keytrail.v1.GetSpendRequest
+	(*ListBudgetsRequest)(nil),      // 14: keytrail.v1.ListBudgetsRequest
+	(*ListAnomaliesRequest)(nil),    // 15: keytrail.v1.ListAnomaliesRequest
+	(*ListNewCallersRequest)(nil),   // 16: keytrail.v1.ListNewCallersRequest
+	(*GetRotationResponse)(nil),     // 17: keytrail.v1.GetRotationResponse
+	(*GetKeyResponse)(nil),          // 18: keytrail.v1.GetKeyResponse
+	(*ListKeysResponse)(nil),        // 19: keytrail.v1.ListKeysResponse
+	(*GetSpendResponse)(nil),        // 20: keytrail.v1.GetSpendResponse
+	(*ListBudgetsResponse)(nil),     // 21: keytrail.v1.ListBudgetsResponse
+	(*ListAnomaliesResponse)(nil),   // 22: keytrail.v1.ListAnomaliesResponse
+	(*ListNewCallersResponse)(nil),  // 23: keytrail.v1.ListNewCallersResponse
 }
 var file_keytrail_v1_query_proto_depIdxs = []int32{
 	7,  // 0: keytrail.v1.KeyServiceUsage.first_seen:type_name -> google.protobuf.Timestamp
 	7,  // 1: keytrail.v1.KeyServiceUsage.last_seen:type_name -> google.protobuf.Timestamp
-	7,  // 2: keytrail.v1.ListKeyServicesRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 3: keytrail.v1.ListKeyServicesRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 4: keytrail.v1.ListKeyServicesResponse.services:type_name -> keytrail.v1.KeyServiceUsage
-	7,  // 5: keytrail.v1.ListServiceKeysRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 6: keytrail.v1.ListServiceKeysRequest.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 7: keytrail.v1.ListServiceKeysResponse.keys:type_name -> keytrail.v1.KeyServiceUsage
-	8,  // 8: keytrail.v1.ListAuditEventsRequest.action:type_name -> keytrail.v1.Action
-	7,  // 9: keytrail.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 10: keytrail.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
-	9,  // 11: keytrail.v1.ListAuditEventsResponse.events:type_name -> keytrail.v1.LifecycleEvent
-	1,  // 12: keytrail.v1.QueryService.ListKeyServices:input_type -> keytrail.v1.ListKeyServicesRequest
-	3,  // 13: keytrail.v1.QueryService.ListServiceKeys:input_type -> keytrail.v1.ListServiceKeysRequest
-	5,  // 14: keytrail.v1.QueryService.ListAuditEvents:input_type -> keytrail.v1.ListAuditEventsRequest
-	2,  // 15: keytrail.v1.QueryService.ListKeyServices:output_type -> keytrail.v1.ListKeyServicesResponse
-	4,  // 16: keytrail.v1.QueryService.ListServiceKeys:output_type -> keytrail.v1.ListServiceKeysResponse
-	6,  // 17: keytrail.v1.QueryService.ListAuditEvents:output_type -> keytrail.v1.ListAuditEventsResponse
-	15, // [15:18] is the sub-list for method output_type
-	12, // [12:15] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	7,  // 2: keytrail.v1.KeyServiceUsage.last_success:type_name -> google.protobuf.Timestamp
+	7,  // 3: keytrail.v1.ListKeyServicesRequest.start_time:type_name -> google.protobuf.Timestamp
+	7,  // 4: keytrail.v1.ListKeyServicesRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,  // 5: keytrail.v1.ListKeyServicesResponse.services:type_name -> keytrail.v1.KeyServiceUsage
+	7,  // 6: keytrail.v1.ListServiceKeysRequest.start_time:type_name -> google.protobuf.Timestamp
+	7,  // 7: keytrail.v1.ListServiceKeysRequest.end_time:type_name -> google.protobuf.Timestamp
+	0,  // 8: keytrail.v1.ListServiceKeysResponse.keys:type_name -> keytrail.v1.KeyServiceUsage
+	8,  // 9: keytrail.v1.ListAuditEventsRequest.action:type_name -> keytrail.v1.Action
+	7,  // 10: keytrail.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	7,  // 11: keytrail.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	9,  // 12: keytrail.v1.ListAuditEventsResponse.events:type_name -> keytrail.v1.LifecycleEvent
+	1,  // 13: keytrail.v1.QueryService.ListKeyServices:input_type -> keytrail.v1.ListKeyServicesRequest
+	3,  // 14: keytrail.v1.QueryService.ListServiceKeys:input_type -> keytrail.v1.ListServiceKeysRequest
+	5,  // 15: keytrail.v1.QueryService.ListAuditEvents:input_type -> keytrail.v1.ListAuditEventsRequest
+	10, // 16: keytrail.v1.QueryService.GetRotation:input_type -> keytrail.v1.GetRotationRequest
+	11, // 17: keytrail.v1.QueryService.GetKey:input_type -> keytrail.v1.GetKeyRequest
+	12, // 18: keytrail.v1.QueryService.ListKeys:input_type -> keytrail.v1.ListKeysRequest
+	13, // 19: keytrail.v1.QueryService.GetSpend:input_type -> keytrail.v1.GetSpendRequest
+	14, // 20: keytrail.v1.QueryService.ListBudgets:input_type -> keytrail.v1.ListBudgetsRequest
+	15, // 21: keytrail.v1.QueryService.ListAnomalies:input_type -> keytrail.v1.ListAnomaliesRequest
+	16, // 22: keytrail.v1.QueryService.ListNewCallers:input_type -> keytrail.v1.ListNewCallersRequest
+	2,  // 23: keytrail.v1.QueryService.ListKeyServices:output_type -> keytrail.v1.ListKeyServicesResponse
+	4,  // 24: keytrail.v1.QueryService.ListServiceKeys:output_type -> keytrail.v1.ListServiceKeysResponse
+	6,  // 25: keytrail.v1.QueryService.ListAuditEvents:output_type -> keytrail.v1.ListAuditEventsResponse
+	17, // 26: keytrail.v1.QueryService.GetRotation:output_type -> keytrail.v1.GetRotationResponse
+	18, // 27: keytrail.v1.QueryService.GetKey:output_type -> keytrail.v1.GetKeyResponse
+	19, // 28: keytrail.v1.QueryService.ListKeys:output_type -> keytrail.v1.ListKeysResponse
+	20, // 29: keytrail.v1.QueryService.GetSpend:output_type -> keytrail.v1.GetSpendResponse
+	21, // 30: keytrail.v1.QueryService.ListBudgets:output_type -> keytrail.v1.ListBudgetsResponse
+	22, // 31: keytrail.v1.QueryService.ListAnomalies:output_type -> keytrail.v1.ListAnomaliesResponse
+	23, // 32: keytrail.v1.QueryService.ListNewCallers:output_type -> keytrail.v1.ListNewCallersResponse
+	23, // [23:33] is the sub-list for method output_type
+	13, // [13:23] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_keytrail_v1_query_proto_init() }
@@ -661,7 +708,11 @@ func file_keytrail_v1_query_proto_init() {
 	if File_keytrail_v1_query_proto != nil {
 		return
 	}
+	file_keytrail_v1_anomalies_proto_init()
 	file_keytrail_v1_events_proto_init()
+	file_keytrail_v1_keys_proto_init()
+	file_keytrail_v1_rotation_proto_init()
+	file_keytrail_v1_spend_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

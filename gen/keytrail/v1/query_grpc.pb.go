@@ -25,6 +25,13 @@ const (
 	QueryService_ListKeyServices_FullMethodName = "/keytrail.v1.QueryService/ListKeyServices"
 	QueryService_ListServiceKeys_FullMethodName = "/keytrail.v1.QueryService/ListServiceKeys"
 	QueryService_ListAuditEvents_FullMethodName = "/keytrail.v1.QueryService/ListAuditEvents"
+	QueryService_GetRotation_FullMethodName     = "/keytrail.v1.QueryService/GetRotation"
+	QueryService_GetKey_FullMethodName          = "/keytrail.v1.QueryService/GetKey"
+	QueryService_ListKeys_FullMethodName        = "/keytrail.v1.QueryService/ListKeys"
+	QueryService_GetSpend_FullMethodName        = "/keytrail.v1.QueryService/GetSpend"
+	QueryService_ListBudgets_FullMethodName     = "/keytrail.v1.QueryService/ListBudgets"
+	QueryService_ListAnomalies_FullMethodName   = "/keytrail.v1.QueryService/ListAnomalies"
+	QueryService_ListNewCallers_FullMethodName  = "/keytrail.v1.QueryService/ListNewCallers"
 )
 
 // QueryServiceClient is the client API for QueryService service.
@@ -39,6 +46,20 @@ type QueryServiceClient interface {
 	ListServiceKeys(ctx context.Context, in *ListServiceKeysRequest, opts ...grpc.CallOption) (*ListServiceKeysResponse, error)
 	// The lifecycle audit trail, newest first.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
+	// Traffic-shift completeness of a double-key roll and a safe-to-revoke verdict.
+	GetRotation(ctx context.Context, in *GetRotationRequest, opts ...grpc.CallOption) (*GetRotationResponse, error)
+	// A key's state derived from its lifecycle events, now or at any instant.
+	GetKey(ctx context.Context, in *GetKeyRequest, opts ...grpc.CallOption) (*GetKeyResponse, error)
+	// Keys with their state, filtered by project, status, expiry and use.
+	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
+	// Cost, tokens and requests grouped by one or two dimensions per hour, day or month.
+	GetSpend(ctx context.Context, in *GetSpendRequest, opts ...grpc.CallOption) (*GetSpendResponse, error)
+	// Spend of keys with a budget in the current and past budget periods.
+	ListBudgets(ctx context.Context, in *ListBudgetsRequest, opts ...grpc.CallOption) (*ListBudgetsResponse, error)
+	// Buckets whose requests, error rate or cost stand out from the key's own history.
+	ListAnomalies(ctx context.Context, in *ListAnomaliesRequest, opts ...grpc.CallOption) (*ListAnomaliesResponse, error)
+	// Services and client IPs seen on a key for the first time within the range.
+	ListNewCallers(ctx context.Context, in *ListNewCallersRequest, opts ...grpc.CallOption) (*ListNewCallersResponse, error)
 }
 
 type queryServiceClient struct {
@@ -79,6 +100,76 @@ func (c *queryServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditE
 	return out, nil
 }
 
+func (c *queryServiceClient) GetRotation(ctx context.Context, in *GetRotationRequest, opts ...grpc.CallOption) (*GetRotationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRotationResponse)
+	err := c.cc.Invoke(ctx, QueryService_GetRotation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryServiceClient) GetKey(ctx context.Context, in *GetKeyRequest, opts ...grpc.CallOption) (*GetKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetKeyResponse)
+	err := c.cc.Invoke(ctx, QueryService_GetKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryServiceClient) ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListKeysResponse)
+	err := c.cc.Invoke(ctx, QueryService_ListKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryServiceClient) GetSpend(ctx context.Context, in *GetSpendRequest, opts ...grpc.CallOption) (*GetSpendResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSpendResponse)
+	err := c.cc.Invoke(ctx, QueryService_GetSpend_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryServiceClient) ListBudgets(ctx context.Context, in *ListBudgetsRequest, opts ...grpc.CallOption) (*ListBudgetsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBudgetsResponse)
+	err := c.cc.Invoke(ctx, QueryService_ListBudgets_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryServiceClient) ListAnomalies(ctx context.Context, in *ListAnomaliesRequest, opts ...grpc.CallOption) (*ListAnomaliesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAnomaliesResponse)
+	err := c.cc.Invoke(ctx, QueryService_ListAnomalies_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryServiceClient) ListNewCallers(ctx context.Context, in *ListNewCallersRequest, opts ...grpc.CallOption) (*ListNewCallersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListNewCallersResponse)
+	err := c.cc.Invoke(ctx, QueryService_ListNewCallers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QueryServiceServer is the server API for QueryService service.
 // All implementations must embed UnimplementedQueryServiceServer
 // for forward compatibility.
@@ -91,6 +182,20 @@ type QueryServiceServer interface {
 	ListServiceKeys(context.Context, *ListServiceKeysRequest) (*ListServiceKeysResponse, error)
 	// The lifecycle audit trail, newest first.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
+	// Traffic-shift completeness of a double-key roll and a safe-to-revoke verdict.
+	GetRotation(context.Context, *GetRotationRequest) (*GetRotationResponse, error)
+	// A key's state derived from its lifecycle events, now or at any instant.
+	GetKey(context.Context, *GetKeyRequest) (*GetKeyResponse, error)
+	// Keys with their state, filtered by project, status, expiry and use.
+	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
+	// Cost, tokens and requests grouped by one or two dimensions per hour, day or month.
+	GetSpend(context.Context, *GetSpendRequest) (*GetSpendResponse, error)
+	// Spend of keys with a budget in the current and past budget periods.
+	ListBudgets(context.Context, *ListBudgetsRequest) (*ListBudgetsResponse, error)
+	// Buckets whose requests, error rate or cost stand out from the key's own history.
+	ListAnomalies(context.Context, *ListAnomaliesRequest) (*ListAnomaliesResponse, error)
+	// Services and client IPs seen on a key for the first time within the range.
+	ListNewCallers(context.Context, *ListNewCallersRequest) (*ListNewCallersResponse, error)
 	mustEmbedUnimplementedQueryServiceServer()
 }
 
@@ -109,6 +214,27 @@ func (UnimplementedQueryServiceServer) ListServiceKeys(context.Context, *ListSer
 }
 func (UnimplementedQueryServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
+}
+func (UnimplementedQueryServiceServer) GetRotation(context.Context, *GetRotationRequest) (*GetRotationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRotation not implemented")
+}
+func (UnimplementedQueryServiceServer) GetKey(context.Context, *GetKeyRequest) (*GetKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetKey not implemented")
+}
+func (UnimplementedQueryServiceServer) ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListKeys not implemented")
+}
+func (UnimplementedQueryServiceServer) GetSpend(context.Context, *GetSpendRequest) (*GetSpendResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSpend not implemented")
+}
+func (UnimplementedQueryServiceServer) ListBudgets(context.Context, *ListBudgetsRequest) (*ListBudgetsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBudgets not implemented")
+}
+func (UnimplementedQueryServiceServer) ListAnomalies(context.Context, *ListAnomaliesRequest) (*ListAnomaliesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAnomalies not implemented")
+}
+func (UnimplementedQueryServiceServer) ListNewCallers(context.Context, *ListNewCallersRequest) (*ListNewCallersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListNewCallers not implemented")
 }
 func (UnimplementedQueryServiceServer) mustEmbedUnimplementedQueryServiceServer() {}
 func (UnimplementedQueryServiceServer) testEmbeddedByValue()                      {}
@@ -185,6 +311,132 @@ func _QueryService_ListAuditEvents_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueryService_GetRotation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRotationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).GetRotation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_GetRotation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).GetRotation(ctx, req.(*GetRotationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueryService_GetKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).GetKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_GetKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).GetKey(ctx, req.(*GetKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueryService_ListKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).ListKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_ListKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).ListKeys(ctx, req.(*ListKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueryService_GetSpend_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSpendRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).GetSpend(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_GetSpend_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).GetSpend(ctx, req.(*GetSpendRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueryService_ListBudgets_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBudgetsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).ListBudgets(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_ListBudgets_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).ListBudgets(ctx, req.(*ListBudgetsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueryService_ListAnomalies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAnomaliesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).ListAnomalies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_ListAnomalies_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).ListAnomalies(ctx, req.(*ListAnomaliesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueryService_ListNewCallers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListNewCallersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).ListNewCallers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_ListNewCallers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).ListNewCallers(ctx, req.(*ListNewCallersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QueryService_ServiceDesc is the grpc.ServiceDesc for QueryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -203,6 +455,34 @@ var QueryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuditEvents",
 			Handler:    _QueryService_ListAuditEvents_Handler,
+		},
+		{
+			MethodName: "GetRotation",
+			Handler:    _QueryService_GetRotation_Handler,
+		},
+		{
+			MethodName: "GetKey",
+			Handler:    _QueryService_GetKey_Handler,
+		},
+		{
+			MethodName: "ListKeys",
+			Handler:    _QueryService_ListKeys_Handler,
+		},
+		{
+			MethodName: "GetSpend",
+			Handler:    _QueryService_GetSpend_Handler,
+		},
+		{
+			MethodName: "ListBudgets",
+			Handler:    _QueryService_ListBudgets_Handler,
+		},
+		{
+			MethodName: "ListAnomalies",
+			Handler:    _QueryService_ListAnomalies_Handler,
+		},
+		{
+			MethodName: "ListNewCallers",
+			Handler:    _QueryService_ListNewCallers_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
