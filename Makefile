@@ -1,0 +1,109 @@
+# keytrail developer tasks. `make` (or `make help`) lists them.
+#
+# Everything this Makefile builds or runs lives under .local/ (git-ignored): the pinned protobuf
+# toolchain and our binaries in .local/bin, the local ClickHouse in .local/clickhouse.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+GO ?= go
+LOCAL_BIN := $(CURDIR)/.local/bin
+CLICKHOUSE := $(CURDIR)/deploy/clickhouse/local.sh
+
+# The local ClickHouse's native port; exported so local.sh and the tests agree on it.
+export KEYTRAIL_CH_TCP_PORT ?= 19000
+export KEYTRAIL_TEST_CLICKHOUSE_ADDR ?= 127.0.0.1:$(KEYTRAIL_CH_TCP_PORT)
+
+# Test knobs: `make test PKGS=./ingest/... TEST_FLAGS='-run TestFlush -v'`.
+PKGS ?= ./...
+TEST_TIMEOUT ?= 20m
+TEST_FLAGS ?=
+
+##@ Protobuf toolchain (pinned; `go install`ed into .local/bin)
+
+BUF_VERSION := v1.75.0
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+GRPC_GATEWAY_VERSION := v2.32.0
+
+# go-tool(name, package, version): .local/bin/<name>, rebuilt only when missing or when its pinned
+# version changes. The version lives in a stamp file the binary depends on; changing the pin makes
+# a new, newer stamp.
+TOOL_BINS :=
+define go-tool
+$(LOCAL_BIN)/$(1): $(LOCAL_BIN)/.versions/$(1)@$(3)
+	GOBIN=$(LOCAL_BIN) $(GO) install $(2)@$(3)
+	@touch $$@
+$(LOCAL_BIN)/.versions/$(1)@$(3):
+	@mkdir -p $$(@D)
+	@rm -f $$(@D)/$(1)@*
+	@touch $$@
+TOOL_BINS += $(LOCAL_BIN)/$(1)
+endef
+
+$(eval $(call go-tool,buf,github.com/bufbuild/buf/cmd/buf,$(BUF_VERSION)))
+$(eval $(call go-tool,protoc-gen-go,google.golang.org/protobuf/cmd/protoc-gen-go,$(PROTOC_GEN_GO_VERSION)))
+$(eval $(call go-tool,protoc-gen-go-grpc,google.golang.org/grpc/cmd/protoc-gen-go-grpc,$(PROTOC_GEN_GO_GRPC_VERSION)))
+$(eval $(call go-tool,protoc-gen-grpc-gateway,github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway,$(GRPC_GATEWAY_VERSION)))
+$(eval $(call go-tool,protoc-gen-openapiv2,github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2,$(GRPC_GATEWAY_VERSION)))
+
+.PHONY: tools
+tools: $(TOOL_BINS) ## Install the pinned buf and protoc plugins into .local/bin
+
+.PHONY: proto
+proto: tools ## Lint proto/ and regenerate gen/ with buf (local plugins, no network)
+	$(LOCAL_BIN)/buf lint
+	PATH="$(LOCAL_BIN):$$PATH" $(LOCAL_BIN)/buf generate
+
+.PHONY: proto-lint
+proto-lint: $(LOCAL_BIN)/buf ## Lint proto/ with buf
+	$(LOCAL_BIN)/buf lint
+
+##@ Build and run
+
+.PHONY: build
+build: ## Build the services (keytrail, simulator) into .local/bin
+	@mkdir -p $(LOCAL_BIN)
+	$(GO) build -o $(LOCAL_BIN)/ ./services/...
+
+.PHONY: run
+run: ## Run keytrail locally with a local ClickHouse and demo traffic
+	$(CURDIR)/deploy/local/run.sh
+
+##@ Local ClickHouse (18.16, project-local process; see deploy/clickhouse/local.sh)
+
+.PHONY: clickhouse-start
+clickhouse-start: ## Install if needed and start the local ClickHouse (tcp 127.0.0.1:19000 by default)
+	$(CLICKHOUSE) start
+
+.PHONY: clickhouse-stop
+clickhouse-stop: ## Stop the local ClickHouse started from this repo
+	$(CLICKHOUSE) stop
+
+##@ Checks
+
+.PHONY: test
+test: ## Start the local ClickHouse, then go vet and go test everything against it
+	$(CLICKHOUSE) start
+	$(GO) vet $(PKGS)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) $(PKGS)
+
+# Placeholder: the full benchmark harness (load generator, bench-results.json) comes later.
+.PHONY: bench
+bench: ## Run each Go benchmark once (placeholder for the full harness)
+	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS)
+
+##@ Housekeeping
+
+.PHONY: clean
+clean: ## Stop the local ClickHouse and remove .local (tools, binaries, ClickHouse data)
+	$(CLICKHOUSE) stop
+	rm -rf $(CURDIR)/.local
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN { FS = ":.*## "; print "Usage: make <target>" } \
+		/^##@ / { printf "\n%s\n", substr($$0, 5) } \
+		/^[a-zA-Z0-9_.-]+:.*## / { printf "  %-18s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
