@@ -14,3 +14,11 @@ func timeOrZero(ts *timestamppb.Timestamp) time.Time {
 	}
 	return ts.AsTime()
 }
+
+// optionalTime leaves a zero time unset in the response instead of sending 1970.
+func optionalTime(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
