@@ -2,8 +2,10 @@
 // JetStream, the ingester and the query API (gRPC + REST) in one process. Flags point it at
 // an external NATS and ClickHouse and pick one role for scaled deployments.
 //
-//	keytrail [serve] [flags]   run (see -h)
-//	keytrail migrate [flags]   apply the ClickHouse schema and exit
+//	keytrail [serve] [flags]                     run (see -h)
+//	keytrail migrate [flags]                     apply the ClickHouse schema and exit
+//	keytrail rotation check --old KEY [flags]    is the old key of a roll safe to revoke?
+//	                                             exit 0 safe, 3 not yet, 1 error, 2 usage
 package main
 
 import (
@@ -41,6 +43,10 @@ func main() {
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "keytrail:", err)
+		var coded *exitCodeError
+		if errors.As(err, &coded) {
+			os.Exit(coded.code)
+		}
 		os.Exit(1)
 	}
 }
@@ -76,8 +82,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		applied, err := migrations.Apply(ctx, conn)
 		fmt.Fprintf(stdout, "applied migrations %v\n", applied)
 		return err
+	case "rotation":
+		return runRotation(ctx, args, stdout)
 	}
-	return fmt.Errorf("unknown command %q (want serve or migrate)", command)
+	return &exitCodeError{exitUsage, fmt.Errorf("unknown command %q (want serve, migrate or rotation)", command)}
 }
 
 // Main is one running keytrail process. Start brings the parts up in dependency order;

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+)
+
+// Exit codes of `keytrail rotation check`, for rotation tooling.
+const (
+	exitSafe   = 0 // SAFE_TO_REVOKE
+	exitError  = 1 // the question could not be answered
+	exitUsage  = 2 // bad flags
+	exitNotYet = 3 // NOT_YET (or --wait timed out before it was safe)
+)
+
+// exitCodeError carries a process exit code up to main.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+func (e *exitCodeError) Unwrap() error { return e.err }
+
+func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "check" {
+		return &exitCodeError{exitUsage, errors.New("usage: keytrail rotation check --old KEY [--new KEY] [--quiet 15m] [--json] [--wait [--timeout 1h] [--interval 15s]]")}
+	}
+	fs := flag.NewFlagSet("keytrail rotation check", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	addr := fs.String("addr", env("api-addr", "127.0.0.1:9090"), "keytrail gRPC address (env KEYTRAIL_API_ADDR)")
+	oldKey := fs.String("old", "", "the key being replaced (required)")
+	newKey := fs.String("new", "", "the replacement; default: from the old key's rotation event")
+	quiet := fs.Duration("quiet", 15*time.Minute, "how long the old key must have served no successful request")
+	asJSON := fs.Bool("json", false, "print the full answer as JSON")
+	wait := fs.Bool("wait", false, "poll until safe to revoke or --timeout")
+	timeout := fs.Duration("timeout", time.Hour, "with --wait: give up after this long (exit 3)")
+	interval := fs.Duration("interval", 15*time.Second, "with --wait: time between checks")
+	if err := fs.Parse(args[1:]); err != nil {
+		return &exitCodeError{exitUsage, err}
+	}
+	if *oldKey == "" {
+		return &exitCodeError{exitUsage, errors.New("--old is required")}
+	}
+	if *wait && (*interval <= 0 || *timeout <= 0) {
+		return &exitCodeError{exitUsage, errors.New("--interval and --timeout must be positive")}
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return &exitCodeError{exitError, fmt.Errorf("connect %s: %w", *addr, err)}
+	}
+	defer conn.Close()
+	client := keytrailv1.NewQueryServiceClient(conn)
+	req := &keytrailv1.GetRotationRequest{OldKeyId: *oldKey, NewKeyId: *newKey, QuietPeriod: durationpb.New(*quiet)}
+
+	deadline := time.Now().Add(*timeout)
+	for {
+		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err := client.GetRotation(callCtx, req)
+		cancel()
+		if err != nil {
+			return &exitCodeError{exitError, fmt.Errorf("get rotation: %w", err)}
+		}
+		safe := resp.GetVerdict() == keytrailv1.RotationVerdict_ROTATION_VERDICT_SAFE_TO_REVOKE
+		switch {
+		case *asJSON:
+			b, _ := protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Marshal(resp)
+			fmt.Fprintln(stdout, string(b))
+		case *wait && !safe:
+			printProgress(stdout, resp)
+		default:
+			printRotation(stdout, resp)
+		}
+		if safe {
+			return nil
+		}
+		if !*wait || time.Now().Add(*interval).After(deadline) {
+			if *wait && !*asJSON {
+				printRotation(stdout, resp)
+			}
+			return &exitCodeError{exitNotYet, fmt.Errorf("%s is not safe to revoke yet", *oldKey)}
+		}
+		select {
+		case <-ctx.Done():
+			return &exitCodeError{exitNotYet, ctx.Err()}
+		case <-time.After(*interval):
+		}
+	}
+}
+
+func printProgress(w io.Writer, r *keytrailv1.GetRotationResponse) {
+	fmt.Fprintf(w, "%s  %s -> %s: %.1f%% on the new key, %s; chase: %s\n",
+		time.Now().UTC().Format(time.RFC3339), r.GetOldKeyId(), r.GetNewKeyId(), 100*r.GetNewKeyShare(),
+		verdictName(r.GetVerdict()), orNone(r.GetServicesToChase()))
+}
+
+func printRotation(w io.Writer, r *keytrailv1.GetRotationResponse) {
+	fmt.Fprintf(w, "Rotation %s -> %s", r.GetOldKeyId(), r.GetNewKeyId())
+	if r.GetProject() != "" {
+		fmt.Fprintf(w, " (project %s)", r.GetProject())
+	}
+	fmt.Fprintln(w)
+	if r.GetRotatedAt() != nil {
+		fmt.Fprintf(w, "Rotated:     %s by %s\n", ts(r.GetRotatedAt().AsTime()), r.GetRotatedBy())
+	}
+	fmt.Fprintf(w, "Old key:     %s", r.GetOldKeyStatus())
+	if r.GetOldKeyRevokedAt() != nil {
+		fmt.Fprintf(w, " since %s", ts(r.GetOldKeyRevokedAt().AsTime()))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Window:      %s .. %s\n", ts(r.GetWindowStart().AsTime()), ts(r.GetWindowEnd().AsTime()))
+	fmt.Fprintf(w, "New key:     %.1f%% of requests (%d new, %d old)\n\n", 100*r.GetNewKeyShare(), r.GetNewKeyRequests(), r.GetOldKeyRequests())
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tOLD KEY\tNEW KEY\tOLD LAST SEEN\tOLD LAST SUCCESS\tSTATUS")
+	for _, s := range r.GetServices() {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", s.GetService(), s.GetOldKeyRequests(), s.GetNewKeyRequests(),
+			optTS(s.GetOldKeyLastSeen() != nil, s.GetOldKeyLastSeen().AsTime()),
+			optTS(s.GetOldKeyLastSuccess() != nil, s.GetOldKeyLastSuccess().AsTime()),
+			migrationName(s.GetMigration()))
+	}
+	tw.Flush()
+	if len(r.GetRequestsAfterRevocation()) > 0 {
+		fmt.Fprintf(w, "\nRequests after the old key was %s:\n", r.GetOldKeyStatus())
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tSTATUS CODE\tREQUESTS\tFIRST\tLAST")
+		for _, a := range r.GetRequestsAfterRevocation() {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\n", a.GetService(), a.GetStatusCode(), a.GetRequests(), ts(a.GetFirstSeen().AsTime()), ts(a.GetLastSeen().AsTime()))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintf(w, "\nVerdict: %s\n", verdictName(r.GetVerdict()))
+	for _, reason := range r.GetReasons() {
+		fmt.Fprintf(w, "  - %s\n", reason)
+	}
+	if len(r.GetServicesToChase()) > 0 {
+		fmt.Fprintf(w, "Chase: %s\n", strings.Join(r.GetServicesToChase(), ", "))
+	}
+}
+
+func verdictName(v keytrailv1.RotationVerdict) string {
+	return strings.TrimPrefix(v.String(), "ROTATION_VERDICT_")
+}
+
+func migrationName(m keytrailv1.ServiceMigration) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(m.String(), "SERVICE_MIGRATION_"), "_", " "))
+}
+
+func ts(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000Z") }
+
+func optTS(ok bool, t time.Time) string {
+	if !ok {
+		return "-"
+	}
+	return ts(t)
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
