@@ -24,6 +24,9 @@ const (
 	ReasonTimeOutOfRange  Reason = "time_out_of_range"
 	ReasonNegativeCost    Reason = "negative_cost"
 	ReasonUnknownAction   Reason = "unknown_action"
+	// ReasonDuplicateEventID is given by the ingester, not Decode: the event id was already
+	// stored with different content.
+	ReasonDuplicateEventID Reason = "duplicate_event_id"
 )
 
 // Invalid is the error Decode returns for an event that must not be stored.

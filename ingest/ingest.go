@@ -18,9 +18,13 @@ import (
 type Record struct {
 	Event     event.Event
 	StreamSeq uint64
-	// Redelivered is true when JetStream delivered this message before; the Sink may use it
-	// to check for rows an earlier, unacknowledged flush already stored.
+	// Redelivered is true when JetStream delivered this message before: an earlier flush
+	// may have stored it before its ack was lost.
 	Redelivered bool
+	// ContentHash fingerprints the event's content (after secret redaction).
+	ContentHash uint64
+
+	msg jetstream.Msg // for dead-lettering a conflict found at flush time
 }
 
 // Sink stores a batch. Write must be all-or-error for each kind of event it holds, and may
@@ -42,8 +46,13 @@ type Config struct {
 	FetchSize int
 	// MaxBackoff caps the wait between retries of a failed write or dead-letter publish.
 	MaxBackoff time.Duration
-	Metrics    *Metrics
-	Logger     *slog.Logger
+	// ShutdownTimeout bounds the final flush when Run's context ends (default 15s).
+	ShutdownTimeout time.Duration
+	// RecentIDs is how many recent event ids are remembered to catch a reused id (default
+	// 100k, about 10 MB); 0 keeps the default, negative disables.
+	RecentIDs int
+	Metrics   *Metrics
+	Logger    *slog.Logger
 	// Now is the clock event times are validated against; time.Now when nil.
 	Now func() time.Time
 }
@@ -75,6 +84,8 @@ type Ingester struct {
 	consumer jetstream.Consumer
 	log      *slog.Logger
 	metrics  *Metrics
+	deduper  Deduper
+	recent   *recentIDs
 
 	buf []Record
 	// held are the messages behind buf that still need their lease extended while a write
@@ -96,6 +107,9 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 	if cfg.FetchSize == 0 {
 		cfg.FetchSize = min(cfg.BatchSize, 2_000)
 	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 15 * time.Second
+	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 5 * time.Second
 	}
@@ -108,6 +122,12 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	switch {
+	case cfg.RecentIDs == 0:
+		cfg.RecentIDs = 100_000
+	case cfg.RecentIDs < 0:
+		cfg.RecentIDs = 0
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -115,17 +135,20 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: bind consumer %s on %s: %w", cfg.Streams.Durable, cfg.Streams.EventsStream, err)
 	}
+	deduper, _ := cfg.Sink.(Deduper)
 	return &Ingester{
 		cfg:      cfg,
 		consumer: consumer,
 		log:      cfg.Logger.With("component", "ingester"),
 		metrics:  cfg.Metrics,
+		deduper:  deduper,
+		recent:   newRecentIDs(cfg.RecentIDs),
 		buf:      make([]Record, 0, cfg.BatchSize),
 	}, nil
 }
 
 // Run consumes until ctx is cancelled, then flushes what it holds (bounded by
-// shutdownTimeout) and returns. Messages it could not flush are redelivered later.
+// ShutdownTimeout) and returns. Messages it could not flush are redelivered later.
 func (in *Ingester) Run(ctx context.Context) error {
 	go in.watchLag(ctx)
 	for ctx.Err() == nil {
@@ -140,13 +163,11 @@ func (in *Ingester) Run(ctx context.Context) error {
 	return in.shutdown()
 }
 
-const shutdownTimeout = 15 * time.Second
-
 func (in *Ingester) shutdown() error {
 	if in.lastMsg == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
 	defer cancel()
 	if !in.flush(ctx) {
 		return fmt.Errorf("ingest: shutdown flush of %d events did not complete; JetStream will redeliver them", len(in.buf))
@@ -202,8 +223,76 @@ func (in *Ingester) take(ctx context.Context, msg jetstream.Msg) {
 		in.deadLetter(ctx, msg, inv, meta.Sequence.Stream)
 		return
 	}
-	in.metrics.received.WithLabelValues(ev.Kind.String()).Inc()
-	in.buf = append(in.buf, Record{Event: ev, StreamSeq: meta.Sequence.Stream, Redelivered: meta.NumDelivered > 1})
+	kind := ev.Kind.String()
+	in.metrics.received.WithLabelValues(kind).Inc()
+	if n := redact(ev); n > 0 {
+		// The values themselves are never logged: that is the point.
+		in.metrics.secretsRedacted.WithLabelValues(kind).Add(float64(n))
+		in.log.Warn("replaced secret-shaped values with fingerprints", "kind", kind, "fields", n, "stream_seq", meta.Sequence.Stream)
+	}
+	r := Record{Event: ev, StreamSeq: meta.Sequence.Stream, Redelivered: meta.NumDelivered > 1, ContentHash: contentHash(ev), msg: msg}
+	switch in.recent.check(ev.ID(), r.ContentHash) {
+	case AlreadyStored:
+		in.metrics.duplicates.WithLabelValues(kind).Inc()
+		return
+	case Conflict:
+		in.deadLetter(ctx, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id was already taken with different content"}, r.StreamSeq)
+		return
+	}
+	in.buf = append(in.buf, r)
+}
+
+func redact(ev event.Event) int {
+	if ev.Kind == event.KindLifecycle {
+		return event.RedactLifecycle(ev.Lifecycle)
+	}
+	return event.RedactUsage(ev.Usage)
+}
+
+// dropStored removes the redelivered records that storage already holds, and dead-letters
+// the ones whose id is stored with different content. It returns false when ctx ended.
+func (in *Ingester) dropStored(ctx context.Context) bool {
+	var redelivered []Record
+	for _, r := range in.buf {
+		if r.Redelivered {
+			redelivered = append(redelivered, r)
+		}
+	}
+	if len(redelivered) == 0 || in.deduper == nil {
+		return true
+	}
+	var presence []Presence
+	backoff := 100 * time.Millisecond
+	for {
+		var err error
+		if presence, err = in.deduper.Classify(ctx, redelivered); err == nil {
+			break
+		}
+		in.log.Warn("checking redelivered events against storage failed; retrying", "events", len(redelivered), "error", err)
+		if !sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(backoff*2, in.cfg.MaxBackoff)
+	}
+	drop := map[uint64]Presence{}
+	for i, r := range redelivered {
+		if presence[i] != NotStored {
+			drop[r.StreamSeq] = presence[i]
+		}
+	}
+	kept := in.buf[:0]
+	for _, r := range in.buf {
+		switch drop[r.StreamSeq] {
+		case AlreadyStored:
+			in.metrics.duplicates.WithLabelValues(r.Event.Kind.String()).Inc()
+		case Conflict:
+			in.deadLetter(ctx, r.msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id is already stored with different content"}, r.StreamSeq)
+		default:
+			kept = append(kept, r)
+		}
+	}
+	in.buf = kept
+	return true
 }
 
 func (in *Ingester) flushDue() bool {
@@ -215,6 +304,8 @@ func (in *Ingester) flushDue() bool {
 
 // flush stores the buffer and acknowledges it. It returns false only when ctx ended first.
 //
+//  0. Drop redelivered records that an earlier, unacknowledged flush already stored (see
+//     dropStored): this is what makes a crash between write and ack not duplicate rows.
 //  1. Write the buffered records to the Sink, retrying with backoff until it succeeds. No
 //     new messages are fetched meanwhile, so memory stays bounded; the held messages'
 //     leases are extended so JetStream does not redeliver them to another ingester.
@@ -223,6 +314,9 @@ func (in *Ingester) flushDue() bool {
 //     If the ack is lost, JetStream redelivers the batch and the Sink sees it again with
 //     Redelivered set; nothing is lost.
 func (in *Ingester) flush(ctx context.Context) bool {
+	if !in.dropStored(ctx) {
+		return false
+	}
 	if len(in.buf) > 0 {
 		backoff := 100 * time.Millisecond
 		lastLeaseExtension := time.Now()

@@ -91,15 +91,7 @@ func TestIngestStoresEventsAndDeadLettersPoisonWithoutStopping(t *testing.T) {
 	lcJSON, _ := event.EncodingJSON.Marshal(lc)
 	publish(t, js.JS, subjects.Lifecycle("acme"), "l1", event.ContentTypeJSON, lcJSON)
 
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 3 {
-			return fmt.Errorf("%d usage rows", n)
-		}
-		if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events"); n != 1 {
-			return fmt.Errorf("%d lifecycle rows", n)
-		}
-		return nil
-	})
+	testenv.WaitForEvents(t, db, 3, 1, 10*time.Second)
 
 	// The stored row carries every field, with millisecond time.
 	var (

@@ -4,14 +4,16 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are the ingester's Prometheus series.
 type Metrics struct {
-	received       *prometheus.CounterVec
-	inserted       *prometheus.CounterVec
-	deadLettered   *prometheus.CounterVec
-	insertErrors   prometheus.Counter
-	batchSize      prometheus.Histogram
-	insertDuration prometheus.Histogram
-	pending        prometheus.Gauge
-	ackPending     prometheus.Gauge
+	received        *prometheus.CounterVec
+	inserted        *prometheus.CounterVec
+	deadLettered    *prometheus.CounterVec
+	duplicates      *prometheus.CounterVec
+	secretsRedacted *prometheus.CounterVec
+	insertErrors    prometheus.Counter
+	batchSize       prometheus.Histogram
+	insertDuration  prometheus.Histogram
+	pending         prometheus.Gauge
+	ackPending      prometheus.Gauge
 }
 
 // NewMetrics creates the series and registers them with reg (skipped when reg is nil).
@@ -29,6 +31,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "keytrail_ingest_events_dead_lettered_total",
 			Help: "Messages rejected and republished to the dead-letter subject, by reason.",
 		}, []string{"reason"}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_ingest_duplicates_dropped_total",
+			Help: "Events dropped because the same event (same id and content) was already taken or stored, by kind.",
+		}, []string{"kind"}),
+		secretsRedacted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keytrail_ingest_secrets_redacted_total",
+			Help: "Secret-shaped field values replaced by fingerprints before storage, by kind.",
+		}, []string{"kind"}),
 		insertErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keytrail_ingest_insert_errors_total",
 			Help: "Failed attempts to store a batch (each is retried).",
@@ -53,7 +63,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.received, m.inserted, m.deadLettered, m.insertErrors, m.batchSize, m.insertDuration, m.pending, m.ackPending)
+		reg.MustRegister(m.received, m.inserted, m.deadLettered, m.duplicates, m.secretsRedacted, m.insertErrors, m.batchSize, m.insertDuration, m.pending, m.ackPending)
 	}
 	return m
 }

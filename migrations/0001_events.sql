@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS usage_events
     cost_micros Int64,
     client_ip String,
     request_id String,
+    -- xxhash64 of the event's deterministic protobuf encoding: tells a redelivered copy
+    -- (same hash, dropped) from a different event reusing an id (dead-lettered).
+    content_hash UInt64,
     stream_seq UInt64,
     ingested_at DateTime('UTC')
 )
@@ -50,6 +53,11 @@ CREATE TABLE IF NOT EXISTS lifecycle_events
     change_fields Array(String),
     change_before Array(String),
     change_after Array(String),
+    -- Tamper evidence (package auditchain): a per-project hash chain in ingestion order.
+    content_hash String,
+    prev_hash String,
+    chain_hash String,
+    chain_seq UInt64,
     stream_seq UInt64,
     ingested_at DateTime('UTC')
 )

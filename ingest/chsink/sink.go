@@ -2,12 +2,14 @@ package chsink
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/keytrail/keytrail/auditchain"
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/ingest"
 )
@@ -33,6 +35,9 @@ type Sink struct {
 	now  func() time.Time
 	// storedThrough is the highest stream sequence stored per table, for retries.
 	storedThrough map[string]uint64
+	// heads caches where each project's audit chain ends; loaded from ClickHouse on first
+	// use and advanced only after an insert succeeded.
+	heads map[string]auditchain.Head
 }
 
 // New creates a Sink.
@@ -43,10 +48,13 @@ func New(cfg Config) (*Sink, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Sink{conn: cfg.Conn, now: cfg.Now, storedThrough: map[string]uint64{}}, nil
+	return &Sink{conn: cfg.Conn, now: cfg.Now, storedThrough: map[string]uint64{}, heads: map[string]auditchain.Head{}}, nil
 }
 
-var _ ingest.Sink = (*Sink)(nil)
+var (
+	_ ingest.Sink    = (*Sink)(nil)
+	_ ingest.Deduper = (*Sink)(nil)
+)
 
 // Write stores the records: lifecycle rows first (the audit trail matters most), then usage.
 func (s *Sink) Write(ctx context.Context, records []ingest.Record) error {
@@ -60,13 +68,13 @@ func (s *Sink) Write(ctx context.Context, records []ingest.Record) error {
 		}
 	}
 	ingestedAt := s.now().UTC().Truncate(time.Second)
-	if err := s.writeOnce(ctx, "lifecycle_events", lifecycle, func() error { return s.insertLifecycle(ctx, lifecycle, ingestedAt) }); err != nil {
+	if err := s.writeOnce("lifecycle_events", lifecycle, func() error { return s.insertLifecycle(ctx, lifecycle, ingestedAt) }); err != nil {
 		return err
 	}
-	return s.writeOnce(ctx, "usage_events", usage, func() error { return s.insertUsage(ctx, usage, ingestedAt) })
+	return s.writeOnce("usage_events", usage, func() error { return s.insertUsage(ctx, usage, ingestedAt) })
 }
 
-func (s *Sink) writeOnce(ctx context.Context, table string, records []ingest.Record, insert func() error) error {
+func (s *Sink) writeOnce(table string, records []ingest.Record, insert func() error) error {
 	if len(records) == 0 {
 		return nil
 	}
@@ -82,77 +90,141 @@ func (s *Sink) writeOnce(ctx context.Context, table string, records []ingest.Rec
 }
 
 // UsageColumns is the column list of every usage insert, in append order.
-const UsageColumns = "event_id, event_time, event_time_ms, project, key_id, service, gateway_instance, method, endpoint, model, provider, status_code, latency_ms, input_tokens, output_tokens, cost_micros, client_ip, request_id, stream_seq, ingested_at"
+const UsageColumns = "event_id, event_time, event_time_ms, project, key_id, service, gateway_instance, method, endpoint, model, provider, status_code, latency_ms, input_tokens, output_tokens, cost_micros, client_ip, request_id, content_hash, stream_seq, ingested_at"
+
+// usageColumns holds one batch column by column: appending whole columns is several times
+// faster than row-wise Append.
+type usageColumns struct {
+	ids, projects, keys, services, gateways, methods, endpoints, models, providers, ips, requestIDs []string
+	times, ingested                                                                                 []time.Time
+	timesMs, costs                                                                                  []int64
+	statuses                                                                                        []uint16
+	latencies                                                                                       []uint32
+	inTokens, outTokens, hashes, seqs                                                               []uint64
+}
 
 func (s *Sink) insertUsage(ctx context.Context, records []ingest.Record, ingestedAt time.Time) error {
-	n := len(records)
-	var (
-		ids, projects, keys, services, gateways, methods, endpoints, models, providers, ips, requestIDs = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-		times, ingested                                                                                 = make([]time.Time, n), make([]time.Time, n)
-		timesMs, costs                                                                                  = make([]int64, n), make([]int64, n)
-		statuses                                                                                        = make([]uint16, n)
-		latencies                                                                                       = make([]uint32, n)
-		inTokens, outTokens, seqs                                                                       = make([]uint64, n), make([]uint64, n), make([]uint64, n)
-	)
-	for i, r := range records {
+	var c usageColumns
+	for _, r := range records {
 		e := r.Event.Usage
 		t := e.GetTime().AsTime()
-		ids[i], projects[i], keys[i], services[i] = e.GetEventId(), e.GetProject(), e.GetKeyId(), e.GetService()
-		gateways[i], methods[i], endpoints[i] = e.GetGatewayInstance(), e.GetMethod(), e.GetEndpoint()
-		models[i], providers[i], ips[i], requestIDs[i] = e.GetModel(), e.GetProvider(), e.GetClientIp(), e.GetRequestId()
-		times[i], timesMs[i], ingested[i] = t.Truncate(time.Second), t.UnixMilli(), ingestedAt
-		statuses[i], latencies[i] = uint16(e.GetStatusCode()), e.GetLatencyMs()
-		inTokens[i], outTokens[i], costs[i], seqs[i] = e.GetInputTokens(), e.GetOutputTokens(), e.GetCostMicros(), r.StreamSeq
+		c.ids, c.projects, c.keys = append(c.ids, e.GetEventId()), append(c.projects, e.GetProject()), append(c.keys, e.GetKeyId())
+		c.services, c.gateways = append(c.services, e.GetService()), append(c.gateways, e.GetGatewayInstance())
+		c.methods, c.endpoints = append(c.methods, e.GetMethod()), append(c.endpoints, e.GetEndpoint())
+		c.models, c.providers = append(c.models, e.GetModel()), append(c.providers, e.GetProvider())
+		c.ips, c.requestIDs = append(c.ips, e.GetClientIp()), append(c.requestIDs, e.GetRequestId())
+		c.times, c.timesMs, c.ingested = append(c.times, t.Truncate(time.Second)), append(c.timesMs, t.UnixMilli()), append(c.ingested, ingestedAt)
+		c.statuses, c.latencies = append(c.statuses, uint16(e.GetStatusCode())), append(c.latencies, e.GetLatencyMs())
+		c.inTokens, c.outTokens, c.costs = append(c.inTokens, e.GetInputTokens()), append(c.outTokens, e.GetOutputTokens()), append(c.costs, e.GetCostMicros())
+		c.hashes, c.seqs = append(c.hashes, r.ContentHash), append(c.seqs, r.StreamSeq)
 	}
 	return sendColumns(ctx, s.conn, "INSERT INTO usage_events ("+UsageColumns+")",
-		ids, times, timesMs, projects, keys, services, gateways, methods, endpoints, models, providers,
-		statuses, latencies, inTokens, outTokens, costs, ips, requestIDs, seqs, ingested)
+		c.ids, c.times, c.timesMs, c.projects, c.keys, c.services, c.gateways, c.methods, c.endpoints, c.models, c.providers,
+		c.statuses, c.latencies, c.inTokens, c.outTokens, c.costs, c.ips, c.requestIDs, c.hashes, c.seqs, c.ingested)
 }
 
 // LifecycleColumns is the column list of every lifecycle insert, in append order.
-const LifecycleColumns = "event_id, event_time, event_time_ms, project, key_id, action, new_key_id, actor, actor_type, reason, expires_at, budget_amount_micros, budget_period, scopes, attribute_keys, attribute_values, change_fields, change_before, change_after, stream_seq, ingested_at"
+const LifecycleColumns = "event_id, event_time, event_time_ms, project, key_id, action, new_key_id, actor, actor_type, reason, expires_at, budget_amount_micros, budget_period, scopes, attribute_keys, attribute_values, change_fields, change_before, change_after, content_hash, prev_hash, chain_hash, chain_seq, stream_seq, ingested_at"
+
+// LifecycleEntry is the audit-chain entry of a lifecycle event, exactly as it is stored.
+func LifecycleEntry(r ingest.Record) auditchain.Entry {
+	e := r.Event.Lifecycle
+	entry := auditchain.Entry{
+		EventID: e.GetEventId(), EventTimeMs: e.GetTime().AsTime().UnixMilli(), Project: e.GetProject(),
+		KeyID: e.GetKeyId(), Action: event.ActionName(e.GetAction()), NewKeyID: e.GetNewKeyId(),
+		Actor: e.GetActor(), ActorType: event.ActorTypeName(e.GetActorType()), Reason: e.GetReason(),
+		Scopes: e.GetScopes(),
+	}
+	if e.GetExpiresAt() != nil {
+		sec := e.GetExpiresAt().AsTime().Unix()
+		entry.ExpiresAtUnix = &sec
+	}
+	if b := e.GetBudget(); b != nil {
+		amount := b.GetAmountMicros()
+		entry.BudgetAmountMicros, entry.BudgetPeriod = &amount, event.BudgetPeriodName(b.GetPeriod())
+	}
+	entry.AttributeKeys, entry.AttributeValues = auditchain.SortedAttributes(e.GetAttributes())
+	for _, c := range e.GetChanges() {
+		entry.ChangeFields = append(entry.ChangeFields, c.GetField())
+		entry.ChangeBefore = append(entry.ChangeBefore, c.GetBefore())
+		entry.ChangeAfter = append(entry.ChangeAfter, c.GetAfter())
+	}
+	return entry
+}
 
 func (s *Sink) insertLifecycle(ctx context.Context, records []ingest.Record, ingestedAt time.Time) error {
-	n := len(records)
+	// Extend each project's chain in stream order; the cached heads move only once the
+	// insert succeeded, so a retried batch gets the same hashes and sequence numbers.
+	heads := map[string]auditchain.Head{}
+	var rows []auditchain.Row
+	for _, r := range records {
+		project := r.Event.Lifecycle.GetProject()
+		head, ok := heads[project]
+		if !ok {
+			var err error
+			if head, err = s.head(ctx, project); err != nil {
+				return err
+			}
+		}
+		var row auditchain.Row
+		row, heads[project] = head.Next(LifecycleEntry(r))
+		rows = append(rows, row)
+	}
+	n := len(rows)
 	var (
 		ids, projects, keys, actions, newKeys, actors, actorTypes, reasons, periods = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		contentHashes, prevHashes, chainHashes                                      = make([]string, n), make([]string, n), make([]string, n)
 		times, ingested                                                             = make([]time.Time, n), make([]time.Time, n)
 		timesMs                                                                     = make([]int64, n)
 		expires                                                                     = make([]*time.Time, n)
 		budgets                                                                     = make([]*int64, n)
 		scopes, attrKeys, attrValues, changeFields, changeBefore, changeAfter       = make([][]string, n), make([][]string, n), make([][]string, n), make([][]string, n), make([][]string, n), make([][]string, n)
-		seqs                                                                        = make([]uint64, n)
+		chainSeqs, seqs                                                             = make([]uint64, n), make([]uint64, n)
 	)
-	for i, r := range records {
-		e := r.Event.Lifecycle
-		t := e.GetTime().AsTime()
-		ids[i], projects[i], keys[i] = e.GetEventId(), e.GetProject(), e.GetKeyId()
-		actions[i], newKeys[i] = event.ActionName(e.GetAction()), e.GetNewKeyId()
-		actors[i], actorTypes[i], reasons[i] = e.GetActor(), event.ActorTypeName(e.GetActorType()), e.GetReason()
-		times[i], timesMs[i], ingested[i], seqs[i] = t.Truncate(time.Second), t.UnixMilli(), ingestedAt, r.StreamSeq
-		if e.GetExpiresAt() != nil {
-			exp := e.GetExpiresAt().AsTime().Truncate(time.Second)
+	for i, row := range rows {
+		ids[i], projects[i], keys[i], actions[i], newKeys[i] = row.EventID, row.Project, row.KeyID, row.Action, row.NewKeyID
+		actors[i], actorTypes[i], reasons[i], periods[i] = row.Actor, row.ActorType, row.Reason, row.BudgetPeriod
+		times[i], timesMs[i], ingested[i] = time.UnixMilli(row.EventTimeMs).UTC().Truncate(time.Second), row.EventTimeMs, ingestedAt
+		if row.ExpiresAtUnix != nil {
+			exp := time.Unix(*row.ExpiresAtUnix, 0).UTC()
 			expires[i] = &exp
 		}
-		if b := e.GetBudget(); b != nil {
-			amount := b.GetAmountMicros()
-			budgets[i], periods[i] = &amount, event.BudgetPeriodName(b.GetPeriod())
-		}
-		scopes[i] = nonNil(e.GetScopes())
-		attrKeys[i], attrValues[i] = sortedAttributes(e.GetAttributes())
-		changeFields[i], changeBefore[i], changeAfter[i] = []string{}, []string{}, []string{}
-		for _, c := range e.GetChanges() {
-			changeFields[i] = append(changeFields[i], c.GetField())
-			changeBefore[i] = append(changeBefore[i], c.GetBefore())
-			changeAfter[i] = append(changeAfter[i], c.GetAfter())
-		}
+		budgets[i] = row.BudgetAmountMicros
+		scopes[i], attrKeys[i], attrValues[i] = nonNil(row.Scopes), nonNil(row.AttributeKeys), nonNil(row.AttributeValues)
+		changeFields[i], changeBefore[i], changeAfter[i] = nonNil(row.ChangeFields), nonNil(row.ChangeBefore), nonNil(row.ChangeAfter)
+		contentHashes[i], prevHashes[i], chainHashes[i], chainSeqs[i] = row.ContentHash, row.PrevHash, row.ChainHash, row.Seq
+		seqs[i] = records[i].StreamSeq
 	}
-	return sendColumns(ctx, s.conn, "INSERT INTO lifecycle_events ("+LifecycleColumns+")",
+	if err := sendColumns(ctx, s.conn, "INSERT INTO lifecycle_events ("+LifecycleColumns+")",
 		ids, times, timesMs, projects, keys, actions, newKeys, actors, actorTypes, reasons,
-		expires, budgets, periods, scopes, attrKeys, attrValues, changeFields, changeBefore, changeAfter, seqs, ingested)
+		expires, budgets, periods, scopes, attrKeys, attrValues, changeFields, changeBefore, changeAfter,
+		contentHashes, prevHashes, chainHashes, chainSeqs, seqs, ingested); err != nil {
+		return err
+	}
+	for p, h := range heads {
+		s.heads[p] = h
+	}
+	return nil
 }
 
-// sendColumns appends whole columns, which is several times faster than row-wise Append.
+// head is where a project's chain ends, from the cache or from ClickHouse.
+func (s *Sink) head(ctx context.Context, project string) (auditchain.Head, error) {
+	if h, ok := s.heads[project]; ok {
+		return h, nil
+	}
+	var h auditchain.Head
+	err := s.conn.QueryRow(ctx, "SELECT chain_seq, chain_hash FROM lifecycle_events WHERE project = ? ORDER BY chain_seq DESC LIMIT 1", project).Scan(&h.Seq, &h.Hash)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		h = auditchain.GenesisHead
+	case err != nil:
+		return auditchain.Head{}, fmt.Errorf("read audit chain head of %s: %w", project, err)
+	}
+	s.heads[project] = h
+	return h, nil
+}
+
+// sendColumns appends whole columns, then sends the batch.
 func sendColumns(ctx context.Context, conn driver.Conn, insert string, columns ...any) error {
 	batch, err := conn.PrepareBatch(ctx, insert)
 	if err != nil {

@@ -140,3 +140,63 @@ func QueryUint64(t testing.TB, conn driver.Conn, query string, args ...any) uint
 	}
 	return v
 }
+
+// CountOccurrences counts the cells of every String and Array(String) column of every table
+// in the database that contain needle. Tests use it to prove a value is nowhere in storage.
+func CountOccurrences(t testing.TB, db *Database, needle string) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := db.Conn.Query(ctx, "SELECT table, name, type FROM system.columns WHERE database = ? AND (type = 'String' OR type = 'Array(String)' OR type = 'Nullable(String)')", db.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type column struct{ table, name, typ string }
+	var cols []column
+	for rows.Next() {
+		var c column
+		if err := rows.Scan(&c.table, &c.name, &c.typ); err != nil {
+			t.Fatal(err)
+		}
+		cols = append(cols, c)
+	}
+	rows.Close()
+	var total uint64
+	for _, c := range cols {
+		cond := "position(`" + c.name + "`, ?) > 0"
+		if c.typ == "Array(String)" {
+			cond = "arrayExists(x -> position(x, ?) > 0, `" + c.name + "`)"
+		}
+		// Table and column names come from system.columns of our own test database.
+		total += QueryUint64(t, db.Conn, "SELECT count() FROM `"+db.Name+"`.`"+c.table+"` WHERE "+cond, needle)
+	}
+	return total
+}
+
+// WaitForEvents waits until the database holds exactly usage usage events and lifecycle
+// lifecycle events, and every usage rollup agrees with the raw rows. ClickHouse makes an
+// insert's rows visible in the raw table before its materialized views have written theirs,
+// so waiting on the raw count alone races with the rollup-backed answers.
+func WaitForEvents(t testing.TB, db *Database, usage, lifecycle uint64, timeout time.Duration) {
+	t.Helper()
+	Eventually(t, timeout, func() error {
+		counts := map[string]string{
+			"usage_events":            "SELECT count() FROM usage_events",
+			"lifecycle_events":        "SELECT count() FROM lifecycle_events",
+			"usage_by_key_minute":     "SELECT countMerge(requests) FROM usage_by_key_minute",
+			"usage_by_service_minute": "SELECT countMerge(requests) FROM usage_by_service_minute",
+			"key_service_totals":      "SELECT countMerge(requests) FROM key_service_totals",
+			"spend_hourly":            "SELECT sum(requests) FROM spend_hourly",
+			"usage_5min":              "SELECT sum(requests) FROM usage_5min",
+		}
+		for table, q := range counts {
+			want := usage
+			if table == "lifecycle_events" {
+				want = lifecycle
+			}
+			if got := QueryUint64(t, db.Conn, q); got != want {
+				return fmt.Errorf("%s has %d, want %d", table, got, want)
+			}
+		}
+		return nil
+	})
+}

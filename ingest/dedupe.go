@@ -1,0 +1,73 @@
+package ingest
+
+import (
+	"context"
+
+	"github.com/cespare/xxhash/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keytrail/keytrail/event"
+)
+
+// Presence is what storage already holds for a record's event id.
+type Presence int
+
+const (
+	NotStored Presence = iota
+	// AlreadyStored: the same event (equal content hash) is stored; skip it.
+	AlreadyStored
+	// Conflict: a different event with this id is stored; dead-letter this one.
+	Conflict
+)
+
+// Deduper is implemented by sinks that can tell which records are already stored. The
+// ingester asks about redelivered records only: a redelivery means an earlier flush may have
+// stored them before its ack was lost or the process died.
+type Deduper interface {
+	Classify(ctx context.Context, records []Record) ([]Presence, error)
+}
+
+// contentHash fingerprints an event's content after redaction. Deterministic marshalling
+// makes equal events hash equal whatever the wire encoding they arrived in.
+func contentHash(ev event.Event) uint64 {
+	var m proto.Message = ev.Usage
+	if ev.Kind == event.KindLifecycle {
+		m = ev.Lifecycle
+	}
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	return xxhash.Sum64(b)
+}
+
+// recentIDs remembers the content hash of the last N event ids taken, to catch an id reused
+// within that horizon (JetStream's duplicate window catches retries within its own window;
+// this catches the same id re-published later or under another Nats-Msg-Id). Memory is
+// bounded: N ids in a ring.
+type recentIDs struct {
+	hashes map[string]uint64
+	ring   []string
+	next   int
+}
+
+func newRecentIDs(n int) *recentIDs {
+	return &recentIDs{hashes: make(map[string]uint64, n), ring: make([]string, n)}
+}
+
+// check returns the presence of id among the recent ones and remembers it.
+func (r *recentIDs) check(id string, hash uint64) Presence {
+	if len(r.ring) == 0 {
+		return NotStored
+	}
+	if h, ok := r.hashes[id]; ok {
+		if h == hash {
+			return AlreadyStored
+		}
+		return Conflict
+	}
+	if old := r.ring[r.next]; old != "" {
+		delete(r.hashes, old)
+	}
+	r.ring[r.next] = id
+	r.hashes[id] = hash
+	r.next = (r.next + 1) % len(r.ring)
+	return NotStored
+}

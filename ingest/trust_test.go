@@ -1,0 +1,217 @@
+package ingest_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/event"
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/ingest"
+	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/internal/testenv"
+)
+
+// syncBuffer is a log destination tests can read while the ingester writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// runIngester runs an ingester with the given sink until the returned stop is called.
+func runIngester(t *testing.T, js *testenv.JetStream, sink ingest.Sink, logs *syncBuffer) (stop func() error) {
+	return runIngesterWith(t, js, sink, logs, 15*time.Second)
+}
+
+func runIngesterWith(t *testing.T, js *testenv.JetStream, sink ingest.Sink, logs *syncBuffer, shutdown time.Duration) (stop func() error) {
+	t.Helper()
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithCancel(context.Background())
+	ing, err := ingest.New(ctx, ingest.Config{JetStream: js.JS, Streams: js.Streams, Sink: sink, BatchSize: 1000, FlushInterval: 50 * time.Millisecond, Logger: logger, ShutdownTimeout: shutdown})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ing.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func TestSecretShapedValuesNeverReachStorageOrLogs(t *testing.T) {
+	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
+	db := testenv.ClickHouse(t)
+	sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	var logs syncBuffer
+	runIngester(t, js, sink, &logs)
+
+	secret := "sk-proj-Zx8Qw2Er4Ty6Ui8Op0As2Df4Gh6Jk8L"
+	u := usageEvent("s1", secret, "billing", time.Now().Add(-time.Minute), 200)
+	u.RequestId = "Bearer " + secret
+	b, _ := proto.Marshal(u)
+	publish(t, js.JS, js.Streams.Subjects.Usage("acme"), "s1", "", b)
+	l := &keytrailv1.LifecycleEvent{EventId: "s2", Time: timestamppb.Now(), Project: "acme", KeyId: "key_a",
+		Action: keytrailv1.Action_ACTION_CREATED, Actor: "alice", Attributes: map[string]string{"leaked": secret}}
+	b, _ = proto.Marshal(l)
+	publish(t, js.JS, js.Streams.Subjects.Lifecycle("acme"), "s2", "", b)
+
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events") + testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events"); n != 2 {
+			return fmt.Errorf("%d rows", n)
+		}
+		return nil
+	})
+	if n := testenv.CountOccurrences(t, db, secret); n != 0 {
+		t.Errorf("the secret is in %d ClickHouse cells", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events WHERE key_id = ? AND request_id = ?", event.Fingerprint(secret), event.Fingerprint("Bearer "+secret)); n != 1 {
+		t.Errorf("fingerprinted usage row count %d, want 1", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events WHERE has(attribute_values, ?)", event.Fingerprint(secret)); n != 1 {
+		t.Errorf("fingerprinted lifecycle row count %d, want 1", n)
+	}
+	if strings.Contains(logs.String(), secret) || !strings.Contains(logs.String(), "replaced secret-shaped values with fingerprints") {
+		t.Errorf("logs:\n%s", logs.String())
+	}
+}
+
+// crashAfterWrite stores the first batch, then behaves as a process killed before its ack:
+// the write is in ClickHouse, every later call fails, so no ack ever happens.
+type crashAfterWrite struct {
+	*chsink.Sink
+	wrote chan struct{}
+	once  *sync.Once
+}
+
+func (c crashAfterWrite) Write(ctx context.Context, records []ingest.Record) error {
+	crashed := true
+	c.once.Do(func() { crashed = false })
+	if crashed {
+		return fmt.Errorf("process is dead")
+	}
+	if err := c.Sink.Write(ctx, records); err != nil {
+		return err
+	}
+	close(c.wrote)
+	return fmt.Errorf("killed before the ack")
+}
+
+func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
+	streams := broker.DefaultStreamConfig()
+	streams.AckWait = time.Second // redeliver quickly once the first ingester is gone
+	js := testenv.NewJetStream(t, streams)
+	db := testenv.ClickHouse(t)
+	for i := 0; i < 50; i++ {
+		e := usageEvent(fmt.Sprintf("r%d", i), "key_a", "billing", time.Now().Add(-time.Minute), 200)
+		b, _ := proto.Marshal(e)
+		publish(t, js.JS, js.Streams.Subjects.Usage("acme"), e.EventId, "", b)
+	}
+	lc := &keytrailv1.LifecycleEvent{EventId: "rl", Time: timestamppb.Now(), Project: "acme", KeyId: "key_a", Action: keytrailv1.Action_ACTION_CREATED, Actor: "alice"}
+	b, _ := proto.Marshal(lc)
+	publish(t, js.JS, js.Streams.Subjects.Lifecycle("acme"), "rl", "", b)
+
+	first, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	crashing := crashAfterWrite{Sink: first, wrote: make(chan struct{}), once: &sync.Once{}}
+	var logs syncBuffer
+	stop := runIngesterWith(t, js, crashing, &logs, 100*time.Millisecond)
+	select {
+	case <-crashing.wrote:
+	case <-time.After(10 * time.Second):
+		t.Fatal("first ingester never wrote")
+	}
+	_ = stop() // "crash": the batch is stored but was never acknowledged
+
+	second, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	runIngester(t, js, second, &logs)
+	testenv.Eventually(t, 15*time.Second, func() error {
+		info, err := js.JS.Stream(context.Background(), js.Streams.EventsStream)
+		if err != nil {
+			return err
+		}
+		if n := info.CachedInfo().State.Msgs; n != 0 {
+			return fmt.Errorf("%d messages not yet acknowledged", n)
+		}
+		return nil
+	})
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 50 {
+		t.Errorf("usage rows %d, want 50", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"); n != 50 {
+		t.Errorf("distinct usage ids %d, want 50", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_by_key_minute"); n != 50 {
+		t.Errorf("rollup requests %d, want 50 (a duplicate insert would double it)", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events"); n != 1 {
+		t.Errorf("lifecycle rows %d, want 1", n)
+	}
+}
+
+func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
+	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
+	db := testenv.ClickHouse(t)
+	sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	var logs syncBuffer
+	runIngester(t, js, sink, &logs)
+
+	original := usageEvent("same-id", "key_a", "billing", time.Now().Add(-time.Minute), 200)
+	b, _ := proto.Marshal(original)
+	publish(t, js.JS, js.Streams.Subjects.Usage("acme"), "msg-1", "", b)
+	// The same event again under another message id: dropped quietly as a duplicate.
+	publish(t, js.JS, js.Streams.Subjects.Usage("acme"), "msg-2", "", b)
+	// Different content under the same event id: dead-lettered.
+	forged := proto.Clone(original).(*keytrailv1.UsageEvent)
+	forged.CostMicros = 99_000_000
+	b, _ = proto.Marshal(forged)
+	publish(t, js.JS, js.Streams.Subjects.Usage("acme"), "msg-3", "", b)
+	after := usageEvent("after", "key_a", "billing", time.Now().Add(-time.Minute), 200)
+	b, _ = proto.Marshal(after)
+	publish(t, js.JS, js.Streams.Subjects.Usage("acme"), "after", "", b)
+
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events WHERE event_id = 'after'"); n != 1 {
+			return fmt.Errorf("last event not stored")
+		}
+		return nil
+	})
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events WHERE event_id = 'same-id'"); n != 1 {
+		t.Errorf("same-id stored %d times", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT toUInt64(sum(cost_micros)) FROM usage_events WHERE event_id = 'same-id'"); n != 2500 {
+		t.Errorf("stored cost %d, want the original 2500", n)
+	}
+	dl, _ := js.JS.Stream(context.Background(), js.Streams.DeadLetterStream)
+	msg, err := dl.GetMsg(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg.Header.Get(ingest.HeaderReason) != "duplicate_event_id" || msg.Header.Get(ingest.HeaderStreamSeq) != "3" {
+		t.Errorf("dead letter %v", msg.Header)
+	}
+}
