@@ -92,3 +92,23 @@ func usageRows(rows []query.KeyServiceUsage) []*keytrailv1.KeyServiceUsage {
 	}
 	return out
 }
+
+func (s *queryService) VerifyAuditTrail(ctx context.Context, req *keytrailv1.VerifyAuditTrailRequest) (*keytrailv1.VerifyAuditTrailResponse, error) {
+	results, err := s.reader.VerifyAuditTrail(ctx, req.GetProject(), timeOrZero(req.GetStartTime()), timeOrZero(req.GetEndTime()))
+	if err != nil {
+		return nil, s.toStatus(ctx, "VerifyAuditTrail", err)
+	}
+	resp := &keytrailv1.VerifyAuditTrailResponse{Intact: true}
+	for _, v := range results {
+		pv := &keytrailv1.ChainVerification{
+			Project: v.Project, FirstChainSeq: v.FirstSeq, LastChainSeq: v.LastSeq,
+			RowsChecked: int64(v.Rows), Intact: v.Break == nil, HeadHash: v.HeadHash,
+		}
+		if v.Break != nil {
+			pv.FirstBreak = &keytrailv1.ChainBreak{ChainSeq: v.Break.Seq, EventId: v.Break.EventID, Problem: v.Break.Problem}
+			resp.Intact = false
+		}
+		resp.Projects = append(resp.Projects, pv)
+	}
+	return resp, nil
+}

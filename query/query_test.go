@@ -165,3 +165,14 @@ func TestNewRangeAndPageSize(t *testing.T) {
 		}
 	}
 }
+
+func TestChainQueriesSQL(t *testing.T) {
+	got := ChainRows("acme", 4, 9)
+	want := "SELECT event_id, event_time_ms, project, key_id, action, new_key_id, actor, actor_type, reason, expires_at, budget_amount_micros, budget_period, scopes, attribute_keys, attribute_values, change_fields, change_before, change_after, chain_seq, content_hash, prev_hash, chain_hash\nFROM lifecycle_events\nWHERE project = ? AND chain_seq >= ? AND chain_seq <= ?\nORDER BY chain_seq"
+	if got.SQL != want || !reflect.DeepEqual(got.Args, []any{"acme", uint64(4), uint64(9)}) {
+		t.Errorf("ChainRows:\n%s\n%#v", got.SQL, got.Args)
+	}
+	if got := ChainProjects(""); got.SQL != "SELECT DISTINCT project FROM lifecycle_events ORDER BY project" || got.Args != nil {
+		t.Errorf("ChainProjects: %+v", got)
+	}
+}

@@ -546,6 +546,275 @@ func (x *ListAuditEventsResponse) GetNextPageToken() string {
 	return ""
 }
 
+type VerifyAuditTrailRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Default: every project.
+	Project string `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	// Verify the part of each chain holding events in this range (default: the whole chain).
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditTrailRequest) Reset() {
+	*x = VerifyAuditTrailRequest{}
+	mi := &file_keytrail_v1_query_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditTrailRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditTrailRequest) ProtoMessage() {}
+
+func (x *VerifyAuditTrailRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keytrail_v1_query_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditTrailRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditTrailRequest) Descriptor() ([]byte, []int) {
+	return file_keytrail_v1_query_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *VerifyAuditTrailRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *VerifyAuditTrailRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *VerifyAuditTrailRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+type ChainBreak struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ChainSeq      uint64                 `protobuf:"varint,1,opt,name=chain_seq,json=chainSeq,proto3" json:"chain_seq,omitempty"`
+	EventId       string                 `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	Problem       string                 `protobuf:"bytes,3,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChainBreak) Reset() {
+	*x = ChainBreak{}
+	mi := &file_keytrail_v1_query_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChainBreak) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChainBreak) ProtoMessage() {}
+
+func (x *ChainBreak) ProtoReflect() protoreflect.Message {
+	mi := &file_keytrail_v1_query_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChainBreak.ProtoReflect.Descriptor instead.
+func (*ChainBreak) Descriptor() ([]byte, []int) {
+	return file_keytrail_v1_query_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ChainBreak) GetChainSeq() uint64 {
+	if x != nil {
+		return x.ChainSeq
+	}
+	return 0
+}
+
+func (x *ChainBreak) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *ChainBreak) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+type ChainVerification struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Project       string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	FirstChainSeq uint64                 `protobuf:"varint,2,opt,name=first_chain_seq,json=firstChainSeq,proto3" json:"first_chain_seq,omitempty"`
+	LastChainSeq  uint64                 `protobuf:"varint,3,opt,name=last_chain_seq,json=lastChainSeq,proto3" json:"last_chain_seq,omitempty"`
+	RowsChecked   int64                  `protobuf:"varint,4,opt,name=rows_checked,json=rowsChecked,proto3" json:"rows_checked,omitempty"`
+	Intact        bool                   `protobuf:"varint,5,opt,name=intact,proto3" json:"intact,omitempty"`
+	// Set when intact is false.
+	FirstBreak *ChainBreak `protobuf:"bytes,6,opt,name=first_break,json=firstBreak,proto3" json:"first_break,omitempty"`
+	// The chain hash of the project's newest row. Record it somewhere outside keytrail
+	// (a ticket, a signed log) to detect a later rewrite of the whole chain or its tail.
+	HeadHash      string `protobuf:"bytes,7,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChainVerification) Reset() {
+	*x = ChainVerification{}
+	mi := &file_keytrail_v1_query_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChainVerification) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChainVerification) ProtoMessage() {}
+
+func (x *ChainVerification) ProtoReflect() protoreflect.Message {
+	mi := &file_keytrail_v1_query_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChainVerification.ProtoReflect.Descriptor instead.
+func (*ChainVerification) Descriptor() ([]byte, []int) {
+	return file_keytrail_v1_query_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ChainVerification) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *ChainVerification) GetFirstChainSeq() uint64 {
+	if x != nil {
+		return x.FirstChainSeq
+	}
+	return 0
+}
+
+func (x *ChainVerification) GetLastChainSeq() uint64 {
+	if x != nil {
+		return x.LastChainSeq
+	}
+	return 0
+}
+
+func (x *ChainVerification) GetRowsChecked() int64 {
+	if x != nil {
+		return x.RowsChecked
+	}
+	return 0
+}
+
+func (x *ChainVerification) GetIntact() bool {
+	if x != nil {
+		return x.Intact
+	}
+	return false
+}
+
+func (x *ChainVerification) GetFirstBreak() *ChainBreak {
+	if x != nil {
+		return x.FirstBreak
+	}
+	return nil
+}
+
+func (x *ChainVerification) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
+type VerifyAuditTrailResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Projects      []*ChainVerification   `protobuf:"bytes,1,rep,name=projects,proto3" json:"projects,omitempty"`
+	Intact        bool                   `protobuf:"varint,2,opt,name=intact,proto3" json:"intact,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditTrailResponse) Reset() {
+	*x = VerifyAuditTrailResponse{}
+	mi := &file_keytrail_v1_query_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditTrailResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditTrailResponse) ProtoMessage() {}
+
+func (x *VerifyAuditTrailResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keytrail_v1_query_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditTrailResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditTrailResponse) Descriptor() ([]byte, []int) {
+	return file_keytrail_v1_query_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *VerifyAuditTrailResponse) GetProjects() []*ChainVerification {
+	if x != nil {
+		return x.Projects
+	}
+	return nil
+}
+
+func (x *VerifyAuditTrailResponse) GetIntact() bool {
+	if x != nil {
+		return x.Intact
+	}
+	return false
+}
+
 var File_keytrail_v1_query_proto protoreflect.FileDescriptor
 
 const file_keytrail_v1_query_proto_rawDesc = "" +
@@ -608,11 +877,36 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"time_range\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"v\n" +
 	"\x17ListAuditEventsResponse\x123\n" +
 	"\x06events\x18\x01 \x03(\v2\x1b.keytrail.v1.LifecycleEventR\x06events\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xe2\b\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb9\x02\n" +
+	"\x17VerifyAuditTrailRequest\x12\"\n" +
+	"\aproject\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\aproject\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n" +
+	"\n" +
+	"time_range\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"^\n" +
+	"\n" +
+	"ChainBreak\x12\x1b\n" +
+	"\tchain_seq\x18\x01 \x01(\x04R\bchainSeq\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\x12\x18\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem\"\x8d\x02\n" +
+	"\x11ChainVerification\x12\x18\n" +
+	"\aproject\x18\x01 \x01(\tR\aproject\x12&\n" +
+	"\x0ffirst_chain_seq\x18\x02 \x01(\x04R\rfirstChainSeq\x12$\n" +
+	"\x0elast_chain_seq\x18\x03 \x01(\x04R\flastChainSeq\x12!\n" +
+	"\frows_checked\x18\x04 \x01(\x03R\vrowsChecked\x12\x16\n" +
+	"\x06intact\x18\x05 \x01(\bR\x06intact\x128\n" +
+	"\vfirst_break\x18\x06 \x01(\v2\x17.keytrail.v1.ChainBreakR\n" +
+	"firstBreak\x12\x1b\n" +
+	"\thead_hash\x18\a \x01(\tR\bheadHash\"n\n" +
+	"\x18VerifyAuditTrailResponse\x12:\n" +
+	"\bprojects\x18\x01 \x03(\v2\x1e.keytrail.v1.ChainVerificationR\bprojects\x12\x16\n" +
+	"\x06intact\x18\x02 \x01(\bR\x06intact2\xdd\t\n" +
 	"\fQueryService\x12\x80\x01\n" +
 	"\x0fListKeyServices\x12#.keytrail.v1.ListKeyServicesRequest\x1a$.keytrail.v1.ListKeyServicesResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/keys/{key_id}/services\x12\x81\x01\n" +
 	"\x0fListServiceKeys\x12#.keytrail.v1.ListServiceKeysRequest\x1a$.keytrail.v1.ListServiceKeysResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/services/{service}/keys\x12v\n" +
-	"\x0fListAuditEvents\x12#.keytrail.v1.ListAuditEventsRequest\x1a$.keytrail.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x12t\n" +
+	"\x0fListAuditEvents\x12#.keytrail.v1.ListAuditEventsRequest\x1a$.keytrail.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x12y\n" +
+	"\x10VerifyAuditTrail\x12$.keytrail.v1.VerifyAuditTrailRequest\x1a%.keytrail.v1.VerifyAuditTrailResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/verify\x12t\n" +
 	"\vGetRotation\x12\x1f.keytrail.v1.GetRotationRequest\x1a .keytrail.v1.GetRotationResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/rotations/{old_key_id}\x12\\\n" +
 	"\x06GetKey\x12\x1a.keytrail.v1.GetKeyRequest\x1a\x1b.keytrail.v1.GetKeyResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12Y\n" +
 	"\bListKeys\x12\x1c.keytrail.v1.ListKeysRequest\x1a\x1d.keytrail.v1.ListKeysResponse\"\x10\x82\xd3\xe4\x93\x02\n" +
@@ -635,72 +929,82 @@ func file_keytrail_v1_query_proto_rawDescGZIP() []byte {
 	return file_keytrail_v1_query_proto_rawDescData
 }
 
-var file_keytrail_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_keytrail_v1_query_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_keytrail_v1_query_proto_goTypes = []any{
-	(*KeyServiceUsage)(nil),         // 0: keytrail.v1.KeyServiceUsage
-	(*ListKeyServicesRequest)(nil),  // 1: keytrail.v1.ListKeyServicesRequest
-	(*ListKeyServicesResponse)(nil), // 2: keytrail.v1.ListKeyServicesResponse
-	(*ListServiceKeysRequest)(nil),  // 3: keytrail.v1.ListServiceKeysRequest
-	(*ListServiceKeysResponse)(nil), // 4: keytrail.v1.ListServiceKeysResponse
-	(*ListAuditEventsRequest)(nil),  // 5: keytrail.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil), // 6: keytrail.v1.ListAuditEventsResponse
-	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
-	(Action)(0),                     // 8: keytrail.v1.Action
-	(*LifecycleEvent)(nil),          // 9: keytrail.v1.LifecycleEvent
-	(*GetRotationRequest)(nil),      // 10: keytrail.v1.GetRotationRequest
-	(*GetKeyRequest)(nil),           // 11: keytrail.v1.GetKeyRequest
-	(*ListKeysRequest)(nil),         // 12: keytrail.v1.ListKeysRequest
-	(*GetSpendRequest)(nil),         // 13: keytrail.v1.GetSpendRequest
-	(*ListBudgetsRequest)(nil),      // 14: keytrail.v1.ListBudgetsRequest
-	(*ListAnomaliesRequest)(nil),    // 15: keytrail.v1.ListAnomaliesRequest
-	(*ListNewCallersRequest)(nil),   // 16: keytrail.v1.ListNewCallersRequest
-	(*GetRotationResponse)(nil),     // 17: keytrail.v1.GetRotationResponse
-	(*GetKeyResponse)(nil),          // 18: keytrail.v1.GetKeyResponse
-	(*ListKeysResponse)(nil),        // 19: keytrail.v1.ListKeysResponse
-	(*GetSpendResponse)(nil),        // 20: keytrail.v1.GetSpendResponse
-	(*ListBudgetsResponse)(nil),     // 21: keytrail.v1.ListBudgetsResponse
-	(*ListAnomaliesResponse)(nil),   // 22: keytrail.v1.ListAnomaliesResponse
-	(*ListNewCallersResponse)(nil),  // 23: keytrail.v1.ListNewCallersResponse
+	(*KeyServiceUsage)(nil),          // 0: keytrail.v1.KeyServiceUsage
+	(*ListKeyServicesRequest)(nil),   // 1: keytrail.v1.ListKeyServicesRequest
+	(*ListKeyServicesResponse)(nil),  // 2: keytrail.v1.ListKeyServicesResponse
+	(*ListServiceKeysRequest)(nil),   // 3: keytrail.v1.ListServiceKeysRequest
+	(*ListServiceKeysResponse)(nil),  // 4: keytrail.v1.ListServiceKeysResponse
+	(*ListAuditEventsRequest)(nil),   // 5: keytrail.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),  // 6: keytrail.v1.ListAuditEventsResponse
+	(*VerifyAuditTrailRequest)(nil),  // 7: keytrail.v1.VerifyAuditTrailRequest
+	(*ChainBreak)(nil),               // 8: keytrail.v1.ChainBreak
+	(*ChainVerification)(nil),        // 9: keytrail.v1.ChainVerification
+	(*VerifyAuditTrailResponse)(nil), // 10: keytrail.v1.VerifyAuditTrailResponse
+	(*timestamppb.Timestamp)(nil),    // 11: google.protobuf.Timestamp
+	(Action)(0),                      // 12: keytrail.v1.Action
+	(*LifecycleEvent)(nil),           // 13: keytrail.v1.LifecycleEvent
+	(*GetRotationRequest)(nil),       // 14: keytrail.v1.GetRotationRequest
+	(*GetKeyRequest)(nil),            // 15: keytrail.v1.GetKeyRequest
+	(*ListKeysRequest)(nil),          // 16: keytrail.v1.ListKeysRequest
+	(*GetSpendRequest)(nil),          // 17: keytrail.v1.GetSpendRequest
+	(*ListBudgetsRequest)(nil),       // 18: keytrail.v1.ListBudgetsRequest
+	(*ListAnomaliesRequest)(nil),     // 19: keytrail.v1.ListAnomaliesRequest
+	(*ListNewCallersRequest)(nil),    // 20: keytrail.v1.ListNewCallersRequest
+	(*GetRotationResponse)(nil),      // 21: keytrail.v1.GetRotationResponse
+	(*GetKeyResponse)(nil),           // 22: keytrail.v1.GetKeyResponse
+	(*ListKeysResponse)(nil),         // 23: keytrail.v1.ListKeysResponse
+	(*GetSpendResponse)(nil),         // 24: keytrail.v1.GetSpendResponse
+	(*ListBudgetsResponse)(nil),      // 25: keytrail.v1.ListBudgetsResponse
+	(*ListAnomaliesResponse)(nil),    // 26: keytrail.v1.ListAnomaliesResponse
+	(*ListNewCallersResponse)(nil),   // 27: keytrail.v1.ListNewCallersResponse
 }
 var file_keytrail_v1_query_proto_depIdxs = []int32{
-	7,  // 0: keytrail.v1.KeyServiceUsage.first_seen:type_name -> google.protobuf.Timestamp
-	7,  // 1: keytrail.v1.KeyServiceUsage.last_seen:type_name -> google.protobuf.Timestamp
-	7,  // 2: keytrail.v1.KeyServiceUsage.last_success:type_name -> google.protobuf.Timestamp
-	7,  // 3: keytrail.v1.ListKeyServicesRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 4: keytrail.v1.ListKeyServicesRequest.end_time:type_name -> google.protobuf.Timestamp
+	11, // 0: keytrail.v1.KeyServiceUsage.first_seen:type_name -> google.protobuf.Timestamp
+	11, // 1: keytrail.v1.KeyServiceUsage.last_seen:type_name -> google.protobuf.Timestamp
+	11, // 2: keytrail.v1.KeyServiceUsage.last_success:type_name -> google.protobuf.Timestamp
+	11, // 3: keytrail.v1.ListKeyServicesRequest.start_time:type_name -> google.protobuf.Timestamp
+	11, // 4: keytrail.v1.ListKeyServicesRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 5: keytrail.v1.ListKeyServicesResponse.services:type_name -> keytrail.v1.KeyServiceUsage
-	7,  // 6: keytrail.v1.ListServiceKeysRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 7: keytrail.v1.ListServiceKeysRequest.end_time:type_name -> google.protobuf.Timestamp
+	11, // 6: keytrail.v1.ListServiceKeysRequest.start_time:type_name -> google.protobuf.Timestamp
+	11, // 7: keytrail.v1.ListServiceKeysRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 8: keytrail.v1.ListServiceKeysResponse.keys:type_name -> keytrail.v1.KeyServiceUsage
-	8,  // 9: keytrail.v1.ListAuditEventsRequest.action:type_name -> keytrail.v1.Action
-	7,  // 10: keytrail.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 11: keytrail.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
-	9,  // 12: keytrail.v1.ListAuditEventsResponse.events:type_name -> keytrail.v1.LifecycleEvent
-	1,  // 13: keytrail.v1.QueryService.ListKeyServices:input_type -> keytrail.v1.ListKeyServicesRequest
-	3,  // 14: keytrail.v1.QueryService.ListServiceKeys:input_type -> keytrail.v1.ListServiceKeysRequest
-	5,  // 15: keytrail.v1.QueryService.ListAuditEvents:input_type -> keytrail.v1.ListAuditEventsRequest
-	10, // 16: keytrail.v1.QueryService.GetRotation:input_type -> keytrail.v1.GetRotationRequest
-	11, // 17: keytrail.v1.QueryService.GetKey:input_type -> keytrail.v1.GetKeyRequest
-	12, // 18: keytrail.v1.QueryService.ListKeys:input_type -> keytrail.v1.ListKeysRequest
-	13, // 19: keytrail.v1.QueryService.GetSpend:input_type -> keytrail.v1.GetSpendRequest
-	14, // 20: keytrail.v1.QueryService.ListBudgets:input_type -> keytrail.v1.ListBudgetsRequest
-	15, // 21: keytrail.v1.QueryService.ListAnomalies:input_type -> keytrail.v1.ListAnomaliesRequest
-	16, // 22: keytrail.v1.QueryService.ListNewCallers:input_type -> keytrail.v1.ListNewCallersRequest
-	2,  // 23: keytrail.v1.QueryService.ListKeyServices:output_type -> keytrail.v1.ListKeyServicesResponse
-	4,  // 24: keytrail.v1.QueryService.ListServiceKeys:output_type -> keytrail.v1.ListServiceKeysResponse
-	6,  // 25: keytrail.v1.QueryService.ListAuditEvents:output_type -> keytrail.v1.ListAuditEventsResponse
-	17, // 26: keytrail.v1.QueryService.GetRotation:output_type -> keytrail.v1.GetRotationResponse
-	18, // 27: keytrail.v1.QueryService.GetKey:output_type -> keytrail.v1.GetKeyResponse
-	19, // 28: keytrail.v1.QueryService.ListKeys:output_type -> keytrail.v1.ListKeysResponse
-	20, // 29: keytrail.v1.QueryService.GetSpend:output_type -> keytrail.v1.GetSpendResponse
-	21, // 30: keytrail.v1.QueryService.ListBudgets:output_type -> keytrail.v1.ListBudgetsResponse
-	22, // 31: keytrail.v1.QueryService.ListAnomalies:output_type -> keytrail.v1.ListAnomaliesResponse
-	23, // 32: keytrail.v1.QueryService.ListNewCallers:output_type -> keytrail.v1.ListNewCallersResponse
-	23, // [23:33] is the sub-list for method output_type
-	13, // [13:23] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	12, // 9: keytrail.v1.ListAuditEventsRequest.action:type_name -> keytrail.v1.Action
+	11, // 10: keytrail.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	11, // 11: keytrail.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	13, // 12: keytrail.v1.ListAuditEventsResponse.events:type_name -> keytrail.v1.LifecycleEvent
+	11, // 13: keytrail.v1.VerifyAuditTrailRequest.start_time:type_name -> google.protobuf.Timestamp
+	11, // 14: keytrail.v1.VerifyAuditTrailRequest.end_time:type_name -> google.protobuf.Timestamp
+	8,  // 15: keytrail.v1.ChainVerification.first_break:type_name -> keytrail.v1.ChainBreak
+	9,  // 16: keytrail.v1.VerifyAuditTrailResponse.projects:type_name -> keytrail.v1.ChainVerification
+	1,  // 17: keytrail.v1.QueryService.ListKeyServices:input_type -> keytrail.v1.ListKeyServicesRequest
+	3,  // 18: keytrail.v1.QueryService.ListServiceKeys:input_type -> keytrail.v1.ListServiceKeysRequest
+	5,  // 19: keytrail.v1.QueryService.ListAuditEvents:input_type -> keytrail.v1.ListAuditEventsRequest
+	7,  // 20: keytrail.v1.QueryService.VerifyAuditTrail:input_type -> keytrail.v1.VerifyAuditTrailRequest
+	14, // 21: keytrail.v1.QueryService.GetRotation:input_type -> keytrail.v1.GetRotationRequest
+	15, // 22: keytrail.v1.QueryService.GetKey:input_type -> keytrail.v1.GetKeyRequest
+	16, // 23: keytrail.v1.QueryService.ListKeys:input_type -> keytrail.v1.ListKeysRequest
+	17, // 24: keytrail.v1.QueryService.GetSpend:input_type -> keytrail.v1.GetSpendRequest
+	18, // 25: keytrail.v1.QueryService.ListBudgets:input_type -> keytrail.v1.ListBudgetsRequest
+	19, // 26: keytrail.v1.QueryService.ListAnomalies:input_type -> keytrail.v1.ListAnomaliesRequest
+	20, // 27: keytrail.v1.QueryService.ListNewCallers:input_type -> keytrail.v1.ListNewCallersRequest
+	2,  // 28: keytrail.v1.QueryService.ListKeyServices:output_type -> keytrail.v1.ListKeyServicesResponse
+	4,  // 29: keytrail.v1.QueryService.ListServiceKeys:output_type -> keytrail.v1.ListServiceKeysResponse
+	6,  // 30: keytrail.v1.QueryService.ListAuditEvents:output_type -> keytrail.v1.ListAuditEventsResponse
+	10, // 31: keytrail.v1.QueryService.VerifyAuditTrail:output_type -> keytrail.v1.VerifyAuditTrailResponse
+	21, // 32: keytrail.v1.QueryService.GetRotation:output_type -> keytrail.v1.GetRotationResponse
+	22, // 33: keytrail.v1.QueryService.GetKey:output_type -> keytrail.v1.GetKeyResponse
+	23, // 34: keytrail.v1.QueryService.ListKeys:output_type -> keytrail.v1.ListKeysResponse
+	24, // 35: keytrail.v1.QueryService.GetSpend:output_type -> keytrail.v1.GetSpendResponse
+	25, // 36: keytrail.v1.QueryService.ListBudgets:output_type -> keytrail.v1.ListBudgetsResponse
+	26, // 37: keytrail.v1.QueryService.ListAnomalies:output_type -> keytrail.v1.ListAnomaliesResponse
+	27, // 38: keytrail.v1.QueryService.ListNewCallers:output_type -> keytrail.v1.ListNewCallersResponse
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_keytrail_v1_query_proto_init() }
@@ -719,7 +1023,7 @@ func file_keytrail_v1_query_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keytrail_v1_query_proto_rawDesc), len(file_keytrail_v1_query_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,16 +22,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	QueryService_ListKeyServices_FullMethodName = "/keytrail.v1.QueryService/ListKeyServices"
-	QueryService_ListServiceKeys_FullMethodName = "/keytrail.v1.QueryService/ListServiceKeys"
-	QueryService_ListAuditEvents_FullMethodName = "/keytrail.v1.QueryService/ListAuditEvents"
-	QueryService_GetRotation_FullMethodName     = "/keytrail.v1.QueryService/GetRotation"
-	QueryService_GetKey_FullMethodName          = "/keytrail.v1.QueryService/GetKey"
-	QueryService_ListKeys_FullMethodName        = "/keytrail.v1.QueryService/ListKeys"
-	QueryService_GetSpend_FullMethodName        = "/keytrail.v1.QueryService/GetSpend"
-	QueryService_ListBudgets_FullMethodName     = "/keytrail.v1.QueryService/ListBudgets"
-	QueryService_ListAnomalies_FullMethodName   = "/keytrail.v1.QueryService/ListAnomalies"
-	QueryService_ListNewCallers_FullMethodName  = "/keytrail.v1.QueryService/ListNewCallers"
+	QueryService_ListKeyServices_FullMethodName  = "/keytrail.v1.QueryService/ListKeyServices"
+	QueryService_ListServiceKeys_FullMethodName  = "/keytrail.v1.QueryService/ListServiceKeys"
+	QueryService_ListAuditEvents_FullMethodName  = "/keytrail.v1.QueryService/ListAuditEvents"
+	QueryService_VerifyAuditTrail_FullMethodName = "/keytrail.v1.QueryService/VerifyAuditTrail"
+	QueryService_GetRotation_FullMethodName      = "/keytrail.v1.QueryService/GetRotation"
+	QueryService_GetKey_FullMethodName           = "/keytrail.v1.QueryService/GetKey"
+	QueryService_ListKeys_FullMethodName         = "/keytrail.v1.QueryService/ListKeys"
+	QueryService_GetSpend_FullMethodName         = "/keytrail.v1.QueryService/GetSpend"
+	QueryService_ListBudgets_FullMethodName      = "/keytrail.v1.QueryService/ListBudgets"
+	QueryService_ListAnomalies_FullMethodName    = "/keytrail.v1.QueryService/ListAnomalies"
+	QueryService_ListNewCallers_FullMethodName   = "/keytrail.v1.QueryService/ListNewCallers"
 )
 
 // QueryServiceClient is the client API for QueryService service.
@@ -46,6 +47,8 @@ type QueryServiceClient interface {
 	ListServiceKeys(ctx context.Context, in *ListServiceKeysRequest, opts ...grpc.CallOption) (*ListServiceKeysResponse, error)
 	// The lifecycle audit trail, newest first.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
+	// Recomputes the lifecycle audit trail's hash chain and reports the first break.
+	VerifyAuditTrail(ctx context.Context, in *VerifyAuditTrailRequest, opts ...grpc.CallOption) (*VerifyAuditTrailResponse, error)
 	// Traffic-shift completeness of a double-key roll and a safe-to-revoke verdict.
 	GetRotation(ctx context.Context, in *GetRotationRequest, opts ...grpc.CallOption) (*GetRotationResponse, error)
 	// A key's state derived from its lifecycle events, now or at any instant.
@@ -94,6 +97,16 @@ func (c *queryServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditE
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListAuditEventsResponse)
 	err := c.cc.Invoke(ctx, QueryService_ListAuditEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryServiceClient) VerifyAuditTrail(ctx context.Context, in *VerifyAuditTrailRequest, opts ...grpc.CallOption) (*VerifyAuditTrailResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyAuditTrailResponse)
+	err := c.cc.Invoke(ctx, QueryService_VerifyAuditTrail_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -182,6 +195,8 @@ type QueryServiceServer interface {
 	ListServiceKeys(context.Context, *ListServiceKeysRequest) (*ListServiceKeysResponse, error)
 	// The lifecycle audit trail, newest first.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
+	// Recomputes the lifecycle audit trail's hash chain and reports the first break.
+	VerifyAuditTrail(context.Context, *VerifyAuditTrailRequest) (*VerifyAuditTrailResponse, error)
 	// Traffic-shift completeness of a double-key roll and a safe-to-revoke verdict.
 	GetRotation(context.Context, *GetRotationRequest) (*GetRotationResponse, error)
 	// A key's state derived from its lifecycle events, now or at any instant.
@@ -214,6 +229,9 @@ func (UnimplementedQueryServiceServer) ListServiceKeys(context.Context, *ListSer
 }
 func (UnimplementedQueryServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
+}
+func (UnimplementedQueryServiceServer) VerifyAuditTrail(context.Context, *VerifyAuditTrailRequest) (*VerifyAuditTrailResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VerifyAuditTrail not implemented")
 }
 func (UnimplementedQueryServiceServer) GetRotation(context.Context, *GetRotationRequest) (*GetRotationResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetRotation not implemented")
@@ -307,6 +325,24 @@ func _QueryService_ListAuditEvents_Handler(srv interface{}, ctx context.Context,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(QueryServiceServer).ListAuditEvents(ctx, req.(*ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _QueryService_VerifyAuditTrail_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyAuditTrailRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).VerifyAuditTrail(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_VerifyAuditTrail_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).VerifyAuditTrail(ctx, req.(*VerifyAuditTrailRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -455,6 +491,10 @@ var QueryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuditEvents",
 			Handler:    _QueryService_ListAuditEvents_Handler,
+		},
+		{
+			MethodName: "VerifyAuditTrail",
+			Handler:    _QueryService_VerifyAuditTrail_Handler,
 		},
 		{
 			MethodName: "GetRotation",
