@@ -1,0 +1,312 @@
+package query
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keytrail/keytrail/budget"
+)
+
+// Budgets: which keys have a budget, and how much of it they spent in the current and past
+// periods.
+//
+//   - A key's budget at an instant `at` is the one carried by its latest lifecycle event at or
+//     before `at` that has a budget (ACTION_BUDGET_CHANGED, or any other action carrying one,
+//     such as a creation with a budget). Ties on the millisecond go to the larger event id, so
+//     the answer does not depend on storage order. A latest budget of 0 micros means the
+//     budget was removed: the key is not listed.
+//   - Periods are UTC: a day starts at midnight, a week on Monday 00:00 (ISO), a month on the
+//     1st at 00:00.
+//   - The budget in effect at `at` applies to the whole current period, even when it was set
+//     halfway through it, and the previous periods are measured against that same budget so
+//     that their percentages compare with the current one (the budget history is in the audit
+//     trail).
+//   - The current period counts spend up to and including the millisecond `at`, exactly:
+//     whole hours come from spend_hourly and the partial hour containing `at` from the raw
+//     usage_events (one hour of raw rows at most, for keys with a budget only).
+
+// Budget defaults and bounds.
+const (
+	DefaultBudgetThresholdPercent = 80
+	MaxBudgetThresholdPercent     = 1000
+	DefaultBudgetPreviousPeriods  = 3
+	MaxBudgetPreviousPeriods      = 24
+)
+
+// BudgetFilter narrows budgets; empty fields match everything.
+type BudgetFilter struct {
+	Project string
+	KeyID   string
+}
+
+// KeyBudget is the budget in effect for a key.
+type KeyBudget struct {
+	Project      string
+	KeyID        string
+	AmountMicros int64
+	Period       budget.Period
+}
+
+// PeriodSpend is the spend of a key in one budget period [Start, End).
+type PeriodSpend struct {
+	Start, End  time.Time
+	CostMicros  int64
+	PercentUsed float64
+}
+
+// BudgetUtilization is a key's budget with its spend in the current and past periods.
+type BudgetUtilization struct {
+	KeyBudget
+	// Current is the period containing the evaluation instant; its spend counts up to it.
+	Current PeriodSpend
+	// Previous are the periods before it, newest first.
+	Previous []PeriodSpend
+	Status   budget.Status
+}
+
+// latestBudget orders a key's budget-carrying events: the last one wins.
+const latestBudget = "(event_time_ms, event_id)"
+
+// budgetEventsWhere selects the events that carry a budget and happened at or before at.
+func budgetEventsWhere(f BudgetFilter, at time.Time) ([]string, []any) {
+	ms := at.UnixMilli()
+	where := []string{"event_time <= toDateTime(?)", "event_time_ms <= ?", "budget_amount_micros IS NOT NULL"}
+	args := []any{floorSec(ms), ms}
+	if f.Project != "" {
+		where = append(where, "project = ?")
+		args = append(args, f.Project)
+	}
+	if f.KeyID != "" {
+		where = append(where, "key_id = ?")
+		args = append(args, f.KeyID)
+	}
+	return where, args
+}
+
+// KeyBudgets is the budget in effect at `at` for every key that has one: the amount and
+// stored period name ("day", "week", "month") of the key's latest budget-carrying event.
+func KeyBudgets(f BudgetFilter, at time.Time) Query {
+	where, args := budgetEventsWhere(f, at)
+	sql := "SELECT project, key_id, argMax(assumeNotNull(budget_amount_micros), " + latestBudget + ") AS amount_micros, argMax(budget_period, " + latestBudget + ") AS period" +
+		"\nFROM lifecycle_events\nWHERE " + strings.Join(where, "\n  AND ") +
+		"\nGROUP BY project, key_id\nORDER BY project, key_id"
+	return Query{SQL: sql, Args: args}
+}
+
+// BudgetSpend is the spend per period of p from `from` (a period start) up to and including
+// the millisecond `at`, of every key whose budget at `at` has period p: whole hours from
+// spend_hourly, the partial hour containing `at` from usage_events.
+func BudgetSpend(f BudgetFilter, p budget.Period, from, at time.Time) Query {
+	hour := budget.Hour.Start(at)
+	atMs := at.UnixMilli()
+
+	// The keys whose budget at `at` has this period, as an IN set. A subquery rather than a
+	// list of bound ids: thousands of keys would not fit ClickHouse's max_query_size.
+	evWhere, evArgs := budgetEventsWhere(f, at)
+	keys := "(project, key_id) IN\n      (\n          SELECT project, key_id\n          FROM lifecycle_events\n          WHERE " +
+		strings.Join(evWhere, "\n            AND ") +
+		"\n          GROUP BY project, key_id\n          HAVING argMax(budget_period, " + latestBudget + ") = ?\n      )"
+	keysArgs := append(append([]any{}, evArgs...), p.String())
+
+	// Equality filters let both tables use their sort keys (spend_hourly: project, key_id;
+	// usage_events: key_id).
+	var narrow []string
+	var narrowArgs []any
+	if f.Project != "" {
+		narrow = append(narrow, "project = ?")
+		narrowArgs = append(narrowArgs, f.Project)
+	}
+	if f.KeyID != "" {
+		narrow = append(narrow, "key_id = ?")
+		narrowArgs = append(narrowArgs, f.KeyID)
+	}
+
+	rollupWhere := append([]string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}, narrow...)
+	rollupWhere = append(rollupWhere, keys)
+	args := append([]any{from.Unix(), hour.Unix()}, narrowArgs...)
+	args = append(args, keysArgs...)
+
+	rawWhere := append([]string{"event_time >= toDateTime(?)", "event_time <= toDateTime(?)", "event_time_ms >= ?", "event_time_ms <= ?"}, narrow...)
+	rawWhere = append(rawWhere, keys)
+	args = append(args, hour.Unix(), floorSec(atMs), hour.UnixMilli(), atMs)
+	args = append(args, narrowArgs...)
+	args = append(args, keysArgs...)
+
+	sql := "SELECT project, key_id, period_start, sum(cost) AS cost_micros\nFROM\n(\n" +
+		"    SELECT project, key_id, " + periodStartSQL(p, "hour") + " AS period_start, sum(total_cost_micros) AS cost\n" +
+		"    FROM spend_hourly\n    WHERE " + strings.Join(rollupWhere, "\n      AND ") + "\n" +
+		"    GROUP BY project, key_id, period_start\n    UNION ALL\n" +
+		"    SELECT project, key_id, " + periodStartSQL(p, "event_time") + " AS period_start, sum(cost_micros) AS cost\n" +
+		"    FROM usage_events\n    WHERE " + strings.Join(rawWhere, "\n      AND ") + "\n" +
+		"    GROUP BY project, key_id, period_start\n)\nGROUP BY project, key_id, period_start"
+	return Query{SQL: sql, Args: args}
+}
+
+// BudgetsRequest is the input of the budget list.
+type BudgetsRequest struct {
+	Filter BudgetFilter
+	// ThresholdPercent: 0 means DefaultBudgetThresholdPercent.
+	ThresholdPercent float64
+	// OnlyAlerting keeps the keys that are NEAR or OVER.
+	OnlyAlerting bool
+	// PreviousPeriods: 0 means DefaultBudgetPreviousPeriods.
+	PreviousPeriods int32
+	// At is the evaluation instant; zero means now.
+	At time.Time
+}
+
+type budgetParams struct {
+	threshold float64
+	previous  int
+	at        time.Time
+}
+
+func resolveBudgets(req BudgetsRequest, now time.Time) (budgetParams, error) {
+	p := budgetParams{threshold: req.ThresholdPercent, previous: int(req.PreviousPeriods), at: req.At}
+	if math.IsNaN(p.threshold) || p.threshold < 0 || p.threshold > MaxBudgetThresholdPercent {
+		return p, &InvalidError{Field: "threshold_percent", Reason: fmt.Sprintf("must be between 0 and %d", MaxBudgetThresholdPercent)}
+	}
+	if p.threshold == 0 {
+		p.threshold = DefaultBudgetThresholdPercent
+	}
+	if p.previous < 0 || p.previous > MaxBudgetPreviousPeriods {
+		return p, &InvalidError{Field: "previous_periods", Reason: fmt.Sprintf("must be between 0 and %d", MaxBudgetPreviousPeriods)}
+	}
+	if p.previous == 0 {
+		p.previous = DefaultBudgetPreviousPeriods
+	}
+	if p.at.IsZero() {
+		p.at = now
+	}
+	p.at = p.at.UTC()
+	return p, nil
+}
+
+// budgetPeriodKey identifies one key's spend in one period.
+type budgetPeriodKey struct {
+	project, keyID string
+	start          int64 // Unix seconds of the period start
+}
+
+// Budgets lists the keys with a budget, highest percentage of the current period first.
+func (rd *Reader) Budgets(ctx context.Context, req BudgetsRequest) ([]BudgetUtilization, error) {
+	params, err := resolveBudgets(req, rd.now())
+	if err != nil {
+		return nil, err
+	}
+	// 1. The budgets in effect at `at`.
+	budgets, err := rd.keyBudgets(ctx, KeyBudgets(req.Filter, params.at))
+	if err != nil {
+		return nil, err
+	}
+	periods := map[budget.Period]bool{}
+	for _, b := range budgets {
+		periods[b.Period] = true
+	}
+
+	// 2. Spend per period, one query per kind of period in use.
+	spend := map[budgetPeriodKey]int64{}
+	for _, p := range []budget.Period{budget.Day, budget.Week, budget.Month} {
+		if !periods[p] {
+			continue
+		}
+		from := p.Shift(p.Start(params.at), -params.previous)
+		if err := rd.budgetSpend(ctx, BudgetSpend(req.Filter, p, from, params.at), spend); err != nil {
+			return nil, fmt.Errorf("%s budgets: %w", p, err)
+		}
+	}
+
+	// 3. Compare.
+	return evaluateBudgets(budgets, spend, params, req.OnlyAlerting), nil
+}
+
+// keyBudgets reads the budgets KeyBudgets finds, dropping removed ones (0) and periods the
+// ingester would have rejected: there is nothing to measure them against.
+func (rd *Reader) keyBudgets(ctx context.Context, q Query) ([]KeyBudget, error) {
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return nil, fmt.Errorf("query budgets: %w", err)
+	}
+	defer rows.Close()
+	var budgets []KeyBudget
+	for rows.Next() {
+		var (
+			b          KeyBudget
+			periodName string
+		)
+		if err := rows.Scan(&b.Project, &b.KeyID, &b.AmountMicros, &periodName); err != nil {
+			return nil, fmt.Errorf("scan budget: %w", err)
+		}
+		period, ok := budget.ParsePeriod(periodName)
+		if !ok || b.AmountMicros <= 0 {
+			continue
+		}
+		b.Period = period
+		budgets = append(budgets, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read budgets: %w", err)
+	}
+	return budgets, nil
+}
+
+func (rd *Reader) budgetSpend(ctx context.Context, q Query, into map[budgetPeriodKey]int64) error {
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query spend: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			k     budgetPeriodKey
+			start time.Time
+			cost  int64
+		)
+		if err := rows.Scan(&k.project, &k.keyID, &start, &cost); err != nil {
+			return fmt.Errorf("scan spend: %w", err)
+		}
+		k.start = start.Unix()
+		into[k] += cost
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read spend: %w", err)
+	}
+	return nil
+}
+
+// evaluateBudgets builds each key's periods from the spend found, classifies the current one
+// and orders the keys by percentage used, descending (ties by project, then key id).
+func evaluateBudgets(budgets []KeyBudget, spend map[budgetPeriodKey]int64, params budgetParams, onlyAlerting bool) []BudgetUtilization {
+	out := make([]BudgetUtilization, 0, len(budgets))
+	for _, b := range budgets {
+		period := func(start time.Time) PeriodSpend {
+			cost := spend[budgetPeriodKey{b.Project, b.KeyID, start.Unix()}]
+			return PeriodSpend{Start: start, End: b.Period.Shift(start, 1), CostMicros: cost, PercentUsed: budget.PercentUsed(cost, b.AmountMicros)}
+		}
+		current := b.Period.Start(params.at)
+		u := BudgetUtilization{KeyBudget: b, Current: period(current)}
+		u.Status = budget.Classify(u.Current.CostMicros, b.AmountMicros, params.threshold)
+		if onlyAlerting && u.Status == budget.OK {
+			continue
+		}
+		for i := 1; i <= params.previous; i++ {
+			u.Previous = append(u.Previous, period(b.Period.Shift(current, -i)))
+		}
+		out = append(out, u)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Current.PercentUsed != b.Current.PercentUsed {
+			return a.Current.PercentUsed > b.Current.PercentUsed
+		}
+		if a.Project != b.Project {
+			return a.Project < b.Project
+		}
+		return a.KeyID < b.KeyID
+	})
+	return out
+}
