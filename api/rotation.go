@@ -20,6 +20,9 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetRotation", err)
 	}
+	if err := mayRead(ctx, rep.Project); err != nil {
+		return nil, err
+	}
 	resp := &keytrailv1.GetRotationResponse{
 		Project:             rep.Project,
 		OldKeyId:            rep.OldKey,

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,14 +17,19 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/keytrail/keytrail/auth"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/gen/openapi"
 	"github.com/keytrail/keytrail/query"
@@ -32,9 +38,20 @@ import (
 // OpenAPIPath is where the REST API's OpenAPI document is served.
 const OpenAPIPath = "/openapi.json"
 
+// gatewayNetwork is the network name of the in-memory connection between the REST gateway
+// and the gRPC server.
+const gatewayNetwork = "bufconn"
+
 // Config configures the API server.
 type Config struct {
 	Reader *query.Reader
+	// Auth authenticates every call but health and readiness.
+	Auth *auth.Authenticator
+	// Recorder keeps the query audit log; every authenticated call is recorded.
+	Recorder QueryRecorder
+	// TLS, when set, serves both gRPC and REST over TLS. Set ClientCAs and ClientAuth
+	// (tls.VerifyClientCertIfGiven) to accept client certificates as credentials.
+	TLS *tls.Config
 	// Ready reports whether the process can answer queries (storage reachable, ...).
 	Ready func(ctx context.Context) error
 	// Gatherer backs /metrics; nil leaves /metrics out.
@@ -51,6 +68,12 @@ func (c Config) Validate() error {
 	if c.Ready == nil {
 		errs = append(errs, errors.New("api: readiness check is required"))
 	}
+	if c.Auth == nil {
+		errs = append(errs, errors.New("api: authenticator is required"))
+	}
+	if c.Recorder == nil {
+		errs = append(errs, errors.New("api: query recorder is required"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -60,6 +83,10 @@ type Server struct {
 	log    *slog.Logger
 	grpc   *grpc.Server
 	health *health.Server
+	// gatewayGRPC serves gatewayLis, which carries carries the REST gateway's calls to the gRPC server in memory: no port, no
+	// TLS hop, and a peer no network client can impersonate (see fromGateway).
+	gatewayGRPC *grpc.Server
+	gatewayLis  *bufconn.Listener
 }
 
 // New builds the gRPC server with its interceptors.
@@ -75,33 +102,74 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api: protovalidate: %w", err)
 	}
-	grpcServer := grpc.NewServer(
-		grpc.ChainUnaryInterceptor(
+	limiter := &rateLimiter{limiters: map[string]*rate.Limiter{}}
+	svc := &queryService{reader: cfg.Reader, log: log}
+	hs := health.NewServer()
+	// Two gRPC servers share one service and one rate limiter: the network one (TLS when
+	// configured, so the handshake's client certificate reaches the interceptors) and the
+	// in-memory one the REST gateway calls.
+	newServer := func(opts ...grpc.ServerOption) *grpc.Server {
+		// Order matters: a caller is identified before being rate limited, and recorded
+		// whatever happens next (invalid requests from a token are what security wants to see).
+		opts = append(opts, grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 				log.ErrorContext(ctx, "panic in handler", "panic", p)
 				return status.Error(codes.Internal, "internal error")
 			})),
+			authenticate(cfg.Auth),
+			limiter.interceptor(),
+			record(cfg.Recorder),
 			logging.UnaryServerInterceptor(slogAdapter(log), logging.WithLogOnEvents(logging.FinishCall)),
 			grpcprotovalidate.UnaryServerInterceptor(validator),
-		),
-	)
-	keytrailv1.RegisterQueryServiceServer(grpcServer, &queryService{reader: cfg.Reader, log: log})
-	hs := health.NewServer()
-	healthpb.RegisterHealthServer(grpcServer, hs)
-	return &Server{cfg: cfg, log: log, grpc: grpcServer, health: hs}, nil
+		))
+		srv := grpc.NewServer(opts...)
+		keytrailv1.RegisterQueryServiceServer(srv, svc)
+		healthpb.RegisterHealthServer(srv, hs)
+		return srv
+	}
+	var netOpts []grpc.ServerOption
+	if cfg.TLS != nil {
+		netOpts = append(netOpts, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	return &Server{
+		cfg: cfg, log: log, health: hs,
+		grpc:        newServer(netOpts...),
+		gatewayGRPC: newServer(),
+		gatewayLis:  bufconn.Listen(1 << 20),
+	}, nil
 }
 
-// HTTPHandler is the REST gateway (dialing the gRPC server at grpcAddr), the OpenAPI
-// document, /healthz, /readyz and /metrics.
-func (s *Server) HTTPHandler(ctx context.Context, grpcAddr string) (http.Handler, error) {
+// HTTPHandler is the REST gateway (calling the gRPC server in memory), the OpenAPI
+// document, /healthz, /readyz and /metrics. Serve serves it; tests may mount it themselves
+// after starting ServeGateway.
+func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	gw := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
 		}),
+		// Forward no caller-chosen headers as metadata: Authorization is passed by the
+		// gateway itself, and the client-certificate identity is set below from the TLS
+		// handshake, so a Grpc-Metadata- header cannot forge it.
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithMetadata(func(_ context.Context, r *http.Request) metadata.MD {
+			if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+				return metadata.Pairs(gatewayCNHeader, r.TLS.VerifiedChains[0][0].Subject.CommonName)
+			}
+			return nil
+		}),
 	)
-	if err := keytrailv1.RegisterQueryServiceHandlerFromEndpoint(ctx, gw, grpcAddr,
-		[]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}); err != nil {
+	conn, err := grpc.NewClient("passthrough:///keytrail-gateway",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.gatewayLis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("api: gateway connection: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		conn.Close()
+	}()
+	if err := keytrailv1.RegisterQueryServiceHandler(ctx, gw, conn); err != nil {
 		return nil, fmt.Errorf("api: register gateway: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -129,16 +197,20 @@ func (s *Server) HTTPHandler(ctx context.Context, grpcAddr string) (http.Handler
 	return mux, nil
 }
 
-// Serve serves gRPC on grpcLis and HTTP on httpLis until ctx ends, then stops both
-// gracefully (in-flight calls finish, bounded by a timeout).
+// Serve serves gRPC on grpcLis and HTTP on httpLis (TLS on both when configured) until ctx
+// ends, then stops both gracefully (in-flight calls finish, bounded by a timeout).
 func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
-	handler, err := s.HTTPHandler(ctx, grpcLis.Addr().String())
+	handler, err := s.HTTPHandler(ctx)
 	if err != nil {
 		return err
 	}
-	httpServer := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
+	httpServer := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, TLSConfig: s.cfg.TLS}
+	if s.cfg.TLS != nil {
+		httpLis = tls.NewListener(httpLis, httpServer.TLSConfig)
+	}
+	errc := make(chan error, 3)
 	go func() { errc <- s.grpc.Serve(grpcLis) }()
+	go func() { errc <- s.gatewayGRPC.Serve(s.gatewayLis) }()
 	go func() {
 		if err := httpServer.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
 			errc <- err
@@ -158,17 +230,23 @@ func (s *Server) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error
 	defer cancel()
 	_ = httpServer.Shutdown(shutdownCtx)
 	stopped := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	go func() { s.grpc.GracefulStop(); s.gatewayGRPC.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-shutdownCtx.Done():
 		s.grpc.Stop()
+		s.gatewayGRPC.Stop()
 	}
 	return serveErr
 }
 
 // GRPC exposes the gRPC server, for tests that serve it on their own listener.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// TransportCredentials turns a TLS config into gRPC client credentials (for the CLI).
+func TransportCredentials(cfg *tls.Config) credentials.TransportCredentials {
+	return credentials.NewTLS(cfg)
+}
 
 // slogAdapter lets go-grpc-middleware's logging interceptor write through slog.
 func slogAdapter(l *slog.Logger) logging.Logger {

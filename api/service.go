@@ -30,6 +30,12 @@ func (s *queryService) ListKeyServices(ctx context.Context, req *keytrailv1.List
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListKeyServices", err)
 	}
+	// A key belongs to one project; its rows say which.
+	for _, r := range page.Rows {
+		if err := mayRead(ctx, r.Project); err != nil {
+			return nil, err
+		}
+	}
 	return &keytrailv1.ListKeyServicesResponse{Services: usageRows(page.Rows), NextPageToken: page.NextPageToken}, nil
 }
 
@@ -41,13 +47,25 @@ func (s *queryService) ListServiceKeys(ctx context.Context, req *keytrailv1.List
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListServiceKeys", err)
 	}
-	return &keytrailv1.ListServiceKeysResponse{Keys: usageRows(page.Rows), NextPageToken: page.NextPageToken}, nil
+	// A service name can appear in several projects: keep the rows the caller may read. A
+	// page may then hold fewer rows than page_size; next_page_token still continues it.
+	rows := page.Rows[:0]
+	for _, r := range page.Rows {
+		if caller(ctx).MayRead(r.Project) {
+			rows = append(rows, r)
+		}
+	}
+	return &keytrailv1.ListServiceKeysResponse{Keys: usageRows(rows), NextPageToken: page.NextPageToken}, nil
 }
 
 func (s *queryService) ListAuditEvents(ctx context.Context, req *keytrailv1.ListAuditEventsRequest) (*keytrailv1.ListAuditEventsResponse, error) {
+	project, allowed, err := scopedProject(ctx, req.GetProject(), false)
+	if err != nil {
+		return nil, err
+	}
 	page, err := s.reader.AuditEvents(ctx, query.AuditRequest{
 		Filter: query.AuditFilter{
-			Project: req.GetProject(), KeyID: req.GetKeyId(), Actor: req.GetActor(), Action: event.ActionName(req.GetAction()),
+			Project: project, KeyID: req.GetKeyId(), Actor: req.GetActor(), Action: event.ActionName(req.GetAction()),
 		},
 		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
 		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
@@ -55,7 +73,16 @@ func (s *queryService) ListAuditEvents(ctx context.Context, req *keytrailv1.List
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListAuditEvents", err)
 	}
-	return &keytrailv1.ListAuditEventsResponse{Events: page.Events, NextPageToken: page.NextPageToken}, nil
+	events := page.Events
+	if allowed != nil {
+		events = events[:0]
+		for _, e := range page.Events {
+			if allowed(e.GetProject()) {
+				events = append(events, e)
+			}
+		}
+	}
+	return &keytrailv1.ListAuditEventsResponse{Events: events, NextPageToken: page.NextPageToken}, nil
 }
 
 // toStatus maps an error to what the caller may see. Input problems name the field; anything
@@ -94,7 +121,11 @@ func usageRows(rows []query.KeyServiceUsage) []*keytrailv1.KeyServiceUsage {
 }
 
 func (s *queryService) VerifyAuditTrail(ctx context.Context, req *keytrailv1.VerifyAuditTrailRequest) (*keytrailv1.VerifyAuditTrailResponse, error) {
-	results, err := s.reader.VerifyAuditTrail(ctx, req.GetProject(), timeOrZero(req.GetStartTime()), timeOrZero(req.GetEndTime()))
+	project, _, err := scopedProject(ctx, req.GetProject(), true)
+	if err != nil {
+		return nil, err
+	}
+	results, err := s.reader.VerifyAuditTrail(ctx, project, timeOrZero(req.GetStartTime()), timeOrZero(req.GetEndTime()))
 	if err != nil {
 		return nil, s.toStatus(ctx, "VerifyAuditTrail", err)
 	}

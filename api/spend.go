@@ -13,13 +13,18 @@ import (
 // GetSpend answers GET /v1/spend. Money leaves as int64 micros and as the same amount in a
 // decimal string built with integer arithmetic: no float ever touches it.
 func (s *queryService) GetSpend(ctx context.Context, req *keytrailv1.GetSpendRequest) (*keytrailv1.GetSpendResponse, error) {
+	// Totals span every row of the query, so a caller limited to several projects names one.
+	project, _, err := scopedProject(ctx, req.GetProject(), true)
+	if err != nil {
+		return nil, err
+	}
 	page, err := s.reader.Spend(ctx, query.SpendRequest{
 		GroupBy:     req.GetGroupBy(),
 		Granularity: req.GetGranularity(),
 		Start:       timeOrZero(req.GetStartTime()),
 		End:         timeOrZero(req.GetEndTime()),
 		Filter: query.SpendFilter{
-			Project: req.GetProject(), KeyID: req.GetKeyId(), Service: req.GetService(), Model: req.GetModel(),
+			Project: project, KeyID: req.GetKeyId(), Service: req.GetService(), Model: req.GetModel(),
 		},
 		PageSize:  req.GetPageSize(),
 		PageToken: req.GetPageToken(),
@@ -53,8 +58,12 @@ func (s *queryService) GetSpend(ctx context.Context, req *keytrailv1.GetSpendReq
 
 // ListBudgets answers GET /v1/budgets.
 func (s *queryService) ListBudgets(ctx context.Context, req *keytrailv1.ListBudgetsRequest) (*keytrailv1.ListBudgetsResponse, error) {
+	project, _, err := scopedProject(ctx, req.GetProject(), true)
+	if err != nil {
+		return nil, err
+	}
 	list, err := s.reader.Budgets(ctx, query.BudgetsRequest{
-		Filter:           query.BudgetFilter{Project: req.GetProject(), KeyID: req.GetKeyId()},
+		Filter:           query.BudgetFilter{Project: project, KeyID: req.GetKeyId()},
 		ThresholdPercent: req.GetThresholdPercent(),
 		OnlyAlerting:     req.GetOnlyAlerting(),
 		PreviousPeriods:  req.GetPreviousPeriods(),

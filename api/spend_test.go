@@ -3,86 +3,45 @@ package api_test
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/keytrail/keytrail/api"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/internal/apitest"
 	"github.com/keytrail/keytrail/internal/testenv"
-	"github.com/keytrail/keytrail/query"
 )
 
-// spendAPI is the real API (gRPC and the REST gateway) over a test database, on ports the OS
-// picked, with a fixed clock for the "now" defaults.
+// spendAPI is the real API (gRPC and the REST gateway, authenticated as an admin) over a
+// test database, on ports the OS picked, with a fixed clock for the "now" defaults.
 type spendAPI struct {
-	client   keytrailv1.QueryServiceClient
-	httpAddr string
+	*apitest.Server
+	client keytrailv1.QueryServiceClient
 }
 
 func startSpendAPI(t *testing.T, db *testenv.Database, now time.Time) spendAPI {
 	t.Helper()
-	srv, err := api.New(api.Config{
-		Reader: query.NewReader(db.Conn, func() time.Time { return now }),
-		Ready:  func(context.Context) error { return nil },
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, grpcLis, httpLis) }()
-	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return spendAPI{client: keytrailv1.NewQueryServiceClient(conn), httpAddr: httpLis.Addr().String()}
+	srv := apitest.Start(t, db, apitest.Options{Now: func() time.Time { return now }})
+	return spendAPI{Server: srv, client: srv.Client}
 }
 
 // getJSON GETs a REST path and decodes the body, failing unless the status is wantStatus.
 func (s spendAPI) getJSON(t *testing.T, path string, params url.Values, wantStatus int, out any) {
 	t.Helper()
-	u := "http://" + s.httpAddr + path + "?" + params.Encode()
-	resp, err := http.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != wantStatus {
-		t.Fatalf("GET %s: status %d, want %d: %s", u, resp.StatusCode, wantStatus, body)
+	status, body := s.Get(t, path, params, s.AdminToken)
+	if status != wantStatus {
+		t.Fatalf("GET %s?%s: status %d, want %d: %s", path, params.Encode(), status, wantStatus, body)
 	}
 	if err := json.Unmarshal(body, out); err != nil {
-		t.Fatalf("GET %s: %v: %s", u, err, body)
+		t.Fatalf("GET %s: %v: %s", path, err, body)
 	}
 }
 

@@ -46,7 +46,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 	}
 	want := []string{
 		"key_client_ip_totals", "key_client_ip_totals_mv", "key_service_totals", "key_service_totals_mv",
-		"lifecycle_events", "schema_migrations", "spend_hourly", "spend_hourly_mv",
+		"lifecycle_events", "query_audit_log", "schema_migrations", "spend_hourly", "spend_hourly_mv",
 		"usage_5min", "usage_5min_mv", "usage_by_key_minute", "usage_by_key_minute_mv",
 		"usage_by_service_minute", "usage_by_service_minute_mv", "usage_events",
 	}

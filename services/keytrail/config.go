@@ -31,6 +31,12 @@ type Config struct {
 	BatchSize     int
 	FlushInterval time.Duration
 
+	AuthTokensFile  string
+	DevTokenFile    string
+	TLSCertFile     string
+	TLSKeyFile      string
+	TLSClientCAFile string
+
 	LogFormat string
 	LogLevel  string
 }
@@ -61,6 +67,12 @@ func (c Config) Validate() error {
 	}
 	if c.runsQuery() && (c.GRPCListen == "" || c.HTTPListen == "") {
 		errs = append(errs, errors.New("grpc-listen and http-listen are required for the query role"))
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("tls-cert-file and tls-key-file go together"))
+	}
+	if c.TLSClientCAFile != "" && c.TLSCertFile == "" {
+		errs = append(errs, errors.New("tls-client-ca-file (mTLS) needs tls-cert-file and tls-key-file"))
 	}
 	if c.BatchSize <= 0 || c.FlushInterval <= 0 {
 		errs = append(errs, errors.New("batch-size and flush-interval must be positive"))
@@ -106,6 +118,11 @@ func parseConfig(name string, args []string) (Config, error) {
 	})
 	c.BatchSize, _ = strconv.Atoi(batch)
 	dur(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
+	str(&c.AuthTokensFile, "auth-tokens-file", "", "YAML file of API credentials (hashed tokens, roles); empty runs in dev mode with an ephemeral admin token")
+	str(&c.DevTokenFile, "dev-token-file", "", "dev mode: also write the ephemeral admin token to this file (mode 0600)")
+	str(&c.TLSCertFile, "tls-cert-file", "", "serve gRPC and REST over TLS with this certificate (PEM)")
+	str(&c.TLSKeyFile, "tls-key-file", "", "private key of tls-cert-file (PEM)")
+	str(&c.TLSClientCAFile, "tls-client-ca-file", "", "accept client certificates signed by these CAs as credentials (mTLS)")
 	str(&c.LogFormat, "log-format", "text", "text or json")
 	str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {

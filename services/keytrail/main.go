@@ -6,6 +6,7 @@
 //	keytrail migrate [flags]                     apply the ClickHouse schema and exit
 //	keytrail rotation check --old KEY [flags]    is the old key of a roll safe to revoke?
 //	                                             exit 0 safe, 3 not yet, 1 error, 2 usage
+//	keytrail token new --name N --role R         make an API token and its tokens-file entry
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats-server/v2/server"
@@ -35,6 +37,7 @@ import (
 	"github.com/keytrail/keytrail/ingest/chsink"
 	"github.com/keytrail/keytrail/migrations"
 	"github.com/keytrail/keytrail/query"
+	"github.com/keytrail/keytrail/queryaudit"
 	"github.com/keytrail/keytrail/storage"
 )
 
@@ -84,8 +87,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	case "rotation":
 		return runRotation(ctx, args, stdout)
+	case "token":
+		return runToken(args, stdout)
 	}
-	return &exitCodeError{exitUsage, fmt.Errorf("unknown command %q (want serve, migrate or rotation)", command)}
+	return &exitCodeError{exitUsage, fmt.Errorf("unknown command %q (want serve, migrate, rotation or token)", command)}
 }
 
 // Main is one running keytrail process. Start brings the parts up in dependency order;
@@ -98,12 +103,15 @@ type Main struct {
 	NATSURL  string
 	GRPCAddr string
 	HTTPAddr string
+	// AdminToken is the ephemeral admin token of dev mode (no tokens file), else empty.
+	AdminToken string
 
 	log      *slog.Logger
 	registry *prometheus.Registry
 	nats     *server.Server
 	nc       *nats.Conn
 	ch       driver.Conn
+	recorder *queryaudit.Recorder
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -179,11 +187,25 @@ func (m *Main) Start(parent context.Context) error {
 		m.goRun("ingester", func() error { return ing.Run(ctx) })
 	}
 
-	// 4. The query API.
+	// 4. The query API, behind authentication and the query audit log.
 	if cfg.runsQuery() {
+		authn, err := m.authenticator()
+		if err != nil {
+			return err
+		}
+		tlsConfig, err := serverTLS(cfg)
+		if err != nil {
+			return err
+		}
+		if m.recorder, err = queryaudit.New(queryaudit.Config{Conn: m.ch, Logger: m.log}); err != nil {
+			return err
+		}
 		srv, err := api.New(api.Config{
 			Reader:   query.NewReader(m.ch, nil),
 			Ready:    m.ready,
+			Auth:     authn,
+			Recorder: m.recorder,
+			TLS:      tlsConfig,
 			Gatherer: m.registry,
 			Logger:   m.log,
 		})
@@ -237,6 +259,13 @@ func (m *Main) Close() error {
 		m.cancel()
 	}
 	m.wg.Wait()
+	if m.recorder != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := m.recorder.Close(ctx); err != nil {
+			m.log.Error("query audit records not flushed", "error", err)
+		}
+		cancel()
+	}
 	if m.nc != nil {
 		_ = m.nc.Drain()
 		m.nc.Close()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,7 +12,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -42,6 +45,8 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("keytrail rotation check", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	addr := fs.String("addr", env("api-addr", "127.0.0.1:9090"), "keytrail gRPC address (env KEYTRAIL_API_ADDR)")
+	token := fs.String("token", env("token", ""), "API bearer token (env KEYTRAIL_TOKEN)")
+	caFile := fs.String("ca-file", env("ca-file", ""), "verify the server's TLS certificate with these CAs; empty means plaintext (env KEYTRAIL_CA_FILE)")
 	oldKey := fs.String("old", "", "the key being replaced (required)")
 	newKey := fs.String("new", "", "the replacement; default: from the old key's rotation event")
 	quiet := fs.Duration("quiet", 15*time.Minute, "how long the old key must have served no successful request")
@@ -58,7 +63,15 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	if *wait && (*interval <= 0 || *timeout <= 0) {
 		return &exitCodeError{exitUsage, errors.New("--interval and --timeout must be positive")}
 	}
-	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	if *caFile != "" {
+		pool, err := loadCertPool(*caFile)
+		if err != nil {
+			return &exitCodeError{exitUsage, err}
+		}
+		creds = credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+	}
+	conn, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return &exitCodeError{exitError, fmt.Errorf("connect %s: %w", *addr, err)}
 	}
@@ -68,7 +81,7 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 
 	deadline := time.Now().Add(*timeout)
 	for {
-		callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		callCtx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+*token), 30*time.Second)
 		resp, err := client.GetRotation(callCtx, req)
 		cancel()
 		if err != nil {

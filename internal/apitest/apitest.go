@@ -1,0 +1,160 @@
+// Package apitest serves the real query API (gRPC and REST, authentication, validation,
+// query recording) over a per-test ClickHouse database, for tests of the API's answers.
+package apitest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/keytrail/keytrail/api"
+	"github.com/keytrail/keytrail/auth"
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/internal/testenv"
+	"github.com/keytrail/keytrail/query"
+	"github.com/keytrail/keytrail/queryaudit"
+)
+
+// Options tune a test server.
+type Options struct {
+	// Now is the query clock (defaults of time ranges); time.Now when nil.
+	Now func() time.Time
+	// Tokens adds credentials: token value -> entry (SHA256 is filled in).
+	Tokens map[string]auth.Entry
+}
+
+// Server is a running API.
+type Server struct {
+	GRPCAddr   string
+	HTTPAddr   string
+	AdminToken string
+	// Client calls gRPC as the admin.
+	Client  keytrailv1.QueryServiceClient
+	conn    *grpc.ClientConn
+	Records *Recorder
+}
+
+// AdminToken is the bearer token of the admin every test server accepts.
+const AdminToken = "ktk_test_admin"
+
+// Start serves the API until the test ends.
+func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
+	t.Helper()
+	file := auth.File{Tokens: []auth.Entry{{Name: "test-admin", SHA256: auth.HashToken(AdminToken), Role: auth.RoleAdmin}}}
+	for token, e := range opts.Tokens {
+		e.SHA256 = auth.HashToken(token)
+		file.Tokens = append(file.Tokens, e)
+	}
+	authn, err := auth.NewAuthenticator(file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &Recorder{}
+	srv, err := api.New(api.Config{
+		Reader:   query.NewReader(db.Conn, opts.Now),
+		Ready:    func(context.Context) error { return nil },
+		Auth:     authn,
+		Recorder: rec,
+		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, grpcLis, httpLis) }()
+	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			if _, ok := metadata.FromOutgoingContext(ctx); !ok {
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+AdminToken)
+			}
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("api server: %v", err)
+		}
+	})
+	return &Server{
+		GRPCAddr: grpcLis.Addr().String(), HTTPAddr: httpLis.Addr().String(), AdminToken: AdminToken,
+		Client: keytrailv1.NewQueryServiceClient(conn), conn: conn, Records: rec,
+	}
+}
+
+// WithToken makes a gRPC context carrying another bearer token ("" for none).
+func WithToken(ctx context.Context, token string) context.Context {
+	if token == "" {
+		return metadata.NewOutgoingContext(ctx, metadata.MD{})
+	}
+	return metadata.NewOutgoingContext(ctx, metadata.Pairs("authorization", "Bearer "+token))
+}
+
+// Get calls the REST API with a bearer token ("" for none) and returns status and body.
+func (s *Server) Get(t testing.TB, path string, params url.Values, token string) (int, []byte) {
+	t.Helper()
+	u := "http://" + s.HTTPAddr + path
+	if len(params) > 0 {
+		u += "?" + params.Encode()
+	}
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
+}
+
+// Recorder keeps query audit records in memory.
+type Recorder struct {
+	mu      sync.Mutex
+	records []queryaudit.Record
+}
+
+// Record implements api.QueryRecorder.
+func (r *Recorder) Record(_ context.Context, rec queryaudit.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.records = append(r.records, rec)
+	return nil
+}
+
+// All returns the records so far.
+func (r *Recorder) All() []queryaudit.Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]queryaudit.Record(nil), r.records...)
+}
