@@ -31,9 +31,11 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+rm -f "$state/admin-token"
 "$state/bin/keytrail" serve \
   -http-listen "$http_listen" -grpc-listen "$grpc_listen" \
   -nats-listen "$nats_listen" -nats-store-dir "$state/nats" \
+  -dev-token-file "$state/admin-token" \
   >"$state/log/keytrail.log" 2>&1 &
 pids+=($!)
 
@@ -52,6 +54,8 @@ curl -sf "http://$http_listen/readyz" >/dev/null || { echo "keytrail not ready; 
 pids+=($!)
 
 base="http://$http_listen"
+token="$(cat "$state/admin-token")"
+auth="Authorization: Bearer $token"
 cat <<TEXT
 
 keytrail is running with demo traffic ($rate events/s).
@@ -62,10 +66,26 @@ keytrail is running with demo traffic ($rate events/s).
   NATS          nats://$nats_listen (subjects keytrail.usage.<project>, keytrail.lifecycle.<project>)
   logs          $state/log/keytrail.log, $state/log/simulator.log
 
-Try (give the simulator a few seconds first):
-  curl -s '$base/v1/keys/key_acme_0001/services' | jq
-  curl -s '$base/v1/services/billing-api/keys?page_size=5' | jq
-  curl -s '$base/v1/audit/events?project=acme&action=ACTION_ROTATED' | jq
+Dev mode (insecure): an ephemeral admin token, valid until keytrail stops, is in
+$state/admin-token. Try (the demo's stories unfold over its first ten minutes):
+
+  export KT="$auth"
+  # who uses the key being rotated, and is the roll complete?
+  curl -s -H "\$KT" '$base/v1/keys/key_acme_0007/services'
+  curl -s -H "\$KT" '$base/v1/rotations/key_acme_0007'
+  $state/bin/keytrail rotation check --old key_acme_0007 --token $token
+  # the lifecycle audit trail, and whether it was tampered with
+  curl -s -H "\$KT" '$base/v1/audit/events?project=acme&page_size=5'
+  curl -s -H "\$KT" '$base/v1/audit/verify'
+  # a disabled key a forgotten cron job still calls (403s), and a key past its TTL
+  curl -s -H "\$KT" '$base/v1/keys/key_initech_0013/services'
+  curl -s -H "\$KT" '$base/v1/keys/key_initech_0061'
+  # spend per key per hour, and keys near or over budget
+  curl -s -H "\$KT" '$base/v1/spend?group_by=SPEND_DIMENSION_KEY&granularity=GRANULARITY_HOUR&project=umbrella'
+  curl -s -H "\$KT" '$base/v1/budgets?only_alerting=true'
+  # the spiking key (from minute 6) and the new caller (from minute 4)
+  curl -s -H "\$KT" '$base/v1/anomalies'
+  curl -s -H "\$KT" '$base/v1/new-callers'
 
 Ctrl-C stops keytrail and the simulator.
 TEXT

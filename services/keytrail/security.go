@@ -29,11 +29,14 @@ func (m *Main) authenticator() (*auth.Authenticator, error) {
 	}
 	m.AdminToken = auth.NewToken()
 	if m.Config.DevTokenFile != "" {
+		// Written to a private file rather than printed, so it does not end up in log files.
 		if err := os.WriteFile(m.Config.DevTokenFile, []byte(m.AdminToken+"\n"), 0o600); err != nil {
 			return nil, fmt.Errorf("dev-token-file: %w", err)
 		}
+		m.log.Warn("DEV MODE (insecure): no -auth-tokens-file; an ephemeral admin token is in the dev token file", "file", m.Config.DevTokenFile)
+		return auth.NewAuthenticator(auth.File{Tokens: []auth.Entry{{Name: "dev-admin", SHA256: auth.HashToken(m.AdminToken), Role: auth.RoleAdmin}}}, nil)
 	}
-	// Printed once, to the console of the person who started dev mode; never logged again.
+	// Printed once, to the console of the person who started dev mode.
 	fmt.Fprintf(m.Stdout, "DEV MODE (insecure): no -auth-tokens-file, so this process made an admin token valid until it stops:\n  %s\n", m.AdminToken)
 	return auth.NewAuthenticator(auth.File{Tokens: []auth.Entry{{Name: "dev-admin", SHA256: auth.HashToken(m.AdminToken), Role: auth.RoleAdmin}}}, nil)
 }
