@@ -3,8 +3,11 @@ package query
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/keystate"
 	"github.com/keytrail/keytrail/rotation"
 )
 
@@ -64,17 +67,6 @@ type keyLifecycle struct {
 	Status    string
 	// RevokedAt is when the key stopped being valid as of the window end (zero if it is).
 	RevokedAt time.Time
-}
-
-// KeyLifecycleRows reads one key's own lifecycle events in order.
-func KeyLifecycleRows(keyID string) Query {
-	return Query{
-		SQL: `SELECT project, event_time_ms, action, new_key_id, actor, expires_at
-FROM lifecycle_events
-WHERE key_id = ?
-ORDER BY event_time_ms, event_id`,
-		Args: []any{keyID},
-	}
 }
 
 // RotationSeries counts requests on both keys per bucket of width seconds, buckets numbered
@@ -184,56 +176,27 @@ func (rd *Reader) Rotation(ctx context.Context, req RotationRequest) (RotationRe
 	return rep, nil
 }
 
-// keyLifecycle folds the key's own events up to end: its latest rotation and whether (and
-// since when) it is disabled, expired or deleted. An expiry time that has passed counts as
-// expired even when no ACTION_EXPIRED event arrived.
+// keyLifecycle is the old key's state at end (package keystate: an expiry that has passed
+// counts even without an ACTION_EXPIRED event) and its latest rotation.
 func (rd *Reader) keyLifecycle(ctx context.Context, keyID string, end time.Time) (keyLifecycle, error) {
-	q := KeyLifecycleRows(keyID)
-	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	events, err := rd.keyLifecycleEvents(ctx, KeyLifecycle(keyID, end))
 	if err != nil {
-		return keyLifecycle{}, fmt.Errorf("query lifecycle of %s: %w", keyID, err)
+		return keyLifecycle{}, err
 	}
-	defer rows.Close()
 	kl := keyLifecycle{Status: "active"}
-	var expiresAt time.Time
-	for rows.Next() {
-		var (
-			project, action, newKey, actor string
-			ms                             int64
-			expires                        *time.Time
-		)
-		if err := rows.Scan(&project, &ms, &action, &newKey, &actor, &expires); err != nil {
-			return keyLifecycle{}, fmt.Errorf("scan lifecycle of %s: %w", keyID, err)
-		}
-		at := time.UnixMilli(ms).UTC()
-		if at.After(end) {
-			continue
-		}
-		kl.Project = project
-		if expires != nil {
-			expiresAt = expires.UTC()
-		}
-		switch action {
-		case "rotated":
-			kl.RotatedAt, kl.RotatedBy, kl.NewKey = at, actor, newKey
-		case "disabled", "expired", "deleted":
-			if kl.Status == "active" {
-				kl.RevokedAt = at
-			}
-			if kl.Status != "deleted" {
-				kl.Status = action
-			}
-		case "enabled":
-			if kl.Status == "disabled" {
-				kl.Status, kl.RevokedAt = "active", time.Time{}
-			}
-		}
+	state, known := keystate.At(keyID, events, end)
+	if !known {
+		return kl, nil
 	}
-	if err := rows.Err(); err != nil {
-		return keyLifecycle{}, fmt.Errorf("read lifecycle of %s: %w", keyID, err)
+	kl.Project = state.Project
+	if state.Status != keytrailv1.KeyStatus_KEY_STATUS_ACTIVE && state.Status != keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED {
+		kl.Status = strings.ToLower(strings.TrimPrefix(state.Status.String(), "KEY_STATUS_"))
+		kl.RevokedAt = state.StatusSince
 	}
-	if kl.Status == "active" && !expiresAt.IsZero() && !expiresAt.After(end) {
-		kl.Status, kl.RevokedAt = "expired", expiresAt
+	for _, e := range events {
+		if e.KeyID == keyID && e.Action == keytrailv1.Action_ACTION_ROTATED {
+			kl.RotatedAt, kl.RotatedBy, kl.NewKey = e.Time, e.Actor, e.NewKeyID
+		}
 	}
 	return kl, nil
 }
