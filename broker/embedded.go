@@ -19,6 +19,9 @@ type EmbeddedConfig struct {
 	// (2 minutes). Acknowledged publishes are written to the OS before the ack either way,
 	// so a process crash loses nothing; only a machine crash can lose up to this interval.
 	SyncInterval time.Duration
+	// SyncAlways fsyncs every write before acknowledging it: survives power loss, at a large
+	// cost in publish throughput.
+	SyncAlways bool
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	ReadyTimeout time.Duration
 }
@@ -54,6 +57,7 @@ func RunEmbedded(cfg EmbeddedConfig) (*server.Server, error) {
 		JetStream:    true,
 		StoreDir:     cfg.StoreDir,
 		SyncInterval: cfg.SyncInterval,
+		SyncAlways:   cfg.SyncAlways,
 		// Signals belong to the keytrail process, which shuts the server down in order.
 		NoSigs: true,
 		// The server's own log is noisy; keytrail logs what matters about it.

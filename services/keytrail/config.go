@@ -20,7 +20,7 @@ type Config struct {
 	NATSURL        string
 	NATSListen     string
 	NATSStoreDir   string
-	NATSSyncPeriod time.Duration
+	NATSSyncPeriod string
 	SubjectPrefix  string
 
 	ClickHouseDSN string
@@ -68,6 +68,9 @@ func (c Config) Validate() error {
 	if c.runsQuery() && (c.GRPCListen == "" || c.HTTPListen == "") {
 		errs = append(errs, errors.New("grpc-listen and http-listen are required for the query role"))
 	}
+	if _, _, err := c.natsSync(); err != nil {
+		errs = append(errs, err)
+	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		errs = append(errs, errors.New("tls-cert-file and tls-key-file go together"))
 	}
@@ -105,7 +108,7 @@ func parseConfig(name string, args []string) (Config, error) {
 	str(&c.NATSURL, "nats-url", "", "external NATS URL; empty runs an embedded NATS server with JetStream")
 	str(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
 	str(&c.NATSStoreDir, "nats-store-dir", ".local/nats", "JetStream storage of the embedded NATS server")
-	dur(&c.NATSSyncPeriod, "nats-sync-interval", 0, "how often the embedded JetStream fsyncs; 0 keeps the server default (2m)")
+	str(&c.NATSSyncPeriod, "nats-sync-interval", "", "how often the embedded JetStream fsyncs: a duration, or \"always\" to fsync every write; empty keeps the server default (2m)")
 	str(&c.SubjectPrefix, "subject-prefix", "keytrail", "first token of every keytrail subject")
 	str(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol)")
 	str(&c.GRPCListen, "grpc-listen", "127.0.0.1:9090", "gRPC listen address")
@@ -140,4 +143,19 @@ func env(flagName, def string) string {
 		return v
 	}
 	return def
+}
+
+// natsSync reads -nats-sync-interval.
+func (c Config) natsSync() (interval time.Duration, always bool, err error) {
+	switch c.NATSSyncPeriod {
+	case "":
+		return 0, false, nil
+	case "always":
+		return 0, true, nil
+	}
+	d, err := time.ParseDuration(c.NATSSyncPeriod)
+	if err != nil || d <= 0 {
+		return 0, false, fmt.Errorf("nats-sync-interval %q must be a positive duration or \"always\"", c.NATSSyncPeriod)
+	}
+	return d, false, nil
 }

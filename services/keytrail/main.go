@@ -135,7 +135,8 @@ func (m *Main) Start(parent context.Context) error {
 		if err != nil {
 			return fmt.Errorf("nats-listen: %w", err)
 		}
-		srv, err := broker.RunEmbedded(broker.EmbeddedConfig{Host: host, Port: port, StoreDir: cfg.NATSStoreDir, SyncInterval: cfg.NATSSyncPeriod})
+		syncInterval, syncAlways, _ := cfg.natsSync()
+		srv, err := broker.RunEmbedded(broker.EmbeddedConfig{Host: host, Port: port, StoreDir: cfg.NATSStoreDir, SyncInterval: syncInterval, SyncAlways: syncAlways})
 		if err != nil {
 			return err
 		}
