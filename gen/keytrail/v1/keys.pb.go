@@ -133,9 +133,10 @@ func (x *ServiceLastUsed) GetLastUsedAt() *timestamppb.Timestamp {
 
 // KeyState is a key as its lifecycle events describe it at one instant.
 type KeyState struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	KeyId     string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	Project   string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	KeyId   string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Project string                 `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	// KEY_STATUS_UNSPECIFIED for a key seen in usage but with no lifecycle event.
 	Status    KeyStatus              `protobuf:"varint,3,opt,name=status,proto3,enum=keytrail.v1.KeyStatus" json:"status,omitempty"`
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	CreatedBy string                 `protobuf:"bytes,5,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
@@ -295,7 +296,8 @@ func (x *KeyState) GetAsOf() *timestamppb.Timestamp {
 type GetKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
-	// The instant to describe; default now.
+	// The instant to describe; default now. At most 1 minute ahead of the server's clock,
+	// not before 2000-01-01.
 	At            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -400,7 +402,8 @@ type ListKeysRequest struct {
 	UnusedSince *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=unused_since,json=unusedSince,proto3" json:"unused_since,omitempty"`
 	// Only keys with a request at or after this instant.
 	UsedSince *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=used_since,json=usedSince,proto3" json:"used_since,omitempty"`
-	// The instant the states describe; default now.
+	// The instant the states describe; default now. At most 1 minute ahead of the server's
+	// clock, not before 2000-01-01.
 	At            *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=at,proto3" json:"at,omitempty"`
 	PageSize      int32                  `protobuf:"varint,7,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	PageToken     string                 `protobuf:"bytes,8,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`

@@ -190,7 +190,7 @@ type GetSpendRequest struct {
 	GroupBy []SpendDimension `protobuf:"varint,1,rep,packed,name=group_by,json=groupBy,proto3,enum=keytrail.v1.SpendDimension" json:"group_by,omitempty"`
 	// Bucket width (default: day). The range is widened to whole buckets (UTC).
 	Granularity Granularity `protobuf:"varint,2,opt,name=granularity,proto3,enum=keytrail.v1.Granularity" json:"granularity,omitempty"`
-	// Default: the last 30 days.
+	// Default: 30 days before end_time (which defaults to now).
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Optional filters.
