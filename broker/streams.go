@@ -33,6 +33,19 @@ type StreamConfig struct {
 	AckWait time.Duration
 	// Replicas for clustered NATS; 1 for a single server.
 	Replicas int
+	// SharedConsumer makes the durable consumer ack each message (AckExplicit) so that
+	// several ingesters can pull from it at once. The default, one ingester per durable with
+	// AckAll, acks a whole batch with one message and drains about twice as fast. JetStream
+	// cannot change the ack policy of an existing durable: choose at deployment.
+	SharedConsumer bool
+}
+
+// AckPolicy is the durable consumer's ack policy for this configuration.
+func (c StreamConfig) AckPolicy() jetstream.AckPolicy {
+	if c.SharedConsumer {
+		return jetstream.AckExplicitPolicy
+	}
+	return jetstream.AckAllPolicy
 }
 
 // DefaultStreamConfig is what the single-process run and the tests use.
@@ -120,8 +133,10 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Durable:     c.Durable,
 		Description: "keytrail ingester",
 		// AckAll lets one ack cover a whole flushed batch; the ingester acks only the last
-		// message of a batch after ClickHouse accepted every row before it.
-		AckPolicy:     jetstream.AckAllPolicy,
+		// message of a batch after ClickHouse accepted every row before it. A shared durable
+		// needs per-message acks: with AckAll, one ingester's ack would cover messages
+		// another ingester has not stored yet.
+		AckPolicy:     c.AckPolicy(),
 		AckWait:       c.AckWait,
 		MaxAckPending: c.MaxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,

@@ -343,14 +343,28 @@ func (in *Ingester) flush(ctx context.Context) bool {
 			in.metrics.inserted.WithLabelValues(r.Event.Kind.String()).Inc()
 		}
 	}
-	if err := in.lastMsg.Ack(); err != nil {
-		// The rows are stored; a lost ack only means redelivery, which the Sink tolerates.
-		in.log.Warn("ack failed; the batch will be redelivered", "error", err)
-	}
+	in.ack()
 	in.buf = in.buf[:0]
 	in.held = in.held[:0]
 	in.lastMsg = nil
 	return true
+}
+
+// ack acknowledges everything taken since the last flush: one AckAll ack for the newest
+// message, or one ack per message on a shared (AckExplicit) consumer. The rows are stored
+// by now; a lost ack only means redelivery, which dropStored absorbs.
+func (in *Ingester) ack() {
+	if in.cfg.Streams.SharedConsumer {
+		for _, m := range in.held {
+			if err := m.Ack(); err != nil {
+				in.log.Warn("ack failed; the message will be redelivered", "error", err)
+			}
+		}
+		return
+	}
+	if err := in.lastMsg.Ack(); err != nil {
+		in.log.Warn("ack failed; the batch will be redelivered", "error", err)
+	}
 }
 
 func (in *Ingester) extendLeases() {

@@ -28,8 +28,9 @@ type Config struct {
 	GRPCListen string
 	HTTPListen string
 
-	BatchSize     int
-	FlushInterval time.Duration
+	BatchSize      int
+	FlushInterval  time.Duration
+	SharedConsumer bool
 
 	AuthTokensFile  string
 	DevTokenFile    string
@@ -121,6 +122,8 @@ func parseConfig(name string, args []string) (Config, error) {
 	})
 	c.BatchSize, _ = strconv.Atoi(batch)
 	dur(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
+	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", env("ingest-shared-consumer", "") == "true",
+		"let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created) (env KEYTRAIL_INGEST_SHARED_CONSUMER=true)")
 	str(&c.AuthTokensFile, "auth-tokens-file", "", "YAML file of API credentials (hashed tokens, roles); empty runs in dev mode with an ephemeral admin token")
 	str(&c.DevTokenFile, "dev-token-file", "", "dev mode: also write the ephemeral admin token to this file (mode 0600)")
 	str(&c.TLSCertFile, "tls-cert-file", "", "serve gRPC and REST over TLS with this certificate (PEM)")

@@ -156,6 +156,7 @@ func (m *Main) Start(parent context.Context) error {
 	}
 	streams := broker.DefaultStreamConfig()
 	streams.Subjects = event.Subjects{Prefix: cfg.SubjectPrefix}
+	streams.SharedConsumer = cfg.SharedConsumer
 	if err := broker.EnsureStreams(ctx, js, streams); err != nil {
 		return err
 	}
