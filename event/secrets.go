@@ -34,7 +34,9 @@ var knownSecretShapes = regexp.MustCompile(strings.Join([]string{
 	`(?i)bearer\s+[A-Za-z0-9._\-+/=]{16,}`,         // Authorization header values
 }, "|"))
 
-var tokenSplit = regexp.MustCompile(`[^A-Za-z0-9_\-+/=.]+`)
+// secretMarkers are literal fragments every known shape contains; the regular expression
+// only runs on values containing one, which keeps the check cheap on the ingest hot path.
+var secretMarkers = []string{"sk-", "sk_", "rk_", "AKIA", "ASIA", "gh", "github_pat_", "glpat-", "xox", "AIza", "eyJ", "-----BEGIN", "earer", "EARER"}
 
 // LooksLikeSecret reports whether v contains a token shaped like a credential: a known
 // provider format, or a long random-looking token (32+ characters mixing upper case, lower
@@ -44,15 +46,33 @@ func LooksLikeSecret(v string) bool {
 	if len(v) < 16 {
 		return false
 	}
-	if knownSecretShapes.MatchString(v) {
-		return true
-	}
-	for _, tok := range tokenSplit.Split(v, -1) {
-		if highEntropyToken(tok) {
-			return true
+	for _, m := range secretMarkers {
+		if strings.Contains(v, m) {
+			if knownSecretShapes.MatchString(v) {
+				return true
+			}
+			break
 		}
 	}
+	// Long random-looking tokens: find runs of token characters of 32 or more.
+	start := -1
+	for i := 0; i <= len(v); i++ {
+		if i < len(v) && isTokenByte(v[i]) {
+			if start < 0 {
+				start = i
+			}
+			continue
+		}
+		if start >= 0 && i-start >= 32 && highEntropyToken(v[start:i]) {
+			return true
+		}
+		start = -1
+	}
 	return false
+}
+
+func isTokenByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '+' || c == '/' || c == '=' || c == '.'
 }
 
 func highEntropyToken(tok string) bool {
@@ -60,17 +80,18 @@ func highEntropyToken(tok string) bool {
 		return false
 	}
 	var upper, lower, digit bool
-	counts := map[rune]int{}
-	for _, r := range tok {
+	var counts [256]int
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
 		switch {
-		case r >= 'A' && r <= 'Z':
+		case c >= 'A' && c <= 'Z':
 			upper = true
-		case r >= 'a' && r <= 'z':
+		case c >= 'a' && c <= 'z':
 			lower = true
-		case r >= '0' && r <= '9':
+		case c >= '0' && c <= '9':
 			digit = true
 		}
-		counts[r]++
+		counts[c]++
 	}
 	if !upper || !lower || !digit {
 		return false
@@ -78,6 +99,9 @@ func highEntropyToken(tok string) bool {
 	var entropy float64
 	n := float64(len(tok))
 	for _, c := range counts {
+		if c == 0 {
+			continue
+		}
 		p := float64(c) / n
 		entropy -= p * math.Log2(p)
 	}
