@@ -11,7 +11,8 @@
 // ack, JetStream redelivers the batch; stopping those redeliveries from becoming duplicate
 // rows is the Sink's job (see the effectively-once notes in the README).
 //
-// Memory is bounded by BatchSize plus one fetch: while a write is failing the Ingester stops
-// fetching and retries with backoff, so a ClickHouse outage turns into consumer lag, not
-// into growth of this process.
+// Reading overlaps writing: one goroutine fetches and decodes the next batch while another
+// writes the previous one. Memory is bounded by two batches: while a write is failing the
+// reader stops at the hand-over and fetches nothing, so a ClickHouse outage turns into
+// consumer lag, not into growth of this process.
 package ingest

@@ -85,15 +85,20 @@ type Ingester struct {
 	log      *slog.Logger
 	metrics  *Metrics
 	deduper  Deduper
-	recent   *recentIDs
-
-	buf []Record
-	// held are the messages behind buf that still need their lease extended while a write
-	// is retried; lastMsg is the newest message taken from the stream, acked on flush.
-	held      []jetstream.Msg
-	lastMsg   jetstream.Msg
-	pendingAt time.Time
+	recent   *recentIDs // used by the reading goroutine only
 }
+
+// batch is what one flush stores and acknowledges.
+type batch struct {
+	records []Record
+	// held are every message taken into this batch (stored or dead-lettered), whose leases
+	// are extended while a write is retried; last is the newest, acked on flush.
+	held    []jetstream.Msg
+	last    jetstream.Msg
+	started time.Time
+}
+
+func (b *batch) empty() bool { return b.last == nil }
 
 // New validates the configuration and binds to the durable consumer, which must exist
 // (broker.EnsureStreams creates it).
@@ -143,70 +148,110 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 		metrics:  cfg.Metrics,
 		deduper:  deduper,
 		recent:   newRecentIDs(cfg.RecentIDs),
-		buf:      make([]Record, 0, cfg.BatchSize),
 	}, nil
 }
 
 // Run consumes until ctx is cancelled, then flushes what it holds (bounded by
 // ShutdownTimeout) and returns. Messages it could not flush are redelivered later.
+//
+// Reading and writing overlap: one goroutine fetches, decodes and validates the next batch
+// while this one writes the previous batch to the Sink and acks it. The hand-over channel is
+// unbuffered, so at most two batches are in memory; while a write is being retried the
+// reader stops at the hand-over and fetches nothing more.
 func (in *Ingester) Run(ctx context.Context) error {
 	go in.watchLag(ctx)
+	batches := make(chan *batch)
+	go in.read(ctx, batches)
+	var failed error
+	for b := range batches {
+		if ctx.Err() == nil && in.flush(ctx, b) {
+			continue
+		}
+		// Shutting down (the reader's last, partial batch, or a flush cut short): finish
+		// with the shutdown deadline.
+		sctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
+		if !in.flush(sctx, b) {
+			failed = fmt.Errorf("ingest: shutdown flush of %d events did not complete; JetStream will redeliver them", len(b.records))
+		}
+		cancel()
+	}
+	if failed == nil {
+		in.log.Info("ingester stopped; everything taken was flushed")
+	}
+	return failed
+}
+
+// read fetches and routes messages into batches and hands each over when it is full or old
+// enough; on shutdown it hands over its partial batch and closes the channel.
+func (in *Ingester) read(ctx context.Context, out chan<- *batch) {
+	defer close(out)
+	cur := &batch{}
 	for ctx.Err() == nil {
-		if err := in.fetchOnce(ctx); err != nil && ctx.Err() == nil {
+		if err := in.fetchOnce(ctx, cur); err != nil && ctx.Err() == nil {
 			in.log.Warn("fetch failed; retrying", "error", err)
 			sleep(ctx, time.Second)
 		}
-		if in.flushDue() {
-			in.flush(ctx)
+		if cur.empty() || (len(cur.records) < in.cfg.BatchSize && time.Since(cur.started) < in.cfg.FlushInterval) {
+			continue
+		}
+		if !in.handOver(ctx, out, cur) {
+			break
+		}
+		cur = &batch{}
+	}
+	if !cur.empty() {
+		out <- cur // the writer flushes it with its shutdown deadline
+	}
+}
+
+// handOver waits for the writer to take a batch, extending the batch's leases while it
+// waits (a slow or failing write upstream must not make JetStream redeliver these).
+func (in *Ingester) handOver(ctx context.Context, out chan<- *batch, b *batch) bool {
+	t := time.NewTicker(max(in.cfg.Streams.AckWait/3, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case out <- b:
+			return true
+		case <-t.C:
+			extendLeases(b.held)
+		case <-ctx.Done():
+			return false
 		}
 	}
-	return in.shutdown()
 }
 
-func (in *Ingester) shutdown() error {
-	if in.lastMsg == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
-	defer cancel()
-	if !in.flush(ctx) {
-		return fmt.Errorf("ingest: shutdown flush of %d events did not complete; JetStream will redeliver them", len(in.buf))
-	}
-	in.log.Info("flushed on shutdown")
-	return nil
-}
-
-// fetchOnce pulls up to one fetch worth of messages, waiting at most until the buffer is
-// due for a flush, and routes each message to the buffer or the dead-letter subject.
-func (in *Ingester) fetchOnce(ctx context.Context) error {
-	want := min(in.cfg.FetchSize, in.cfg.BatchSize-len(in.buf))
+// fetchOnce pulls up to one fetch worth of messages into b, waiting at most until b is due
+// for a flush.
+func (in *Ingester) fetchOnce(ctx context.Context, b *batch) error {
+	want := min(in.cfg.FetchSize, in.cfg.BatchSize-len(b.records))
 	if want <= 0 {
 		return nil
 	}
 	wait := in.cfg.FlushInterval
-	if in.lastMsg != nil {
-		wait = max(time.Until(in.pendingAt.Add(in.cfg.FlushInterval)), 10*time.Millisecond)
+	if !b.empty() {
+		wait = time.Until(b.started.Add(in.cfg.FlushInterval))
 	}
-	// The pull request must expire before ctx does so shutdown is not held up by it.
-	batch, err := in.consumer.Fetch(want, jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
+	// The pull request expires within the flush interval, so shutdown is never held up by it.
+	fetched, err := in.consumer.Fetch(want, jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
 	if err != nil {
 		return err
 	}
-	for msg := range batch.Messages() {
-		in.take(ctx, msg)
+	for msg := range fetched.Messages() {
+		in.take(ctx, b, msg)
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+	if err := fetched.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 		return err
 	}
 	return nil
 }
 
-func (in *Ingester) take(ctx context.Context, msg jetstream.Msg) {
-	if in.lastMsg == nil {
-		in.pendingAt = time.Now()
+func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) {
+	if b.empty() {
+		b.started = time.Now()
 	}
-	in.lastMsg = msg
-	in.held = append(in.held, msg)
+	b.last = msg
+	b.held = append(b.held, msg)
 	meta, err := msg.Metadata()
 	if err != nil {
 		// Only a message without a JetStream reply subject lacks metadata; a pull consumer
@@ -239,7 +284,7 @@ func (in *Ingester) take(ctx context.Context, msg jetstream.Msg) {
 		in.deadLetter(ctx, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id was already taken with different content"}, r.StreamSeq)
 		return
 	}
-	in.buf = append(in.buf, r)
+	b.records = append(b.records, r)
 }
 
 func redact(ev event.Event) int {
@@ -251,9 +296,9 @@ func redact(ev event.Event) int {
 
 // dropStored removes the redelivered records that storage already holds, and dead-letters
 // the ones whose id is stored with different content. It returns false when ctx ended.
-func (in *Ingester) dropStored(ctx context.Context) bool {
+func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 	var redelivered []Record
-	for _, r := range in.buf {
+	for _, r := range b.records {
 		if r.Redelivered {
 			redelivered = append(redelivered, r)
 		}
@@ -280,8 +325,8 @@ func (in *Ingester) dropStored(ctx context.Context) bool {
 			drop[r.StreamSeq] = presence[i]
 		}
 	}
-	kept := in.buf[:0]
-	for _, r := range in.buf {
+	kept := b.records[:0]
+	for _, r := range b.records {
 		switch drop[r.StreamSeq] {
 		case AlreadyStored:
 			in.metrics.duplicates.WithLabelValues(r.Event.Kind.String()).Inc()
@@ -291,84 +336,74 @@ func (in *Ingester) dropStored(ctx context.Context) bool {
 			kept = append(kept, r)
 		}
 	}
-	in.buf = kept
+	b.records = kept
 	return true
 }
 
-func (in *Ingester) flushDue() bool {
-	if in.lastMsg == nil {
-		return false
-	}
-	return len(in.buf) >= in.cfg.BatchSize || time.Since(in.pendingAt) >= in.cfg.FlushInterval
-}
-
-// flush stores the buffer and acknowledges it. It returns false only when ctx ended first.
+// flush stores a batch and acknowledges it. It returns false only when ctx ended first.
 //
 //  0. Drop redelivered records that an earlier, unacknowledged flush already stored (see
 //     dropStored): this is what makes a crash between write and ack not duplicate rows.
-//  1. Write the buffered records to the Sink, retrying with backoff until it succeeds. No
-//     new messages are fetched meanwhile, so memory stays bounded; the held messages'
-//     leases are extended so JetStream does not redeliver them to another ingester.
+//  1. Write the records to the Sink, retrying with backoff until it succeeds. The reader
+//     blocks at the hand-over meanwhile, so memory stays bounded; the held messages'
+//     leases are extended so JetStream does not redeliver them.
 //  2. Ack the newest message taken. With AckAll this acknowledges every message up to it:
 //     the stored ones and the dead-lettered ones (already republished before this point).
 //     If the ack is lost, JetStream redelivers the batch and the Sink sees it again with
 //     Redelivered set; nothing is lost.
-func (in *Ingester) flush(ctx context.Context) bool {
-	if !in.dropStored(ctx) {
+func (in *Ingester) flush(ctx context.Context, b *batch) bool {
+	if !in.dropStored(ctx, b) {
 		return false
 	}
-	if len(in.buf) > 0 {
+	if len(b.records) > 0 {
 		backoff := 100 * time.Millisecond
 		lastLeaseExtension := time.Now()
 		for attempt := 1; ; attempt++ {
 			start := time.Now()
-			err := in.cfg.Sink.Write(ctx, in.buf)
+			err := in.cfg.Sink.Write(ctx, b.records)
 			in.metrics.insertDuration.Observe(time.Since(start).Seconds())
 			if err == nil {
 				break
 			}
 			in.metrics.insertErrors.Inc()
-			in.log.Warn("storing batch failed; retrying", "events", len(in.buf), "attempt", attempt, "backoff", backoff, "error", err)
+			in.log.Warn("storing batch failed; retrying", "events", len(b.records), "attempt", attempt, "backoff", backoff, "error", err)
 			if !sleep(ctx, backoff) {
 				return false
 			}
 			backoff = min(backoff*2, in.cfg.MaxBackoff)
 			if time.Since(lastLeaseExtension) > in.cfg.Streams.AckWait/3 {
-				in.extendLeases()
+				extendLeases(b.held)
 				lastLeaseExtension = time.Now()
 			}
 		}
-		in.metrics.batchSize.Observe(float64(len(in.buf)))
-		for _, r := range in.buf {
+		in.metrics.batchSize.Observe(float64(len(b.records)))
+		for _, r := range b.records {
 			in.metrics.inserted.WithLabelValues(r.Event.Kind.String()).Inc()
 		}
 	}
-	in.ack()
-	in.buf = in.buf[:0]
-	in.held = in.held[:0]
-	in.lastMsg = nil
+	in.ack(b)
 	return true
 }
 
 // ack acknowledges everything taken since the last flush: one AckAll ack for the newest
 // message, or one ack per message on a shared (AckExplicit) consumer. The rows are stored
 // by now; a lost ack only means redelivery, which dropStored absorbs.
-func (in *Ingester) ack() {
+func (in *Ingester) ack(b *batch) {
 	if in.cfg.Streams.SharedConsumer {
-		for _, m := range in.held {
+		for _, m := range b.held {
 			if err := m.Ack(); err != nil {
 				in.log.Warn("ack failed; the message will be redelivered", "error", err)
 			}
 		}
 		return
 	}
-	if err := in.lastMsg.Ack(); err != nil {
+	if err := b.last.Ack(); err != nil {
 		in.log.Warn("ack failed; the batch will be redelivered", "error", err)
 	}
 }
 
-func (in *Ingester) extendLeases() {
-	for _, m := range in.held {
+func extendLeases(held []jetstream.Msg) {
+	for _, m := range held {
 		_ = m.InProgress()
 	}
 }
