@@ -11,6 +11,13 @@
 // ack, JetStream redelivers the batch; stopping those redeliveries from becoming duplicate
 // rows is the Sink's job (see the effectively-once notes in the README).
 //
+// AckAll also means an ack covers deliveries this ingester never saw: those of an ingester
+// that was killed, or of a pull request lost in a NATS reconnect. So before its first fetch,
+// and whenever a delivery sequence number is skipped, the ingester (which must be alone on
+// an AckAll durable) resets the consumer to its ack floor, which redelivers them at once,
+// and checks them against storage like any redelivery. A write reported as failed is checked
+// the same way before it is retried: the server may have committed it.
+//
 // Reading overlaps writing: one goroutine fetches and decodes the next batch while another
 // writes the previous one. Memory is bounded by two batches: while a write is failing the
 // reader stops at the hand-over and fetches nothing, so a ClickHouse outage turns into

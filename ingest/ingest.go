@@ -86,7 +86,18 @@ type Ingester struct {
 	metrics  *Metrics
 	deduper  Deduper
 	recent   *recentIDs // used by the reading goroutine only
+
+	// Delivery tracking of the AckAll consumer, used by the reading goroutine only (see
+	// takeOver): whether the consumer must be taken over before the next fetch, the consumer
+	// sequence the next delivery must carry, and the stream sequence up to which messages
+	// may have been stored by a flush that was never acknowledged.
+	needTakeOver   bool
+	nextDelivery   uint64
+	suspectThrough uint64
 }
+
+// errDeliveryGap reports deliveries this reader never received (see takeOver).
+var errDeliveryGap = errors.New("ingest: the consumer delivered messages this ingester never received")
 
 // batch is what one flush stores and acknowledges.
 type batch struct {
@@ -96,7 +107,12 @@ type batch struct {
 	held    []jetstream.Msg
 	last    jetstream.Msg
 	started time.Time
+	// flushed is closed once the writer is done with the batch (stored and acked, or given up
+	// on at shutdown).
+	flushed chan struct{}
 }
+
+func newBatch() *batch { return &batch{flushed: make(chan struct{})} }
 
 func (b *batch) empty() bool { return b.last == nil }
 
@@ -148,6 +164,8 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 		metrics:  cfg.Metrics,
 		deduper:  deduper,
 		recent:   newRecentIDs(cfg.RecentIDs),
+		// A shared durable acks message by message: nothing to take over.
+		needTakeOver: !cfg.Streams.SharedConsumer,
 	}, nil
 }
 
@@ -165,6 +183,7 @@ func (in *Ingester) Run(ctx context.Context) error {
 	var failed error
 	for b := range batches {
 		if ctx.Err() == nil && in.flush(ctx, b) {
+			close(b.flushed)
 			continue
 		}
 		// Shutting down (the reader's last, partial batch, or a flush cut short): finish
@@ -174,6 +193,7 @@ func (in *Ingester) Run(ctx context.Context) error {
 			failed = fmt.Errorf("ingest: shutdown flush of %d events did not complete; JetStream will redeliver them", len(b.records))
 		}
 		cancel()
+		close(b.flushed)
 	}
 	if failed == nil {
 		in.log.Info("ingester stopped; everything taken was flushed")
@@ -185,9 +205,40 @@ func (in *Ingester) Run(ctx context.Context) error {
 // enough; on shutdown it hands over its partial batch and closes the channel.
 func (in *Ingester) read(ctx context.Context, out chan<- *batch) {
 	defer close(out)
-	cur := &batch{}
+	cur := newBatch()
+	var handed *batch // the newest batch handed to the writer
 	for ctx.Err() == nil {
-		if err := in.fetchOnce(ctx, cur); err != nil && ctx.Err() == nil {
+		if in.needTakeOver {
+			if err := in.takeOver(ctx); err != nil {
+				if ctx.Err() == nil {
+					in.log.Warn("taking over the consumer failed; retrying", "error", err)
+					sleep(ctx, time.Second)
+				}
+				continue
+			}
+			in.needTakeOver = false
+		}
+		err := in.fetchOnce(ctx, cur)
+		switch {
+		case errors.Is(err, errDeliveryGap):
+			// Hand over what came before the gap and wait until it is stored and acked;
+			// then take over the missed deliveries (and the rest of this fetch, dropped).
+			if !cur.empty() {
+				if !in.handOver(ctx, out, cur) {
+					return
+				}
+				handed, cur = cur, newBatch()
+			}
+			if handed != nil {
+				select {
+				case <-handed.flushed:
+				case <-ctx.Done():
+					return
+				}
+			}
+			in.needTakeOver = true
+			continue
+		case err != nil && ctx.Err() == nil:
 			in.log.Warn("fetch failed; retrying", "error", err)
 			sleep(ctx, time.Second)
 		}
@@ -197,7 +248,7 @@ func (in *Ingester) read(ctx context.Context, out chan<- *batch) {
 		if !in.handOver(ctx, out, cur) {
 			break
 		}
-		cur = &batch{}
+		handed, cur = cur, newBatch()
 	}
 	if !cur.empty() {
 		out <- cur // the writer flushes it with its shutdown deadline
@@ -237,8 +288,14 @@ func (in *Ingester) fetchOnce(ctx context.Context, b *batch) error {
 	if err != nil {
 		return err
 	}
+	gap := false
 	for msg := range fetched.Messages() {
-		in.take(ctx, b, msg)
+		// After a gap the rest of the fetch is left unacknowledged: the take-over has it
+		// redelivered.
+		gap = gap || !in.take(ctx, b, msg)
+	}
+	if gap {
+		return errDeliveryGap
 	}
 	if err := fetched.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
 		return err
@@ -246,18 +303,28 @@ func (in *Ingester) fetchOnce(ctx context.Context, b *batch) error {
 	return nil
 }
 
-func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) {
+// take routes one message into b or the dead-letter subject. It returns false, leaving b
+// unchanged, when the message is not the delivery that had to come next: an AckAll ack past
+// it would acknowledge the missed deliveries unstored.
+func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool {
+	meta, err := msg.Metadata()
+	if err == nil && in.nextDelivery != 0 {
+		if meta.Sequence.Consumer != in.nextDelivery {
+			in.log.Warn("missed deliveries of the consumer; taking it over", "want_delivery", in.nextDelivery, "got_delivery", meta.Sequence.Consumer, "stream_seq", meta.Sequence.Stream)
+			return false
+		}
+		in.nextDelivery++
+	}
 	if b.empty() {
 		b.started = time.Now()
 	}
 	b.last = msg
 	b.held = append(b.held, msg)
-	meta, err := msg.Metadata()
 	if err != nil {
 		// Only a message without a JetStream reply subject lacks metadata; a pull consumer
 		// never hands one out, but dead-letter it rather than guess.
 		in.deadLetter(ctx, msg, &event.Invalid{Reason: event.ReasonUndecodable, Detail: "no jetstream metadata: " + err.Error()}, 0)
-		return
+		return true
 	}
 	ev, err := in.cfg.Streams.Subjects.Decode(msg.Subject(), msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.cfg.Now())
 	if err != nil {
@@ -266,7 +333,7 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) {
 			inv = &event.Invalid{Reason: event.ReasonUndecodable, Detail: err.Error()}
 		}
 		in.deadLetter(ctx, msg, inv, meta.Sequence.Stream)
-		return
+		return true
 	}
 	kind := ev.Kind.String()
 	in.metrics.received.WithLabelValues(kind).Inc()
@@ -275,16 +342,51 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) {
 		in.metrics.secretsRedacted.WithLabelValues(kind).Add(float64(n))
 		in.log.Warn("replaced secret-shaped values with fingerprints", "kind", kind, "fields", n, "stream_seq", meta.Sequence.Stream)
 	}
-	r := Record{Event: ev, StreamSeq: meta.Sequence.Stream, Redelivered: meta.NumDelivered > 1, ContentHash: contentHash(ev), msg: msg}
+	r := Record{
+		Event: ev, StreamSeq: meta.Sequence.Stream, ContentHash: contentHash(ev), msg: msg,
+		// A take-over redelivers with fresh delivery counts: what it redelivers is marked here.
+		Redelivered: meta.NumDelivered > 1 || meta.Sequence.Stream <= in.suspectThrough,
+	}
 	switch in.recent.check(ev.ID(), r.ContentHash) {
 	case AlreadyStored:
 		in.metrics.duplicates.WithLabelValues(kind).Inc()
-		return
+		return true
 	case Conflict:
 		in.deadLetter(ctx, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id was already taken with different content"}, r.StreamSeq)
-		return
+		return true
 	}
 	b.records = append(b.records, r)
+	return true
+}
+
+// takeOver runs before the first fetch and after missed deliveries, while this ingester holds
+// nothing unacknowledged. Messages delivered and never acknowledged (to an ingester that was
+// killed, or to a pull request of ours abandoned in a reconnect) would otherwise be redelivered
+// only after AckWait, and long before that this ingester's first AckAll ack, for a later
+// message, would acknowledge them unstored: lost. So the consumer is reset to its ack floor,
+// which redelivers them now, and everything up to the newest delivery is marked for the
+// storage check, since an unacknowledged flush may have stored it.
+//
+// One ingester per AckAll durable is assumed (a second one's deliveries would look missed);
+// several ingesters need the shared consumer, which never takes over.
+func (in *Ingester) takeOver(ctx context.Context) error {
+	info, err := in.consumer.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read consumer state: %w", err)
+	}
+	if info.NumAckPending == 0 {
+		in.nextDelivery = info.Delivered.Consumer + 1
+		return nil
+	}
+	reset, err := in.cfg.JetStream.ResetConsumer(ctx, in.cfg.Streams.EventsStream, in.cfg.Streams.Durable)
+	if err != nil {
+		return fmt.Errorf("reset consumer to redeliver %d unacknowledged messages: %w", info.NumAckPending, err)
+	}
+	in.suspectThrough = max(in.suspectThrough, info.Delivered.Stream)
+	in.nextDelivery = reset.Delivered.Consumer + 1
+	in.log.Warn("took over unacknowledged deliveries; they are redelivered and checked against storage",
+		"messages", info.NumAckPending, "from_stream_seq", reset.ResetSeq, "through_stream_seq", info.Delivered.Stream)
+	return nil
 }
 
 func redact(ev event.Event) int {
@@ -308,6 +410,7 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 	}
 	var presence []Presence
 	backoff := 100 * time.Millisecond
+	lastLeaseExtension := time.Now()
 	for {
 		var err error
 		if presence, err = in.deduper.Classify(ctx, redelivered); err == nil {
@@ -318,6 +421,10 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 			return false
 		}
 		backoff = min(backoff*2, in.cfg.MaxBackoff)
+		if time.Since(lastLeaseExtension) > in.cfg.Streams.AckWait/3 {
+			extendLeases(b.held)
+			lastLeaseExtension = time.Now()
+		}
 	}
 	drop := map[uint64]Presence{}
 	for i, r := range redelivered {
@@ -346,7 +453,9 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 //     dropStored): this is what makes a crash between write and ack not duplicate rows.
 //  1. Write the records to the Sink, retrying with backoff until it succeeds. The reader
 //     blocks at the hand-over meanwhile, so memory stays bounded; the held messages'
-//     leases are extended so JetStream does not redeliver them.
+//     leases are extended so JetStream does not redeliver them. Before each retry the
+//     records are checked against storage as in step 0: a write reported as failed may
+//     have been committed.
 //  2. Ack the newest message taken. With AckAll this acknowledges every message up to it:
 //     the stored ones and the dead-lettered ones (already republished before this point).
 //     If the ack is lost, JetStream redelivers the batch and the Sink sees it again with
@@ -375,8 +484,22 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 				extendLeases(b.held)
 				lastLeaseExtension = time.Now()
 			}
+			// A failed write may have stored the rows all the same: ClickHouse can commit an
+			// insert and the connection break before its reply arrives. Writing them again
+			// blindly would store them twice, so they are checked like redeliveries first.
+			for i := range b.records {
+				b.records[i].Redelivered = true
+			}
+			if !in.dropStored(ctx, b) {
+				return false
+			}
+			if len(b.records) == 0 {
+				break
+			}
 		}
-		in.metrics.batchSize.Observe(float64(len(b.records)))
+		if len(b.records) > 0 {
+			in.metrics.batchSize.Observe(float64(len(b.records)))
+		}
 		for _, r := range b.records {
 			in.metrics.inserted.WithLabelValues(r.Event.Kind.String()).Inc()
 		}

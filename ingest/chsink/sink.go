@@ -199,6 +199,11 @@ func (s *Sink) insertLifecycle(ctx context.Context, records []ingest.Record, ing
 		ids, times, timesMs, projects, keys, actions, newKeys, actors, actorTypes, reasons,
 		expires, budgets, periods, scopes, attrKeys, attrValues, changeFields, changeBefore, changeAfter,
 		contentHashes, prevHashes, chainHashes, chainSeqs, seqs, ingested); err != nil {
+		// The insert may have been committed although it reported an error; the next write
+		// must continue from what ClickHouse holds, not from this process's guess.
+		for p := range heads {
+			delete(s.heads, p)
+		}
 		return err
 	}
 	for p, h := range heads {
