@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
@@ -23,6 +24,10 @@ import (
 // connection, never from the network (see fromGateway).
 const gatewayCNHeader = "x-keytrail-client-cert-cn"
 
+// gatewayPeerHeader carries a REST caller's address (the HTTP connection's remote address)
+// from the gateway to the gRPC server, for the query audit log; trusted like gatewayCNHeader.
+const gatewayPeerHeader = "x-keytrail-peer"
+
 // unauthenticatedMethods are the calls allowed without credentials.
 var unauthenticatedMethods = map[string]bool{
 	"/grpc.health.v1.Health/Check": true,
@@ -30,15 +35,19 @@ var unauthenticatedMethods = map[string]bool{
 	"/grpc.health.v1.Health/List":  true,
 }
 
-// authenticate resolves the caller and puts the Principal in the context.
-func authenticate(authn *auth.Authenticator) grpc.UnaryServerInterceptor {
+// authenticate resolves the caller and puts the Principal in the context. A refused
+// credential is passed to refused (which records it) before the call fails.
+func authenticate(authn *auth.Authenticator, refused func(ctx context.Context, method string, req any, err error, start time.Time)) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if unauthenticatedMethods[info.FullMethod] {
 			return handler(ctx, req)
 		}
+		start := time.Now()
 		p, err := principalOf(ctx, authn)
 		if err != nil {
-			return nil, status.Error(codes.Unauthenticated, err.Error())
+			err = status.Error(codes.Unauthenticated, err.Error())
+			refused(ctx, info.FullMethod, req, err, start)
+			return nil, err
 		}
 		return handler(auth.WithPrincipal(ctx, p), req)
 	}

@@ -5,13 +5,16 @@ import (
 	"errors"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keytrail/keytrail/auth"
 	"github.com/keytrail/keytrail/queryaudit"
 )
 
@@ -23,6 +26,14 @@ type QueryRecorder interface {
 // maxRecordedRequest bounds what one audit record keeps of a request.
 const maxRecordedRequest = 4096
 
+// Failed authentications are recorded at most this often (per API server). Without a bound,
+// callers holding no credential at all could fill the recorder's queue and so make the API
+// refuse every legitimate call (it fails closed).
+const (
+	failedAuthRecordRate  = 20
+	failedAuthRecordBurst = 200
+)
+
 // record writes every authenticated call to the query audit log, refused ones included, and
 // fails the call when the log cannot take the record (fail closed).
 func record(rec QueryRecorder) grpc.UnaryServerInterceptor {
@@ -32,22 +43,7 @@ func record(rec QueryRecorder) grpc.UnaryServerInterceptor {
 		}
 		start := time.Now()
 		resp, err := handler(ctx, req)
-		p := caller(ctx)
-		r := queryaudit.Record{
-			Time: start, Principal: p.Name, Role: string(p.Role), Method: info.FullMethod,
-			Code: status.Code(err).String(), Duration: time.Since(start),
-		}
-		if m, ok := req.(proto.Message); ok {
-			b, _ := protojson.Marshal(m)
-			if len(b) > maxRecordedRequest {
-				b = b[:maxRecordedRequest]
-			}
-			r.Request = string(b)
-		}
-		if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil && !fromGateway(pr) {
-			r.Peer = pr.Addr.String()
-		}
-		if rerr := rec.Record(ctx, r); rerr != nil {
+		if rerr := rec.Record(ctx, newRecord(ctx, caller(ctx), info.FullMethod, req, err, start)); rerr != nil {
 			if errors.Is(rerr, queryaudit.ErrBacklogFull) {
 				return nil, status.Error(codes.Unavailable, "the query audit log is not accepting records; refusing unrecorded queries")
 			}
@@ -55,4 +51,51 @@ func record(rec QueryRecorder) grpc.UnaryServerInterceptor {
 		}
 		return resp, err
 	}
+}
+
+// recordFailedAuth returns what authenticate calls on a refused credential: it records the
+// attempt with no principal and code Unauthenticated, so security sees probing with unknown,
+// expired or revoked tokens and where it came from. Nothing is served to such a call, so
+// failing closed does not apply: the caller gets Unauthenticated whatever the log says, and
+// beyond failedAuthRecordRate attempts are not recorded (see there).
+func recordFailedAuth(rec QueryRecorder) func(ctx context.Context, method string, req any, err error, start time.Time) {
+	limit := rate.NewLimiter(failedAuthRecordRate, failedAuthRecordBurst)
+	return func(ctx context.Context, method string, req any, err error, start time.Time) {
+		if !limit.Allow() {
+			return
+		}
+		_ = rec.Record(ctx, newRecord(ctx, auth.Principal{}, method, req, err, start))
+	}
+}
+
+func newRecord(ctx context.Context, p auth.Principal, method string, req any, err error, start time.Time) queryaudit.Record {
+	r := queryaudit.Record{
+		Time: start, Principal: p.Name, Role: string(p.Role), Method: method,
+		Code: status.Code(err).String(), Duration: time.Since(start), Peer: peerOf(ctx),
+	}
+	if m, ok := req.(proto.Message); ok {
+		b, _ := protojson.Marshal(m)
+		if len(b) > maxRecordedRequest {
+			b = b[:maxRecordedRequest]
+		}
+		r.Request = string(b)
+	}
+	return r
+}
+
+// peerOf is the caller's address: the connection's for direct gRPC calls, the HTTP client's
+// as the gateway passed it for REST calls (trusted only over the in-memory connection).
+func peerOf(ctx context.Context) string {
+	pr, ok := peer.FromContext(ctx)
+	if !ok || pr.Addr == nil {
+		return ""
+	}
+	if !fromGateway(pr) {
+		return pr.Addr.String()
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get(gatewayPeerHeader); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }

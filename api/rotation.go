@@ -20,8 +20,11 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetRotation", err)
 	}
-	if err := mayRead(ctx, rep.Project); err != nil {
-		return nil, err
+	// The report shows both keys' traffic: the caller must be allowed to read both.
+	for _, project := range []string{rep.Project, rep.NewKeyProject} {
+		if err := mayRead(ctx, project); err != nil {
+			return nil, err
+		}
 	}
 	resp := &keytrailv1.GetRotationResponse{
 		Project:             rep.Project,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"time"
+	"unicode/utf8"
 
 	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -83,7 +84,7 @@ type Server struct {
 	log    *slog.Logger
 	grpc   *grpc.Server
 	health *health.Server
-	// gatewayGRPC serves gatewayLis, which carries carries the REST gateway's calls to the gRPC server in memory: no port, no
+	// gatewayGRPC serves gatewayLis, which carries the REST gateway's calls to the gRPC server in memory: no port, no
 	// TLS hop, and a peer no network client can impersonate (see fromGateway).
 	gatewayGRPC *grpc.Server
 	gatewayLis  *bufconn.Listener
@@ -105,18 +106,22 @@ func New(cfg Config) (*Server, error) {
 	limiter := &rateLimiter{limiters: map[string]*rate.Limiter{}}
 	svc := &queryService{reader: cfg.Reader, log: log}
 	hs := health.NewServer()
+	failedAuth := recordFailedAuth(cfg.Recorder)
 	// Two gRPC servers share one service and one rate limiter: the network one (TLS when
 	// configured, so the handshake's client certificate reaches the interceptors) and the
 	// in-memory one the REST gateway calls.
 	newServer := func(opts ...grpc.ServerOption) *grpc.Server {
 		// Order matters: a caller is identified before being rate limited, and recorded
 		// whatever happens next (invalid requests from a token are what security wants to see).
+		// Failed authentications are recorded by authenticate itself, rate limited (see
+		// recordFailedAuth); calls refused by the per-principal rate limit are not recorded, so
+		// a caller over its limit cannot flood the log.
 		opts = append(opts, grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 				log.ErrorContext(ctx, "panic in handler", "panic", p)
 				return status.Error(codes.Internal, "internal error")
 			})),
-			authenticate(cfg.Auth),
+			authenticate(cfg.Auth, failedAuth),
 			limiter.interceptor(),
 			record(cfg.Recorder),
 			logging.UnaryServerInterceptor(slogAdapter(log), logging.WithLogOnEvents(logging.FinishCall)),
@@ -153,10 +158,11 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		// handshake, so a Grpc-Metadata- header cannot forge it.
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMetadata(func(_ context.Context, r *http.Request) metadata.MD {
+			md := metadata.Pairs(gatewayPeerHeader, r.RemoteAddr)
 			if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-				return metadata.Pairs(gatewayCNHeader, r.TLS.VerifiedChains[0][0].Subject.CommonName)
+				md.Set(gatewayCNHeader, r.TLS.VerifiedChains[0][0].Subject.CommonName)
 			}
-			return nil
+			return md
 		}),
 	)
 	conn, err := grpc.NewClient("passthrough:///keytrail-gateway",
@@ -173,7 +179,7 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		return nil, fmt.Errorf("api: register gateway: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", gw)
+	mux.Handle("/v1/", requireUTF8(gw))
 	mux.HandleFunc("GET "+OpenAPIPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.Spec)
@@ -195,6 +201,29 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
 	return mux, nil
+}
+
+// requireUTF8 refuses a REST request whose path or query is not valid UTF-8 with
+// InvalidArgument / 400. Proto strings must be UTF-8, so such a request would otherwise fail
+// in the gateway's own gRPC client while marshalling, as an Internal error (HTTP 500) that
+// blames the server for the caller's input.
+func requireUTF8(gw *runtime.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		valid := utf8.ValidString(r.URL.Path)
+		for k, vs := range r.URL.Query() {
+			valid = valid && utf8.ValidString(k)
+			for _, v := range vs {
+				valid = valid && utf8.ValidString(v)
+			}
+		}
+		if !valid {
+			_, outbound := runtime.MarshalerForRequest(gw, r)
+			runtime.HTTPError(r.Context(), gw, outbound, w, r,
+				status.Error(codes.InvalidArgument, "the request path and query parameters must be valid UTF-8"))
+			return
+		}
+		gw.ServeHTTP(w, r)
+	})
 }
 
 // Serve serves gRPC on grpcLis and HTTP on httpLis (TLS on both when configured) until ctx

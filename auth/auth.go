@@ -84,10 +84,14 @@ func (f File) Validate() error {
 			if b, err := hex.DecodeString(e.SHA256); err != nil || len(b) != sha256.Size {
 				errs = append(errs, fmt.Errorf("%s: sha256 must be 64 hex characters (the hash, never the token)", where))
 			}
-			if seen["h"+e.SHA256] {
+			// Hashes match case-insensitively (NewAuthenticator lowercases them), so an
+			// upper-case copy of a hash is a duplicate too, not an entry that silently
+			// replaces another one's role.
+			h := strings.ToLower(e.SHA256)
+			if seen["h"+h] {
 				errs = append(errs, fmt.Errorf("%s: duplicate sha256", where))
 			}
-			seen["h"+e.SHA256] = true
+			seen["h"+h] = true
 		}
 		if e.ClientCertCN != "" {
 			if seen["c"+e.ClientCertCN] {
@@ -103,6 +107,10 @@ func (f File) Validate() error {
 		case RoleProjectReader:
 			if len(e.Projects) == 0 {
 				errs = append(errs, fmt.Errorf("%s: role project_reader needs projects", where))
+			}
+			// An empty project would become "no project filter", i.e. every project.
+			if slices.Contains(e.Projects, "") {
+				errs = append(errs, fmt.Errorf("%s: projects must not be empty", where))
 			}
 		default:
 			errs = append(errs, fmt.Errorf("%s: role %q must be admin, auditor or project_reader", where, e.Role))

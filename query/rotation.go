@@ -44,7 +44,10 @@ type AfterRevocation struct {
 
 // RotationReport is everything GetRotation answers.
 type RotationReport struct {
-	Project         string
+	Project string
+	// NewKeyProject is the new key's project as its usage shows it ("" without usage); the
+	// API checks the caller may read it too, since the report shows the new key's traffic.
+	NewKeyProject   string
 	OldKey, NewKey  string
 	RotatedAt       time.Time
 	RotatedBy       string
@@ -148,7 +151,7 @@ func (rd *Reader) Rotation(ctx context.Context, req RotationRequest) (RotationRe
 		// A key known only from usage (no lifecycle event yet) still has a project.
 		rep.Project = project
 	}
-	if facts.NewInWindow, _, err = rd.allServices(ctx, newKey, window); err != nil {
+	if facts.NewInWindow, rep.NewKeyProject, err = rd.allServices(ctx, newKey, window); err != nil {
 		return RotationReport{}, err
 	}
 	if facts.OldInQuiet, _, err = rd.allServices(ctx, req.OldKey, Range{Start: end.Add(-quiet), End: end}); err != nil {

@@ -26,6 +26,9 @@ type Record struct {
 // ErrBacklogFull is returned by Record when calls cannot be recorded.
 var ErrBacklogFull = errors.New("query audit log backlog is full")
 
+// ErrClosed is returned by Record after Close.
+var ErrClosed = errors.New("query audit log is closed")
+
 // Config configures a Recorder.
 type Config struct {
 	Conn driver.Conn
@@ -51,10 +54,18 @@ func (c Config) Validate() error {
 
 // Recorder queues records and writes them in batches.
 type Recorder struct {
-	cfg    Config
-	queue  chan Record
-	done   chan struct{}
-	closed sync.Once
+	cfg   Config
+	queue chan Record
+	done  chan struct{}
+	// abandon is closed when Close gives up waiting, so a write retrying against an
+	// unreachable ClickHouse stops instead of outliving the Recorder.
+	abandon chan struct{}
+	// mu guards closed: Record holds it shared while sending, Close exclusively while
+	// closing the queue, so a late Record gets ErrClosed instead of a send on a closed
+	// channel (a panic).
+	mu          sync.RWMutex
+	closed      bool
+	abandonOnce sync.Once
 }
 
 // New starts a Recorder; Close stops it.
@@ -74,13 +85,18 @@ func New(cfg Config) (*Recorder, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &Recorder{cfg: cfg, queue: make(chan Record, cfg.Capacity), done: make(chan struct{})}
+	r := &Recorder{cfg: cfg, queue: make(chan Record, cfg.Capacity), done: make(chan struct{}), abandon: make(chan struct{})}
 	go r.run()
 	return r, nil
 }
 
 // Record queues a record, waiting up to EnqueueTimeout for room.
 func (r *Recorder) Record(ctx context.Context, rec Record) error {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed {
+		return ErrClosed
+	}
 	select {
 	case r.queue <- rec:
 		return nil
@@ -98,13 +114,20 @@ func (r *Recorder) Record(ctx context.Context, rec Record) error {
 	}
 }
 
-// Close stops accepting records and writes the queued ones (bounded by ctx).
+// Close stops accepting records and writes the queued ones (bounded by ctx: when ctx ends
+// first, the records still unwritten are dropped and counted in the log).
 func (r *Recorder) Close(ctx context.Context) error {
-	r.closed.Do(func() { close(r.queue) })
+	r.mu.Lock()
+	if !r.closed {
+		r.closed = true
+		close(r.queue)
+	}
+	r.mu.Unlock()
 	select {
 	case <-r.done:
 		return nil
 	case <-ctx.Done():
+		r.abandonOnce.Do(func() { close(r.abandon) })
 		return ctx.Err()
 	}
 }
@@ -123,30 +146,41 @@ func (r *Recorder) run() {
 			}
 			batch = append(batch, rec)
 			if len(batch) >= 1000 {
-				r.write(batch)
+				if !r.write(batch) {
+					return
+				}
 				batch = batch[:0]
 			}
 		case <-ticker.C:
-			r.write(batch)
+			if !r.write(batch) {
+				return
+			}
 			batch = batch[:0]
 		}
 	}
 }
 
 // write stores a batch, retrying until ClickHouse takes it. While it retries the queue
-// fills, and once full, calls are refused: that is the fail-closed guarantee.
-func (r *Recorder) write(batch []Record) {
+// fills, and once full, calls are refused: that is the fail-closed guarantee. It gives up
+// (false) only when Close stopped waiting; the records not stored are then logged as dropped.
+func (r *Recorder) write(batch []Record) bool {
 	if len(batch) == 0 {
-		return
+		return true
 	}
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := r.insert(batch)
 		if err == nil {
-			return
+			return true
 		}
 		r.cfg.Logger.Warn("writing query audit records failed; retrying", "records", len(batch), "attempt", attempt, "error", err)
-		time.Sleep(backoff)
+		select {
+		case <-time.After(backoff):
+		case <-r.abandon:
+			// Abandon happens only after Close closed the queue, so its length is final.
+			r.cfg.Logger.Error("query audit records dropped: closed before ClickHouse took them", "records", len(batch)+len(r.queue))
+			return false
+		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
 }
