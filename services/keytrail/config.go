@@ -32,6 +32,12 @@ type Config struct {
 	FlushInterval  time.Duration
 	SharedConsumer bool
 
+	AlertInterval      time.Duration
+	AlertWindow        time.Duration
+	AlertWebhookURL    string
+	AlertWebhookFormat string
+	AlertNewCallers    string
+
 	AuthTokensFile  string
 	DevTokenFile    string
 	TLSCertFile     string
@@ -68,6 +74,9 @@ func (c Config) Validate() error {
 	}
 	if c.runsQuery() && (c.GRPCListen == "" || c.HTTPListen == "") {
 		errs = append(errs, errors.New("grpc-listen and http-listen are required for the query role"))
+	}
+	if c.AlertInterval < 0 || c.AlertWindow < 0 {
+		errs = append(errs, errors.New("alert-interval and alert-window must not be negative"))
 	}
 	if _, _, err := c.natsSync(); err != nil {
 		errs = append(errs, err)
@@ -124,6 +133,11 @@ func parseConfig(name string, args []string) (Config, error) {
 	dur(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
 	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", env("ingest-shared-consumer", "") == "true",
 		"let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created) (env KEYTRAIL_INGEST_SHARED_CONSUMER=true)")
+	dur(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")
+	dur(&c.AlertWindow, "alert-window", 30*time.Minute, "recent range each alert scan examines (must cover ingestion delay)")
+	str(&c.AlertWebhookURL, "alert-webhook-url", "", "also POST every alert to this URL")
+	str(&c.AlertWebhookFormat, "alert-webhook-format", "protojson", "protojson or alertmanager")
+	str(&c.AlertNewCallers, "alert-new-callers", "all", "new-caller alerts: all, services or off")
 	str(&c.AuthTokensFile, "auth-tokens-file", "", "YAML file of API credentials (hashed tokens, roles); empty runs in dev mode with an ephemeral admin token")
 	str(&c.DevTokenFile, "dev-token-file", "", "dev mode: also write the ephemeral admin token to this file (mode 0600)")
 	str(&c.TLSCertFile, "tls-cert-file", "", "serve gRPC and REST over TLS with this certificate (PEM)")

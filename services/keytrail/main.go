@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/keytrail/keytrail/alerting"
 	"github.com/keytrail/keytrail/api"
 	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/event"
@@ -160,6 +161,9 @@ func (m *Main) Start(parent context.Context) error {
 	if err := broker.EnsureStreams(ctx, js, streams); err != nil {
 		return err
 	}
+	if err := alerting.EnsureStream(ctx, js, cfg.SubjectPrefix); err != nil {
+		return err
+	}
 
 	// 2. ClickHouse, with the schema brought up to date.
 	m.ch, err = storage.Open(ctx, storage.Config{DSN: cfg.ClickHouseDSN})
@@ -225,6 +229,21 @@ func (m *Main) Start(parent context.Context) error {
 		}
 		m.GRPCAddr, m.HTTPAddr = grpcLis.Addr().String(), httpLis.Addr().String()
 		m.goRun("api", func() error { return srv.Serve(ctx, grpcLis, httpLis) })
+	}
+
+	// 5. The alert evaluator, beside the query API (one per deployment).
+	if cfg.runsQuery() && cfg.AlertInterval > 0 {
+		ev, err := alerting.New(alerting.Config{
+			Source: query.NewReader(m.ch, nil), JetStream: js, Prefix: cfg.SubjectPrefix,
+			Interval: cfg.AlertInterval, Window: cfg.AlertWindow,
+			NewCallers: alerting.NewCallerMode(cfg.AlertNewCallers),
+			WebhookURL: cfg.AlertWebhookURL, WebhookFormat: alerting.WebhookFormat(cfg.AlertWebhookFormat),
+			Registerer: m.registry, Logger: m.log,
+		})
+		if err != nil {
+			return err
+		}
+		m.goRun("alerting", func() error { return ev.Run(ctx) })
 	}
 
 	m.log.Info("keytrail started", "role", cfg.Role, "nats", m.NATSURL, "grpc", m.GRPCAddr, "http", m.HTTPAddr)

@@ -1,0 +1,425 @@
+package query
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/keytrail/keytrail/anomaly"
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/internal/testenv"
+)
+
+var anomFirst = time.Date(2026, 3, 10, 11, 0, 0, 0, time.UTC)
+
+func TestAnomaliesSQL(t *testing.T) {
+	tests := []struct {
+		name     string
+		spec     AnomalySpec
+		wantSQL  string
+		wantArgs []any
+	}{
+		{
+			name: "both scopes, all metrics, one project",
+			spec: AnomalySpec{FirstBucket: anomFirst, End: anomFirst.Add(time.Hour), BaselineBuckets: 288, Metrics: allMetrics,
+				Sensitivity: 6, MinRequests: 50, Project: "acme", Limit: 1001},
+			wantSQL: `SELECT project, key_id, series_service, bucket, requests, errors, cost_micros, history,
+    toFloat64(req_median) AS req_expected, toFloat64(req_mad) AS req_deviation, req_scale, (requests - req_median) / req_scale AS req_score,
+    toFloat64(cost_median) AS cost_expected, toFloat64(cost_mad) AS cost_deviation, cost_scale, (cost_micros - cost_median) / cost_scale AS cost_score,
+    errors / requests AS error_rate, rate_median, rate_mad, greatest(greatest(1.4826 * rate_mad, 0.02), sqrt(rate_median * (1 - rate_median) / requests)) AS rate_scale, (error_rate - rate_median) / rate_scale AS rate_score
+FROM
+(
+    SELECT project, key_id, series_service, history, req_median, cost_median, rate_median, obs_bucket, obs_requests, obs_errors, obs_cost,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - req_median), req_filled)) AS req_mad,
+        greatest(greatest(1.4826 * req_mad, 1), greatest(0.1 * req_median, (arrayReduce('quantileExact(0.99)', req_filled) - req_median) / 2.326)) AS req_scale,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - cost_median), cost_filled)) AS cost_mad,
+        greatest(greatest(1.4826 * cost_mad, unit_cost), greatest(0.1 * cost_median, (arrayReduce('quantileExact(0.99)', cost_filled) - cost_median) / 2.326)) AS cost_scale,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - rate_median), base_rate)) AS rate_mad
+    FROM
+    (
+        SELECT project, key_id, series_service,
+            arrayCount(k -> k < ?, b) AS history,
+            arraySlice(r, 1, history) AS base_r,
+            arrayResize(base_r, ?, toInt64(0)) AS req_filled,
+            arrayReduce('quantileExact', req_filled) AS req_median,
+            arrayResize(arraySlice(c, 1, history), ?, toInt64(0)) AS cost_filled,
+            arrayReduce('quantileExact', cost_filled) AS cost_median,
+            greatest(arraySum(cost_filled) / arraySum(base_r), 1) AS unit_cost,
+            arrayMap((x, y) -> x / y, arraySlice(e, 1, history), base_r) AS base_rate,
+            arrayReduce('quantileExact', base_rate) AS rate_median,
+            arrayMap(v -> v >= ?, arraySlice(r, history + 1)) AS examined,
+            arrayFilter((x, o) -> o, arraySlice(b, history + 1), examined) AS obs_bucket,
+            arrayFilter((x, o) -> o, arraySlice(r, history + 1), examined) AS obs_requests,
+            arrayFilter((x, o) -> o, arraySlice(e, history + 1), examined) AS obs_errors,
+            arrayFilter((x, o) -> o, arraySlice(c, history + 1), examined) AS obs_cost
+        FROM
+        (
+            SELECT project, key_id, series_service,
+                arraySort(t -> t.1, series_rows) AS sorted_rows,
+                arrayMap(t -> t.1, sorted_rows) AS sorted_buckets,
+                arrayMap((x, y) -> x != y, sorted_buckets, arrayPushBack(arrayPopFront(sorted_buckets), toUInt32(0))) AS run_ends,
+                arrayFilter((x, last) -> last, sorted_buckets, run_ends) AS b,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.2, sorted_rows)), run_ends), toUInt64(0)))) AS r,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.3, sorted_rows)), run_ends), toUInt64(0)))) AS e,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.4, sorted_rows)), run_ends), toInt64(0)))) AS c
+            FROM
+            (
+                SELECT project, key_id, series_service,
+                    length(services) = 1 OR series_service = '' AS whole_key,
+                    cityHash64(series_service) AS series_hash,
+                    arrayMap(h -> whole_key OR h = series_hash, service_rows) AS keep,
+                    arrayFilter((x, k) -> k, key_rows, keep) AS series_rows
+                FROM
+                (
+                    SELECT project, key_id, groupUniqArray(service) AS services, groupArray(cityHash64(service)) AS service_rows,
+                        groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS key_rows
+                    FROM usage_5min
+                    WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND project = ?
+                    GROUP BY project, key_id
+                )
+                ARRAY JOIN if(length(services) = 1, services, arrayPushFront(services, '')) AS series_service
+            )
+        )
+        WHERE history >= 12 AND notEmpty(obs_bucket)
+          AND ((arrayReduce('max', obs_requests) - req_median) / greatest(1, 0.1 * req_median) >= ?
+            OR (arrayReduce('max', obs_cost) - cost_median) / greatest(unit_cost, 0.1 * cost_median) >= ?
+            OR (arrayReduce('max', arrayMap((x, y) -> x / y, obs_errors, obs_requests)) - rate_median) / 0.02 >= ?)
+    )
+)
+ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors, obs_cost AS cost_micros
+WHERE req_score >= ? OR rate_score >= ? OR cost_score >= ?
+ORDER BY greatest(greatest(req_score, rate_score), cost_score) DESC, project, key_id, series_service, bucket
+LIMIT ?`,
+			// first bucket, baseline buckets (twice), min requests; the scan's range and
+			// project; the sensitivity for 3 prefilters and 3 filters; the limit.
+			wantArgs: []any{int64(1773140400), 288, 288, int64(50), int64(1773054000), int64(1773144000), "acme",
+				6.0, 6.0, 6.0, 6.0, 6.0, 6.0, 1001},
+		},
+		{
+			name: "key x service scope, error rate only, projects and key",
+			spec: AnomalySpec{FirstBucket: anomFirst, End: anomFirst.Add(30 * time.Minute), BaselineBuckets: 24,
+				Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE},
+				Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY_SERVICE, Sensitivity: 4.5, MinRequests: 10,
+				Projects: []string{"a", "b"}, KeyID: "key_1", Limit: 1001},
+			wantSQL: `SELECT project, key_id, series_service, bucket, requests, errors, cost_micros, history,
+    toFloat64(req_median) AS req_expected, toFloat64(req_mad) AS req_deviation, req_scale, (requests - req_median) / req_scale AS req_score,
+    toFloat64(cost_median) AS cost_expected, toFloat64(cost_mad) AS cost_deviation, cost_scale, (cost_micros - cost_median) / cost_scale AS cost_score,
+    errors / requests AS error_rate, rate_median, rate_mad, greatest(greatest(1.4826 * rate_mad, 0.02), sqrt(rate_median * (1 - rate_median) / requests)) AS rate_scale, (error_rate - rate_median) / rate_scale AS rate_score
+FROM
+(
+    SELECT project, key_id, series_service, history, req_median, cost_median, rate_median, obs_bucket, obs_requests, obs_errors, obs_cost,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - req_median), req_filled)) AS req_mad,
+        greatest(greatest(1.4826 * req_mad, 1), greatest(0.1 * req_median, (arrayReduce('quantileExact(0.99)', req_filled) - req_median) / 2.326)) AS req_scale,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - cost_median), cost_filled)) AS cost_mad,
+        greatest(greatest(1.4826 * cost_mad, unit_cost), greatest(0.1 * cost_median, (arrayReduce('quantileExact(0.99)', cost_filled) - cost_median) / 2.326)) AS cost_scale,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - rate_median), base_rate)) AS rate_mad
+    FROM
+    (
+        SELECT project, key_id, series_service,
+            arrayCount(k -> k < ?, b) AS history,
+            arraySlice(r, 1, history) AS base_r,
+            arrayResize(base_r, ?, toInt64(0)) AS req_filled,
+            arrayReduce('quantileExact', req_filled) AS req_median,
+            arrayResize(arraySlice(c, 1, history), ?, toInt64(0)) AS cost_filled,
+            arrayReduce('quantileExact', cost_filled) AS cost_median,
+            greatest(arraySum(cost_filled) / arraySum(base_r), 1) AS unit_cost,
+            arrayMap((x, y) -> x / y, arraySlice(e, 1, history), base_r) AS base_rate,
+            arrayReduce('quantileExact', base_rate) AS rate_median,
+            arrayMap(v -> v >= ?, arraySlice(r, history + 1)) AS examined,
+            arrayFilter((x, o) -> o, arraySlice(b, history + 1), examined) AS obs_bucket,
+            arrayFilter((x, o) -> o, arraySlice(r, history + 1), examined) AS obs_requests,
+            arrayFilter((x, o) -> o, arraySlice(e, history + 1), examined) AS obs_errors,
+            arrayFilter((x, o) -> o, arraySlice(c, history + 1), examined) AS obs_cost
+        FROM
+        (
+            SELECT project, key_id, series_service,
+                arraySort(t -> t.1, series_rows) AS sorted_rows,
+                arrayMap(t -> t.1, sorted_rows) AS sorted_buckets,
+                arrayMap((x, y) -> x != y, sorted_buckets, arrayPushBack(arrayPopFront(sorted_buckets), toUInt32(0))) AS run_ends,
+                arrayFilter((x, last) -> last, sorted_buckets, run_ends) AS b,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.2, sorted_rows)), run_ends), toUInt64(0)))) AS r,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.3, sorted_rows)), run_ends), toUInt64(0)))) AS e,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.4, sorted_rows)), run_ends), toInt64(0)))) AS c
+            FROM
+            (
+                SELECT project, key_id, service AS series_service, groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS series_rows
+                FROM usage_5min
+                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND has(?, project) AND key_id = ?
+                GROUP BY project, key_id, service
+            )
+        )
+        WHERE history >= 12 AND notEmpty(obs_bucket)
+          AND ((arrayReduce('max', arrayMap((x, y) -> x / y, obs_errors, obs_requests)) - rate_median) / 0.02 >= ?)
+    )
+)
+ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors, obs_cost AS cost_micros
+WHERE rate_score >= ?
+ORDER BY rate_score DESC, project, key_id, series_service, bucket
+LIMIT ?`,
+			wantArgs: []any{int64(1773140400), 24, 24, int64(10), int64(1773133200), int64(1773142200), []string{"a", "b"}, "key_1",
+				4.5, 4.5, 1001},
+		},
+		{
+			name: "key scope, cost and requests",
+			spec: AnomalySpec{FirstBucket: anomFirst, End: anomFirst.Add(30 * time.Minute), BaselineBuckets: 24,
+				Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST, keytrailv1.AnomalyMetric_ANOMALY_METRIC_REQUESTS},
+				Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY, Sensitivity: 6, MinRequests: 50, Limit: 1001},
+			wantSQL: `SELECT project, key_id, series_service, bucket, requests, errors, cost_micros, history,
+    toFloat64(req_median) AS req_expected, toFloat64(req_mad) AS req_deviation, req_scale, (requests - req_median) / req_scale AS req_score,
+    toFloat64(cost_median) AS cost_expected, toFloat64(cost_mad) AS cost_deviation, cost_scale, (cost_micros - cost_median) / cost_scale AS cost_score,
+    errors / requests AS error_rate, rate_median, rate_mad, greatest(greatest(1.4826 * rate_mad, 0.02), sqrt(rate_median * (1 - rate_median) / requests)) AS rate_scale, (error_rate - rate_median) / rate_scale AS rate_score
+FROM
+(
+    SELECT project, key_id, series_service, history, req_median, cost_median, rate_median, obs_bucket, obs_requests, obs_errors, obs_cost,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - req_median), req_filled)) AS req_mad,
+        greatest(greatest(1.4826 * req_mad, 1), greatest(0.1 * req_median, (arrayReduce('quantileExact(0.99)', req_filled) - req_median) / 2.326)) AS req_scale,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - cost_median), cost_filled)) AS cost_mad,
+        greatest(greatest(1.4826 * cost_mad, unit_cost), greatest(0.1 * cost_median, (arrayReduce('quantileExact(0.99)', cost_filled) - cost_median) / 2.326)) AS cost_scale,
+        arrayReduce('quantileExact', arrayMap(x -> abs(x - rate_median), base_rate)) AS rate_mad
+    FROM
+    (
+        SELECT project, key_id, series_service,
+            arrayCount(k -> k < ?, b) AS history,
+            arraySlice(r, 1, history) AS base_r,
+            arrayResize(base_r, ?, toInt64(0)) AS req_filled,
+            arrayReduce('quantileExact', req_filled) AS req_median,
+            arrayResize(arraySlice(c, 1, history), ?, toInt64(0)) AS cost_filled,
+            arrayReduce('quantileExact', cost_filled) AS cost_median,
+            greatest(arraySum(cost_filled) / arraySum(base_r), 1) AS unit_cost,
+            arrayMap((x, y) -> x / y, arraySlice(e, 1, history), base_r) AS base_rate,
+            arrayReduce('quantileExact', base_rate) AS rate_median,
+            arrayMap(v -> v >= ?, arraySlice(r, history + 1)) AS examined,
+            arrayFilter((x, o) -> o, arraySlice(b, history + 1), examined) AS obs_bucket,
+            arrayFilter((x, o) -> o, arraySlice(r, history + 1), examined) AS obs_requests,
+            arrayFilter((x, o) -> o, arraySlice(e, history + 1), examined) AS obs_errors,
+            arrayFilter((x, o) -> o, arraySlice(c, history + 1), examined) AS obs_cost
+        FROM
+        (
+            SELECT project, key_id, series_service,
+                arraySort(t -> t.1, series_rows) AS sorted_rows,
+                arrayMap(t -> t.1, sorted_rows) AS sorted_buckets,
+                arrayMap((x, y) -> x != y, sorted_buckets, arrayPushBack(arrayPopFront(sorted_buckets), toUInt32(0))) AS run_ends,
+                arrayFilter((x, last) -> last, sorted_buckets, run_ends) AS b,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.2, sorted_rows)), run_ends), toUInt64(0)))) AS r,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.3, sorted_rows)), run_ends), toUInt64(0)))) AS e,
+                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.4, sorted_rows)), run_ends), toInt64(0)))) AS c
+            FROM
+            (
+                SELECT project, key_id, '' AS series_service, groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS series_rows
+                FROM usage_5min
+                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?)
+                GROUP BY project, key_id
+            )
+        )
+        WHERE history >= 12 AND notEmpty(obs_bucket)
+          AND ((arrayReduce('max', obs_requests) - req_median) / greatest(1, 0.1 * req_median) >= ?
+            OR (arrayReduce('max', obs_cost) - cost_median) / greatest(unit_cost, 0.1 * cost_median) >= ?)
+    )
+)
+ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors, obs_cost AS cost_micros
+WHERE req_score >= ? OR cost_score >= ?
+ORDER BY greatest(req_score, cost_score) DESC, project, key_id, series_service, bucket
+LIMIT ?`,
+			wantArgs: []any{int64(1773140400), 24, 24, int64(50), int64(1773133200), int64(1773142200), 6.0, 6.0, 6.0, 6.0, 1001},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Anomalies(tt.spec)
+			if got.SQL != tt.wantSQL {
+				t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, tt.wantSQL)
+			}
+			if !reflect.DeepEqual(got.Args, tt.wantArgs) {
+				t.Errorf("args %#v\nwant %#v", got.Args, tt.wantArgs)
+			}
+		})
+	}
+}
+
+func TestAnomalySpecFor(t *testing.T) {
+	now := time.Date(2026, 3, 10, 12, 2, 30, 0, time.UTC)
+	t.Run("defaults", func(t *testing.T) {
+		got, err := AnomalySpecFor(AnomalyRequest{}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The last hour, from the bucket containing its start: 11:00 to 12:02:30.
+		want := AnomalySpec{FirstBucket: time.Date(2026, 3, 10, 11, 0, 0, 0, time.UTC), End: now, BaselineBuckets: 288,
+			Metrics: allMetrics, Sensitivity: 6, MinRequests: 50, Limit: anomaly.MaxAnomalies + 1}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("got %+v\nwant %+v", got, want)
+		}
+		if !got.BaselineStart().Equal(time.Date(2026, 3, 9, 11, 0, 0, 0, time.UTC)) {
+			t.Errorf("baseline start %s", got.BaselineStart())
+		}
+	})
+	t.Run("explicit", func(t *testing.T) {
+		got, err := AnomalySpecFor(AnomalyRequest{
+			Start: now.Add(-17 * time.Minute), End: now, Baseline: 7 * 24 * time.Hour, Sensitivity: 3, MinRequests: 1,
+			Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST},
+			Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY, Project: "p", KeyID: "k",
+		}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := AnomalySpec{FirstBucket: time.Date(2026, 3, 10, 11, 45, 0, 0, time.UTC), End: now, BaselineBuckets: 2016,
+			Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST}, Scope: keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY,
+			Sensitivity: 3, MinRequests: 1, Project: "p", KeyID: "k", Limit: anomaly.MaxAnomalies + 1}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("got %+v\nwant %+v", got, want)
+		}
+	})
+	for _, tc := range []struct {
+		name  string
+		req   AnomalyRequest
+		field string
+	}{
+		{"end before start", AnomalyRequest{Start: now, End: now.Add(-time.Minute)}, "end_time"},
+		{"baseline below an hour", AnomalyRequest{Baseline: 55 * time.Minute}, "baseline"},
+		{"baseline above 7 days", AnomalyRequest{Baseline: 7*24*time.Hour + 5*time.Minute}, "baseline"},
+		{"baseline not whole buckets", AnomalyRequest{Baseline: time.Hour + time.Second}, "baseline"},
+		{"examined range above 7 days", AnomalyRequest{Start: now.Add(-7*24*time.Hour - time.Minute)}, "start_time"},
+		{"unspecified metric", AnomalyRequest{Metrics: []keytrailv1.AnomalyMetric{0}}, "metrics"},
+		{"unknown scope", AnomalyRequest{Scope: 9}, "scope"},
+		{"negative sensitivity", AnomalyRequest{Sensitivity: -0.5}, "sensitivity"},
+		{"negative min requests", AnomalyRequest{MinRequests: -1}, "min_requests"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := AnomalySpecFor(tc.req, now)
+			var invalid *InvalidError
+			if !errors.As(err, &invalid) || invalid.Field != tc.field {
+				t.Errorf("error %v, want InvalidError on %s", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestNewCallersSQL(t *testing.T) {
+	r := Range{Start: anomFirst.Add(-24 * time.Hour), End: anomFirst}
+	t.Run("filtered", func(t *testing.T) {
+		got := NewCallers(NewCallersSpec{Range: r, Project: "acme", KeyID: "key_1", Limit: 1001})
+		wantSQL := `SELECT project, key_id, kind, caller, first_ms, last_ms, request_count, key_first_ms
+FROM
+(
+    SELECT project, key_id, toUInt8(1) AS kind, service AS caller, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count
+    FROM key_service_totals
+    WHERE project = ? AND key_id = ?
+    GROUP BY project, key_id, service
+    HAVING first_ms >= ? AND first_ms < ?
+    UNION ALL
+    SELECT project, key_id, toUInt8(2) AS kind, client_ip AS caller, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count
+    FROM key_client_ip_totals
+    WHERE project = ? AND key_id = ?
+    GROUP BY project, key_id, client_ip
+    HAVING first_ms >= ? AND first_ms < ?
+)
+ANY LEFT JOIN
+(
+    SELECT project, key_id, minMerge(first_seen_ms) AS key_first_ms
+    FROM key_service_totals
+    WHERE project = ? AND key_id = ?
+    GROUP BY project, key_id
+) USING (project, key_id)
+ORDER BY first_ms DESC, project, key_id, kind, caller
+LIMIT ?`
+		wantArgs := []any{"acme", "key_1", int64(1773054000000), int64(1773140400000), "acme", "key_1", int64(1773054000000), int64(1773140400000),
+			"acme", "key_1", 1001}
+		if got.SQL != wantSQL {
+			t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
+		}
+		if !reflect.DeepEqual(got.Args, wantArgs) {
+			t.Errorf("args %#v\nwant %#v", got.Args, wantArgs)
+		}
+	})
+	t.Run("unfiltered", func(t *testing.T) {
+		got := NewCallers(NewCallersSpec{Range: r, Limit: 1001})
+		wantSQL := `SELECT project, key_id, kind, caller, first_ms, last_ms, request_count, key_first_ms
+FROM
+(
+    SELECT project, key_id, toUInt8(1) AS kind, service AS caller, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count
+    FROM key_service_totals
+    GROUP BY project, key_id, service
+    HAVING first_ms >= ? AND first_ms < ?
+    UNION ALL
+    SELECT project, key_id, toUInt8(2) AS kind, client_ip AS caller, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count
+    FROM key_client_ip_totals
+    GROUP BY project, key_id, client_ip
+    HAVING first_ms >= ? AND first_ms < ?
+)
+ANY LEFT JOIN
+(
+    SELECT project, key_id, minMerge(first_seen_ms) AS key_first_ms
+    FROM key_service_totals
+    GROUP BY project, key_id
+) USING (project, key_id)
+ORDER BY first_ms DESC, project, key_id, kind, caller
+LIMIT ?`
+		wantArgs := []any{int64(1773054000000), int64(1773140400000), int64(1773054000000), int64(1773140400000), 1001}
+		if got.SQL != wantSQL {
+			t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
+		}
+		if !reflect.DeepEqual(got.Args, wantArgs) {
+			t.Errorf("args %#v\nwant %#v", got.Args, wantArgs)
+		}
+	})
+}
+
+func TestNewCallersSpecFor(t *testing.T) {
+	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	got, err := NewCallersSpecFor(NewCallersRequest{Project: "p"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := NewCallersSpec{Range: Range{Start: now.Add(-24 * time.Hour), End: now}, Project: "p", Limit: MaxNewCallers + 1}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+	_, err = NewCallersSpecFor(NewCallersRequest{Start: now, End: now}, now)
+	var invalid *InvalidError
+	if !errors.As(err, &invalid) || invalid.Field != "end_time" {
+		t.Errorf("error %v, want InvalidError on end_time", err)
+	}
+}
+
+// TestAnomaliesScale measures the default scan (both scopes, all metrics, 24 h baseline) over
+// 10k keys with traffic in every 5-minute bucket for 25 hours: 3.0M usage_5min rows, 2.88M of
+// them baseline, every key above min_requests in every examined bucket (the worst case: no
+// key is dismissed early). Set KEYTRAIL_ANOMALY_SCALE=1 to run it; it logs the best of five.
+func TestAnomaliesScale(t *testing.T) {
+	if os.Getenv("KEYTRAIL_ANOMALY_SCALE") == "" {
+		t.Skip("set KEYTRAIL_ANOMALY_SCALE=1 to run the 10k-key scan measurement")
+	}
+	db := testenv.ClickHouse(t)
+	ctx := context.Background()
+	end := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	// Synthetic rollup rows straight into usage_5min (the scan reads nothing else): 80-119
+	// requests, 0-4 errors, 1000 micros a request; key_42 spikes to 1000 requests at 11:30.
+	fill := fmt.Sprintf(`INSERT INTO usage_5min (bucket, project, key_id, service, requests, errors, total_cost_micros)
+SELECT toDateTime(%d - 300 * (number %% 300)) AS b, concat('p', toString(intDiv(number, 300) %% 10)), concat('key_', toString(intDiv(number, 300))), 'svc',
+    if(intDiv(number, 300) = 42 AND b = toDateTime(%d), 1000, 80 + cityHash64(number) %% 40) AS r, cityHash64(number, 1) %% 5, r * 1000
+FROM numbers(3000000)`, end.Add(-5*time.Minute).Unix(), end.Add(-30*time.Minute).Unix())
+	if err := db.Conn.Exec(ctx, fill); err != nil {
+		t.Fatal(err)
+	}
+	rows := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_5min")
+	rd := NewReader(db.Conn, func() time.Time { return end })
+	best := time.Hour
+	var found int
+	for range 5 {
+		start := time.Now()
+		res, err := rd.Anomalies(ctx, AnomalyRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		best = min(best, time.Since(start))
+		found = len(res.Anomalies)
+	}
+	t.Logf("%d usage_5min rows, 10k keys: best scan %v, %d anomalies", rows, best, found)
+	if found < 1 {
+		t.Errorf("the spike of key_42 was not found")
+	}
+}
