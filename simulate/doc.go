@@ -50,4 +50,8 @@
 //
 // After +10m nothing new happens: the traffic continues in its final state for as long as
 // the simulator runs.
+//
+// With Config.History the fleet's keys are created History before Start and carry their
+// ordinary traffic from then on, so anomalies and new callers have a baseline to compare
+// with; the story above still starts at Start (`simulator -history 90m`, as `make run` does).
 package simulate

@@ -49,6 +49,10 @@ type Config struct {
 	Start time.Time
 	// Rate is the mean number of usage events per second outside the spike.
 	Rate float64
+	// History runs the fleet's ordinary traffic for this long before Start (keys created at
+	// Start-History), so the story's answers that need a baseline (anomalies, new callers,
+	// alerts) have one. 0: the fleet starts at Start.
+	History time.Duration
 }
 
 // Validate reports every problem at once.
@@ -56,6 +60,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.Start.IsZero() {
 		errs = append(errs, errors.New("simulate: start time is required"))
+	}
+	if c.History < 0 || c.History > 7*24*time.Hour {
+		errs = append(errs, fmt.Errorf("simulate: history %v must be between 0 and 7 days", c.History))
 	}
 	if !(c.Rate > 0) || math.IsInf(c.Rate, 0) || c.Rate > 1e6 {
 		errs = append(errs, fmt.Errorf("simulate: rate %v must be positive and at most 1e6 events/s", c.Rate))
@@ -202,6 +209,9 @@ func (s *Scenario) Notable() Notable {
 // Start is the scenario's time zero.
 func (s *Scenario) Start() time.Time { return s.cfg.Start }
 
+// History is how long the fleet's traffic runs before Start.
+func (s *Scenario) History() time.Duration { return s.cfg.History }
+
 // builder holds what only construction needs.
 type builder struct {
 	s     *Scenario
@@ -211,6 +221,9 @@ type builder struct {
 }
 
 func (b *builder) at(off time.Duration) time.Time { return b.s.cfg.Start.Add(off) }
+
+// usageFrom is the offset where the fleet's ordinary traffic begins.
+func (b *builder) usageFrom() time.Duration { return usageStartsAt - b.s.cfg.History }
 
 func keyID(project string, n int) string { return fmt.Sprintf("key_%s_%04d", project, n) }
 
@@ -266,7 +279,7 @@ func (b *builder) background() {
 			key := keyID(p.name, n)
 			// Spread the created events over the first second so the initial burst is
 			// ordered and every key exists before its first use.
-			e := b.created(p.name, key, time.Duration(created)*usageStartsAt/time.Duration(total), 0)
+			e := b.created(p.name, key, time.Duration(created)*usageStartsAt/time.Duration(total)-b.s.cfg.History, 0)
 			created++
 			if notableKeys[key] {
 				// Their story is told by their own events; a random TTL or budget would
@@ -285,7 +298,7 @@ func (b *builder) background() {
 					project: p.name, key: key, service: services[i],
 					// Log-normal weights: a few heavy callers and a long quiet tail.
 					rate:      math.Exp(1.2 * b.rng.NormFloat64()),
-					phases:    []phase{{usageStartsAt, 1}},
+					phases:    []phase{{b.usageFrom(), 1}},
 					routes:    mixes[b.rng.IntN(len(mixes))],
 					instances: gateways(p.name),
 					clientIP:  b.clientIP(p.name, services[i]),
@@ -372,12 +385,12 @@ func (b *builder) rotation() {
 	for i, svc := range n.RotationMovedServices {
 		moveAt := rotationSplitAt + time.Duration(i)*(rotationLastMoveAt-rotationSplitAt)
 		b.s.streams = append(b.s.streams,
-			b.stream(project, oldKey, svc, rotationShare, []phase{{usageStartsAt, 1}, {moveAt, 0}}, routes),
+			b.stream(project, oldKey, svc, rotationShare, []phase{{b.usageFrom(), 1}, {moveAt, 0}}, routes),
 			b.stream(project, newKey, svc, rotationShare, []phase{{moveAt, 1}}, routes))
 	}
 	gw := gateways(project)
 	for _, svc := range n.RotationMixedServices {
-		old := b.stream(project, oldKey, svc, rotationShare, []phase{{usageStartsAt, 1}, {rotationSplitAt, 0.5}}, routes)
+		old := b.stream(project, oldKey, svc, rotationShare, []phase{{b.usageFrom(), 1}, {rotationSplitAt, 0.5}}, routes)
 		moved := b.stream(project, newKey, svc, rotationShare, []phase{{rotationSplitAt, 0.5}}, routes)
 		// Split by gateway instance, as a half-finished redeploy does: the redeployed pods
 		// send the new key. (A gateway sees the caller's key on every request; which of its
@@ -387,7 +400,7 @@ func (b *builder) rotation() {
 		b.s.streams = append(b.s.streams, old, moved)
 	}
 	for _, svc := range n.RotationPendingServices {
-		b.s.streams = append(b.s.streams, b.stream(project, oldKey, svc, rotationShare, []phase{{usageStartsAt, 1}}, routes))
+		b.s.streams = append(b.s.streams, b.stream(project, oldKey, svc, rotationShare, []phase{{b.usageFrom(), 1}}, routes))
 	}
 }
 
@@ -400,7 +413,7 @@ func (b *builder) disabled() {
 		Actor: "carol", ActorType: keytrailv1.ActorType_ACTOR_TYPE_USER, Reason: "key found in a public CI log",
 		Attributes: map[string]string{"ticket": "SEC-2304", "severity": "high"},
 	})
-	api := b.stream(project, key, "report-api", disabledShare, []phase{{usageStartsAt, 1}, {disabledAt, 0}}, []route{gpt4oMini()})
+	api := b.stream(project, key, "report-api", disabledShare, []phase{{b.usageFrom(), 1}, {disabledAt, 0}}, []route{gpt4oMini()})
 	api.disabledAt = disabledAt
 	b.s.streams = append(b.s.streams, api)
 	cron := b.stream(project, key, job, 0, nil, []route{gpt4oMini()})
@@ -412,7 +425,7 @@ func (b *builder) spike() {
 	const project, key = "globex", "key_globex_0021"
 	n := &b.s.notable
 	n.SpikeKey, n.SpikeStart, n.SpikeEnd, n.SpikeFactor = key, b.at(spikeFrom), b.at(spikeUntil), spikeFactor
-	phases := []phase{{usageStartsAt, 1}, {spikeFrom, spikeFactor}, {spikeUntil, 1}}
+	phases := []phase{{b.usageFrom(), 1}, {spikeFrom, spikeFactor}, {spikeUntil, 1}}
 	b.s.streams = append(b.s.streams,
 		b.stream(project, key, "search-worker", spikeShare, phases, []route{embedding(), gpt4oMini()}),
 		b.stream(project, key, "catalog-api", spikeShare, phases, []route{gpt4oMini()}))
@@ -423,14 +436,14 @@ func (b *builder) newCaller() {
 	n := &b.s.notable
 	n.NewCallerKey, n.NewCallerService, n.NewCallerFrom = key, caller, b.at(newCallerFrom)
 	b.s.streams = append(b.s.streams,
-		b.stream(project, key, "recommendation-api", newCallerShare, []phase{{usageStartsAt, 1}}, []route{haiku()}),
-		b.stream(project, key, "email-worker", newCallerShare, []phase{{usageStartsAt, 1}}, []route{gpt4oMini()}),
+		b.stream(project, key, "recommendation-api", newCallerShare, []phase{{b.usageFrom(), 1}}, []route{haiku()}),
+		b.stream(project, key, "email-worker", newCallerShare, []phase{{b.usageFrom(), 1}}, []route{gpt4oMini()}),
 		b.stream(project, key, caller, newCallerShare, []phase{{newCallerFrom, 1}}, []route{sonnet()}))
 }
 
 func (b *builder) overBudget() {
 	const project, key, caller = "umbrella", "key_umbrella_0005", "summarizer-worker"
-	st := b.stream(project, key, caller, budgetShare, []phase{{usageStartsAt, 1}}, []route{sonnet()})
+	st := b.stream(project, key, caller, budgetShare, []phase{{b.usageFrom(), 1}}, []route{sonnet()})
 	// Sized from the expected spend so the key crosses it about budgetCrossedAround into the
 	// run at any Rate; rounded down to whole cents.
 	perSecond := st.rate * okShare * sonnet().meanOKCost()

@@ -481,3 +481,42 @@ func BenchmarkTick(b *testing.B) {
 	}
 	b.ReportMetric(float64(events)/b.Elapsed().Seconds(), "events/s")
 }
+
+func TestHistoryRunsOrdinaryTrafficBeforeTheStory(t *testing.T) {
+	start := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	sc, err := simulate.New(simulate.Config{Seed: 7, Start: start, Rate: 200, History: 90 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := sc.Notable()
+	if !n.SpikeStart.Equal(start.Add(6*time.Minute)) || !n.RotatedAt.Equal(start.Add(20*time.Second)) {
+		t.Errorf("the story must still start at Start: spike %v rotation %v", n.SpikeStart, n.RotatedAt)
+	}
+	created := map[string]time.Time{}
+	var usage, beforeStart int
+	for from := start.Add(-90 * time.Minute); from.Before(start.Add(5 * time.Minute)); from = from.Add(time.Minute) {
+		for _, e := range sc.Tick(from, from.Add(time.Minute)) {
+			if e.Kind == event.KindLifecycle {
+				if e.Lifecycle.GetAction() == keytrailv1.Action_ACTION_CREATED {
+					created[e.Lifecycle.GetKeyId()] = e.Lifecycle.GetTime().AsTime()
+				}
+				continue
+			}
+			usage++
+			at := e.Usage.GetTime().AsTime()
+			if at.Before(start) {
+				beforeStart++
+			}
+			if c, ok := created[e.Usage.GetKeyId()]; !ok || at.Before(c) {
+				t.Fatalf("usage of %s at %v before its creation (%v)", e.Usage.GetKeyId(), at, c)
+			}
+		}
+	}
+	// 90 of the 95 minutes are history at about 200 events/s.
+	if beforeStart < 90*60*200*9/10 || beforeStart > 90*60*200*11/10 {
+		t.Errorf("%d history events of %d, want about %d", beforeStart, usage, 90*60*200)
+	}
+	if c := created["key_acme_0001"]; !c.Before(start.Add(-89 * time.Minute)) {
+		t.Errorf("fleet keys must be created at the start of the history, got %v", c)
+	}
+}

@@ -33,7 +33,7 @@ const (
 // result does not depend on how time is cut into slices: the simulator can tick at any pace
 // and a test can ask for any window.
 func (s *Scenario) Tick(from, to time.Time) []event.Event {
-	start := s.cfg.Start
+	start := s.cfg.Start.Add(-s.cfg.History)
 	if from.Before(start) {
 		from = start
 	}
@@ -49,8 +49,8 @@ func (s *Scenario) Tick(from, to time.Time) []event.Event {
 		lc := proto.Clone(s.lifecycle[i].Lifecycle).(*keytrailv1.LifecycleEvent)
 		out = append(out, event.Event{Kind: event.KindLifecycle, Lifecycle: lc})
 	}
-	first := int64(from.Sub(start) / time.Second)
-	last := int64((to.Sub(start) - 1) / time.Second)
+	first := floorSeconds(from.Sub(s.cfg.Start))
+	last := floorSeconds(to.Sub(s.cfg.Start) - 1)
 	for sec := first; sec <= last; sec++ {
 		out = s.second(out, sec, from, to)
 	}
@@ -194,4 +194,13 @@ func poisson(rng *rand.Rand, lambda float64) int {
 		return k
 	}
 	return max(0, int(math.Round(lambda+math.Sqrt(lambda)*rng.NormFloat64())))
+}
+
+// floorSeconds is d in whole seconds, rounded down (history seconds are negative).
+func floorSeconds(d time.Duration) int64 {
+	sec := int64(d / time.Second)
+	if d < 0 && d%time.Second != 0 {
+		sec--
+	}
+	return sec
 }

@@ -13,6 +13,8 @@ http_listen="${KEYTRAIL_HTTP_LISTEN:-127.0.0.1:8080}"
 grpc_listen="${KEYTRAIL_GRPC_LISTEN:-127.0.0.1:9090}"
 nats_listen="${KEYTRAIL_NATS_LISTEN:-127.0.0.1:4222}"
 rate="${KEYTRAIL_DEMO_RATE:-200}"
+# Ninety minutes of ordinary traffic first, so the spike and the new caller have a baseline.
+history="${KEYTRAIL_DEMO_HISTORY:-90m}"
 
 if [[ -z "${KEYTRAIL_CLICKHOUSE_DSN:-}" ]]; then
   "$repo/deploy/clickhouse/local.sh" start
@@ -50,7 +52,7 @@ for _ in $(seq 1 100); do
 done
 curl -sf "http://$http_listen/readyz" >/dev/null || { echo "keytrail not ready; see $state/log/keytrail.log" >&2; exit 1; }
 
-"$state/bin/simulator" -nats-url "nats://$nats_listen" -rate "$rate" >"$state/log/simulator.log" 2>&1 &
+"$state/bin/simulator" -nats-url "nats://$nats_listen" -rate "$rate" -history "$history" >"$state/log/simulator.log" 2>&1 &
 pids+=($!)
 
 base="http://$http_listen"
@@ -58,7 +60,7 @@ token="$(cat "$state/admin-token")"
 auth="Authorization: Bearer $token"
 cat <<TEXT
 
-keytrail is running with demo traffic ($rate events/s).
+keytrail is running with demo traffic ($rate events/s, after $history of history).
   REST API      $base/v1/...
   OpenAPI       $base/openapi.json
   gRPC          $grpc_listen (keytrail.v1.QueryService)
@@ -83,9 +85,11 @@ $state/admin-token. Try (the demo's stories unfold over its first ten minutes):
   # spend per key per hour, and keys near or over budget
   curl -s -H "\$KT" '$base/v1/spend?group_by=SPEND_DIMENSION_KEY&granularity=GRANULARITY_HOUR&project=umbrella'
   curl -s -H "\$KT" '$base/v1/budgets?only_alerting=true'
-  # the spiking key (from minute 6) and the new caller (from minute 4)
+  # the spiking key (minutes 6 to 10) and the new caller (from minute 4)
   curl -s -H "\$KT" '$base/v1/anomalies'
-  curl -s -H "\$KT" '$base/v1/new-callers'
+  curl -s -H "\$KT" "$base/v1/new-callers?start_time=\$(date -u -d '-15 min' +%FT%TZ)"
+  # alerts the evaluator published for them
+  curl -s -H "\$KT" '$base/metrics' | grep keytrail_alerts_published_total
 
 Ctrl-C stops keytrail and the simulator.
 TEXT

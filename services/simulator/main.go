@@ -50,6 +50,7 @@ func main() {
 type Config struct {
 	NATSURL       string
 	Rate          float64
+	History       time.Duration
 	Duration      time.Duration
 	Seed          int64
 	JSON          bool
@@ -79,6 +80,7 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool)) (Config, 
 	var c Config
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server keytrail listens on")
 	fs.Float64Var(&c.Rate, "rate", 200, "usage events per second outside the spike")
+	fs.DurationVar(&c.History, "history", 0, "publish this much ordinary traffic from before now first, so anomalies and new callers have a baseline (the story then starts now)")
 	fs.DurationVar(&c.Duration, "duration", 0, "how long to run; 0 runs until interrupted")
 	fs.Int64Var(&c.Seed, "seed", 1, "seed of the scenario's traffic")
 	fs.BoolVar(&c.JSON, "json", false, "publish protojson instead of protobuf binary")
@@ -158,7 +160,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if err != nil {
 		return err
 	}
-	sc, err := simulate.New(simulate.Config{Seed: cfg.Seed, Start: time.Now(), Rate: cfg.Rate})
+	sc, err := simulate.New(simulate.Config{Seed: cfg.Seed, Start: time.Now(), Rate: cfg.Rate, History: cfg.History})
 	if err != nil {
 		return err
 	}
@@ -234,6 +236,22 @@ func publishLoop(ctx context.Context, sc *simulate.Scenario, pub *publisher.Publ
 	progress := time.NewTicker(progressEvery)
 	defer progress.Stop()
 	last := sc.Start()
+	if h := sc.History(); h > 0 {
+		// Backfill in slices so memory stays bounded however long the history is.
+		from := last.Add(-h)
+		log.Info("publishing history", "from", from.UTC().Format(time.RFC3339), "until", last.UTC().Format(time.RFC3339))
+		for from.Before(last) {
+			to := from.Add(10 * time.Second)
+			if to.After(last) {
+				to = last
+			}
+			if err := publishSlice(ctx, sc, pub, from, to); err != nil || ctx.Err() != nil {
+				return err
+			}
+			from = to
+		}
+		log.Info("history published", "events", pub.Stats().Accepted)
+	}
 	var lastSent uint64
 	for {
 		select {
@@ -246,21 +264,29 @@ func publishLoop(ctx context.Context, sc *simulate.Scenario, pub *publisher.Publ
 				"per_second", float64(s.Accepted-lastSent)/progressEvery.Seconds())
 			lastSent = s.Accepted
 		case now := <-tick.C:
-			for _, e := range sc.Tick(last, now) {
-				var err error
-				if e.Kind == event.KindLifecycle {
-					err = pub.PublishLifecycle(ctx, e.Lifecycle)
-				} else {
-					err = pub.PublishUsage(ctx, e.Usage)
-				}
-				if ctx.Err() != nil {
-					return nil
-				}
-				if err != nil {
-					return fmt.Errorf("publish %s: %w", e.ID(), err)
-				}
+			if err := publishSlice(ctx, sc, pub, last, now); err != nil || ctx.Err() != nil {
+				return err
 			}
 			last = now
 		}
 	}
+}
+
+// publishSlice publishes the scenario's events in [from, to).
+func publishSlice(ctx context.Context, sc *simulate.Scenario, pub *publisher.Publisher, from, to time.Time) error {
+	for _, e := range sc.Tick(from, to) {
+		var err error
+		if e.Kind == event.KindLifecycle {
+			err = pub.PublishLifecycle(ctx, e.Lifecycle)
+		} else {
+			err = pub.PublishUsage(ctx, e.Usage)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("publish %s: %w", e.ID(), err)
+		}
+	}
+	return nil
 }
