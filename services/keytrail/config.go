@@ -31,6 +31,8 @@ type Config struct {
 	BatchSize      int
 	FlushInterval  time.Duration
 	SharedConsumer bool
+	AckWait        time.Duration
+	MaxAckPending  int
 
 	AlertInterval      time.Duration
 	AlertWindow        time.Duration
@@ -87,6 +89,11 @@ func (c Config) Validate() error {
 	if c.TLSClientCAFile != "" && c.TLSCertFile == "" {
 		errs = append(errs, errors.New("tls-client-ca-file (mTLS) needs tls-cert-file and tls-key-file"))
 	}
+	if c.AckWait <= 0 || c.MaxAckPending <= 0 {
+		errs = append(errs, errors.New("ack-wait and max-ack-pending must be positive"))
+	} else if c.MaxAckPending < 2*c.BatchSize {
+		errs = append(errs, fmt.Errorf("max-ack-pending %d must be at least twice batch-size %d (the ingester holds up to two batches)", c.MaxAckPending, c.BatchSize))
+	}
 	if c.BatchSize <= 0 || c.FlushInterval <= 0 {
 		errs = append(errs, errors.New("batch-size and flush-interval must be positive"))
 	}
@@ -131,6 +138,14 @@ func parseConfig(name string, args []string) (Config, error) {
 	})
 	c.BatchSize, _ = strconv.Atoi(batch)
 	dur(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
+	dur(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for the ingester's ack before redelivering")
+	pending := env("max-ack-pending", "50000")
+	c.MaxAckPending, _ = strconv.Atoi(pending)
+	fs.Func("max-ack-pending", "most messages the ingester may hold unacknowledged (env KEYTRAIL_MAX_ACK_PENDING, default "+pending+")", func(s string) error {
+		n, err := strconv.Atoi(s)
+		c.MaxAckPending = n
+		return err
+	})
 	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", env("ingest-shared-consumer", "") == "true",
 		"let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created) (env KEYTRAIL_INGEST_SHARED_CONSUMER=true)")
 	dur(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")

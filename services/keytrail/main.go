@@ -158,6 +158,7 @@ func (m *Main) Start(parent context.Context) error {
 	streams := broker.DefaultStreamConfig()
 	streams.Subjects = event.Subjects{Prefix: cfg.SubjectPrefix}
 	streams.SharedConsumer = cfg.SharedConsumer
+	streams.AckWait, streams.MaxAckPending = cfg.AckWait, cfg.MaxAckPending
 	if err := broker.EnsureStreams(ctx, js, streams); err != nil {
 		return err
 	}
