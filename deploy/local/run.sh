@@ -19,6 +19,12 @@ history="${KEYTRAIL_DEMO_HISTORY:-90m}"
 if [[ -z "${KEYTRAIL_CLICKHOUSE_DSN:-}" ]]; then
   "$repo/deploy/clickhouse/local.sh" start
   export KEYTRAIL_CLICKHOUSE_DSN="clickhouse://127.0.0.1:${KEYTRAIL_CH_TCP_PORT:-19000}/keytrail"
+  # The demo's story uses fixed key ids: start each run from a clean slate so earlier runs'
+  # events do not blur it (KEYTRAIL_DEMO_KEEP=1 keeps them).
+  if [[ -z "${KEYTRAIL_DEMO_KEEP:-}" ]]; then
+    "$repo/deploy/clickhouse/local.sh" client --query "DROP DATABASE IF EXISTS keytrail"
+    rm -rf "$state/nats"
+  fi
 fi
 
 echo "building keytrail and the simulator..."
