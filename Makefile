@@ -90,10 +90,17 @@ test: ## Start the local ClickHouse, then go vet and go test everything against 
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) $(PKGS)
 
-# Placeholder: the full benchmark harness (load generator, bench-results.json) comes later.
+# Benchmark knobs: `BENCH_SCALE=0.05 make bench` (1 = full scale, about an hour here; 0.01 a few
+# minutes), BENCH_PHASES=drain,query to run some phases only. See docs/benchmarks.md.
+BENCH_SCALE ?= 1
+BENCH_PHASES ?=
+
 .PHONY: bench
-bench: ## Run each Go benchmark once (placeholder for the full harness)
-	$(GO) test -run '^$$' -bench . -benchtime 1x $(PKGS)
+bench: ## Start the local ClickHouse, run the benchmark harness (BENCH_SCALE=0.05 for a short run); table on stdout, bench-results.json
+	$(CLICKHOUSE) start
+	@mkdir -p $(LOCAL_BIN)
+	$(GO) build -o $(LOCAL_BIN)/keytrail-bench ./bench/cmd/keytrail-bench
+	$(LOCAL_BIN)/keytrail-bench -scale $(BENCH_SCALE) -phases '$(BENCH_PHASES)' -out $(CURDIR)/bench-results.json
 
 ##@ Housekeeping
 

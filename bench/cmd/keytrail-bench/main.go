@@ -1,0 +1,74 @@
+// Command keytrail-bench runs keytrail's benchmarks (package bench) and prints one table,
+// each figure beside its baseline and target, and writes the same as JSON. `make bench` runs
+// it after starting the local ClickHouse.
+//
+//	keytrail-bench [-scale 0.05] [-phases drain,query] [-out bench-results.json]
+//
+// Settings also come from the environment: BENCH_SCALE, BENCH_PHASES, BENCH_PROFILE_DIR,
+// BENCH_DATABASE, and KEYTRAIL_TEST_CLICKHOUSE_ADDR (the ClickHouse `make test` uses,
+// default 127.0.0.1:19000).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/keytrail/keytrail/bench"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "keytrail-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("keytrail-bench", flag.ContinueOnError)
+	env := func(name, def string) string {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	scale := fs.String("scale", env("BENCH_SCALE", "1"), "multiplies every size; 1 is full scale (env BENCH_SCALE)")
+	phases := fs.String("phases", env("BENCH_PHASES", ""), "comma-separated phases to run, default all: "+strings.Join(bench.AllPhases, ",")+" (env BENCH_PHASES)")
+	addr := fs.String("clickhouse-addr", env("KEYTRAIL_TEST_CLICKHOUSE_ADDR", "127.0.0.1:19000"), "ClickHouse native address (env KEYTRAIL_TEST_CLICKHOUSE_ADDR)")
+	database := fs.String("database", env("BENCH_DATABASE", "keytrail_bench"), "dedicated database, dropped before and after each phase (env BENCH_DATABASE)")
+	profiles := fs.String("profile-dir", env("BENCH_PROFILE_DIR", ""), "write CPU profiles of the in-process ingest phases here (env BENCH_PROFILE_DIR)")
+	out := fs.String("out", "bench-results.json", "JSON results file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s, err := strconv.ParseFloat(*scale, 64)
+	if err != nil {
+		return fmt.Errorf("scale %q: %w", *scale, err)
+	}
+	cfg := bench.Config{
+		Scale: s, ClickHouseAddr: *addr, Database: *database, RepoDir: ".",
+		ProfileDir: *profiles, Log: os.Stderr,
+	}
+	if *phases != "" {
+		cfg.Phases = strings.Split(*phases, ",")
+	}
+	report, runErr := bench.Run(ctx, cfg)
+	// An interrupted run's partial figures must not replace a previous run's file.
+	if report == nil || ctx.Err() != nil {
+		return runErr
+	}
+	report.WriteTable(os.Stdout)
+	if err := report.WriteJSON(*out); err != nil {
+		return errors.Join(runErr, fmt.Errorf("write %s: %w", *out, err))
+	}
+	fmt.Printf("\nwrote %s\n", *out)
+	return runErr
+}
