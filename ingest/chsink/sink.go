@@ -103,8 +103,22 @@ type usageColumns struct {
 	inTokens, outTokens, hashes, seqs                                                               []uint64
 }
 
+// newUsageColumns preallocates every column: growing them by append doubled the ingester's
+// peak heap in the benchmark's profile.
+func newUsageColumns(n int) usageColumns {
+	str := func() []string { return make([]string, 0, n) }
+	return usageColumns{
+		ids: str(), projects: str(), keys: str(), services: str(), gateways: str(), methods: str(),
+		endpoints: str(), models: str(), providers: str(), ips: str(), requestIDs: str(),
+		times: make([]time.Time, 0, n), ingested: make([]time.Time, 0, n),
+		timesMs: make([]int64, 0, n), costs: make([]int64, 0, n),
+		statuses: make([]uint16, 0, n), latencies: make([]uint32, 0, n),
+		inTokens: make([]uint64, 0, n), outTokens: make([]uint64, 0, n), hashes: make([]uint64, 0, n), seqs: make([]uint64, 0, n),
+	}
+}
+
 func (s *Sink) insertUsage(ctx context.Context, records []ingest.Record, ingestedAt time.Time) error {
-	var c usageColumns
+	c := newUsageColumns(len(records))
 	for _, r := range records {
 		e := r.Event.Usage
 		t := e.GetTime().AsTime()
