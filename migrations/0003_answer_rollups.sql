@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS key_service_totals
     key_id String,
     service String,
     requests AggregateFunction(count),
+    errors AggregateFunction(sum, UInt64),
     first_seen_ms AggregateFunction(min, Int64),
     last_seen_ms AggregateFunction(max, Int64),
     last_success_ms AggregateFunction(maxIf, Int64, UInt8)
@@ -23,6 +24,7 @@ SELECT
     key_id,
     service,
     countState() AS requests,
+    sumState(toUInt64(status_code >= 400)) AS errors,
     minState(event_time_ms) AS first_seen_ms,
     maxState(event_time_ms) AS last_seen_ms,
     maxIfState(event_time_ms, status_code < 400) AS last_success_ms

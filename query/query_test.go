@@ -2,6 +2,7 @@ package query
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -174,5 +175,21 @@ func TestChainQueriesSQL(t *testing.T) {
 	}
 	if got := ChainProjects(""); got.SQL != "SELECT DISTINCT project FROM lifecycle_events ORDER BY project" || got.Args != nil {
 		t.Errorf("ChainProjects: %+v", got)
+	}
+}
+
+func TestUsageAllHistorySQL(t *testing.T) {
+	got := UsageAllHistory(true, "key_a", "billing", 101)
+	want := `SELECT service, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
+FROM key_service_totals
+WHERE key_id = ? AND service > ?
+GROUP BY service
+ORDER BY service
+LIMIT ?`
+	if got.SQL != want || !reflect.DeepEqual(got.Args, []any{"key_a", "billing", 101}) {
+		t.Errorf("got\n%s\n%#v", got.SQL, got.Args)
+	}
+	if got := UsageAllHistory(false, "billing", "", 5); !strings.Contains(got.SQL, "WHERE service = ? AND key_id > ?\nGROUP BY key_id") {
+		t.Errorf("keys of a service:\n%s", got.SQL)
 	}
 }

@@ -77,6 +77,26 @@ LIMIT ?`, axis.listed, strings.Join(parts, "\n    UNION ALL\n"))
 	return Query{SQL: sql, Args: args}
 }
 
+// UsageAllHistory answers a usage list over all history from the all-time totals table,
+// which holds one row per key x service after merges: the cheapest read there is. Used when
+// the caller gives no time range. The table is sorted by key, so the keys of a service
+// scan it whole; it is small (one row per pair ever seen).
+func UsageAllHistory(byKey bool, fixedValue, after string, limit int) Query {
+	axis := keysOfService
+	if byKey {
+		axis = servicesOfKey
+	}
+	return Query{
+		SQL: fmt.Sprintf(`SELECT %[2]s, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
+FROM key_service_totals
+WHERE %[1]s = ? AND %[2]s > ?
+GROUP BY %[2]s
+ORDER BY %[2]s
+LIMIT ?`, axis.fixed, axis.listed),
+		Args: []any{fixedValue, after, limit},
+	}
+}
+
 // Reader runs queries against ClickHouse.
 type Reader struct {
 	conn driver.Conn
@@ -145,6 +165,10 @@ func (rd *Reader) usage(ctx context.Context, axis usageAxis, req UsageRequest) (
 		}
 	}
 	q := usageQuery(axis, req.Value, r, after, limit+1)
+	if req.Start.IsZero() && req.End.IsZero() {
+		// No range: all history, from the all-time totals (the same answer, exact).
+		q = UsageAllHistory(axis == servicesOfKey, req.Value, after, limit+1)
+	}
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return UsagePage{}, fmt.Errorf("query %s usage: %w", axis.fixed, err)
