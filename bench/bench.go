@@ -35,6 +35,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg: cfg, sizes: SizesFor(cfg.Scale), names: newNames(),
 		ch: clickHouse{addr: cfg.ClickHouseAddr, database: cfg.Database},
 	}
+	if cfg.IngestBatch > 0 {
+		h.sizes.IngestBatch = cfg.IngestBatch
+	}
 	h.report = &Report{Date: time.Now().UTC(), Scale: cfg.Scale, Sizes: h.sizes, Machine: machine()}
 	if cfg.ProfileDir != "" {
 		if err := os.MkdirAll(cfg.ProfileDir, 0o755); err != nil {

@@ -38,6 +38,10 @@ type Config struct {
 	Phases []string
 	// ProfileDir, when set, receives CPU profiles of the in-process ingest phases.
 	ProfileDir string
+	// IngestBatch, when set, replaces the ingester's default batch size in every ingest phase
+	// (the RSS phase passes it, and a max ack pending of twice it, to keytrail): for comparing
+	// batch sizes, not for the reference run.
+	IngestBatch int
 	// Log receives progress lines; the result table goes to the caller.
 	Log io.Writer
 }
@@ -47,6 +51,9 @@ var databaseName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 // Validate reports every problem with the configuration at once.
 func (c Config) Validate() error {
 	var errs []error
+	if c.IngestBatch < 0 || c.IngestBatch > 1_000_000 {
+		errs = append(errs, fmt.Errorf("bench: ingest batch %d must be in [0, 1000000]", c.IngestBatch))
+	}
 	if !(c.Scale > 0) || math.IsInf(c.Scale, 0) || c.Scale > 10 {
 		errs = append(errs, fmt.Errorf("bench: scale %v must be in (0, 10]", c.Scale))
 	}

@@ -61,7 +61,11 @@ func (h *harness) runRSS(ctx context.Context) error {
 		return err
 	}
 	defer logFile.Close()
-	cmd := exec.Command(bin, "serve", "-role", "ingest", "-nats-url", js.url(), "-clickhouse-dsn", h.ch.dsn(), "-log-level", "warn")
+	args := []string{"serve", "-role", "ingest", "-nats-url", js.url(), "-clickhouse-dsn", h.ch.dsn(), "-log-level", "warn"}
+	if h.cfg.IngestBatch > 0 {
+		args = append(args, "-batch-size", strconv.Itoa(h.cfg.IngestBatch), "-max-ack-pending", strconv.Itoa(max(50_000, 2*h.cfg.IngestBatch)))
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Env = withoutKeytrailEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logFile, logFile

@@ -45,6 +45,14 @@ func run(ctx context.Context, args []string) error {
 	addr := fs.String("clickhouse-addr", env("KEYTRAIL_TEST_CLICKHOUSE_ADDR", "127.0.0.1:19000"), "ClickHouse native address (env KEYTRAIL_TEST_CLICKHOUSE_ADDR)")
 	database := fs.String("database", env("BENCH_DATABASE", "keytrail_bench"), "dedicated database, dropped before and after each phase (env BENCH_DATABASE)")
 	profiles := fs.String("profile-dir", env("BENCH_PROFILE_DIR", ""), "write CPU profiles of the in-process ingest phases here (env BENCH_PROFILE_DIR)")
+	ingestBatch := fs.Int("ingest-batch", 0, "the ingester's batch size in the ingest phases; 0 keeps the binary's default (env BENCH_INGEST_BATCH)")
+	if v := env("BENCH_INGEST_BATCH", ""); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return fmt.Errorf("BENCH_INGEST_BATCH %q: %w", v, err)
+		}
+		*ingestBatch = n
+	}
 	out := fs.String("out", "bench-results.json", "JSON results file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -55,7 +63,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	cfg := bench.Config{
 		Scale: s, ClickHouseAddr: *addr, Database: *database, RepoDir: ".",
-		ProfileDir: *profiles, Log: os.Stderr,
+		ProfileDir: *profiles, Log: os.Stderr, IngestBatch: *ingestBatch,
 	}
 	if *phases != "" {
 		cfg.Phases = strings.Split(*phases, ",")
