@@ -118,7 +118,9 @@ func (e *jetStreamEnv) fill(ctx context.Context, g *generator, n int, base time.
 		msg := &nats.Msg{Subject: e.streams.Subjects.Usage(ev.GetProject()), Data: data, Header: nats.Header{}}
 		msg.Header.Set(jetstream.MsgIDHeader, ev.GetEventId())
 		msg.Header.Set(event.ContentTypeHeader, contentType)
-		if _, err := js.PublishMsgAsync(msg); err != nil {
+		// A server that falls behind (10M ids in the duplicate window make its GC slow) is
+		// back-pressure: wait for it rather than fail after the default 200 ms stall.
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Minute)); err != nil {
 			return res, fmt.Errorf("publish backlog: %w", err)
 		}
 	}
