@@ -184,23 +184,31 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.Spec)
 	})
+	MountOps(mux, s.cfg.Ready, s.cfg.Gatherer, s.log)
+	return mux, nil
+}
+
+// MountOps adds the operational endpoints every keytrail process serves: /healthz (the
+// process runs), /readyz (ready reports its dependencies reachable) and, when gatherer is not
+// nil, /metrics. The query API mounts them beside /v1/; an ingest-only process serves them
+// alone.
+func MountOps(mux *http.ServeMux, ready func(context.Context) error, gatherer prometheus.Gatherer, log *slog.Logger) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		if err := s.cfg.Ready(ctx); err != nil {
-			s.log.Warn("not ready", "error", err)
+		if err := ready(ctx); err != nil {
+			log.Warn("not ready", "error", err)
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	if s.cfg.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
+	if gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	}
-	return mux, nil
 }
 
 // requireUTF8 refuses a REST request whose path or query is not valid UTF-8 with

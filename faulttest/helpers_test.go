@@ -402,7 +402,7 @@ func newIngesterProcess(t *testing.T, natsURL, dsn string) *ingesterProcess {
 	p := &ingesterProcess{
 		t: t,
 		args: []string{"serve", "-role", "ingest", "-nats-url", natsURL, "-clickhouse-dsn", dsn,
-			"-batch-size", "5000", "-flush-interval", "200ms"},
+			"-batch-size", "5000", "-flush-interval", "200ms", "-http-listen", "127.0.0.1:0"},
 		logPath: filepath.Join(t.TempDir(), "keytrail.log"),
 	}
 	t.Cleanup(func() {

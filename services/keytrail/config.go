@@ -129,7 +129,7 @@ func parseConfig(name string, args []string) (Config, error) {
 	str(&c.SubjectPrefix, "subject-prefix", "keytrail", "first token of every keytrail subject")
 	str(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol)")
 	str(&c.GRPCListen, "grpc-listen", "127.0.0.1:9090", "gRPC listen address")
-	str(&c.HTTPListen, "http-listen", "127.0.0.1:8080", "REST, OpenAPI, health and metrics listen address")
+	str(&c.HTTPListen, "http-listen", "127.0.0.1:8080", "REST, OpenAPI, health and metrics listen address (-role ingest: health and metrics only; empty turns them off)")
 	batch := env("batch-size", "10000")
 	fs.Func("batch-size", "most events per ClickHouse insert (env KEYTRAIL_BATCH_SIZE, default "+batch+")", func(s string) error {
 		n, err := strconv.Atoi(s)

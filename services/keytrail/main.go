@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -230,6 +231,31 @@ func (m *Main) Start(parent context.Context) error {
 		}
 		m.GRPCAddr, m.HTTPAddr = grpcLis.Addr().String(), httpLis.Addr().String()
 		m.goRun("api", func() error { return srv.Serve(ctx, grpcLis, httpLis) })
+	}
+
+	// An ingest-only process has no API, but operators still scrape its metrics (consumer lag,
+	// insert latency) and probe it: the same /metrics, /healthz and /readyz on -http-listen.
+	if !cfg.runsQuery() && cfg.HTTPListen != "" {
+		lis, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("http-listen: %w", err)
+		}
+		m.HTTPAddr = lis.Addr().String()
+		mux := http.NewServeMux()
+		api.MountOps(mux, m.ready, m.registry, m.log)
+		ops := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		m.goRun("ops-http", func() error {
+			go func() {
+				<-ctx.Done()
+				shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = ops.Shutdown(shutdownCtx)
+			}()
+			if err := ops.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
 	}
 
 	// 5. The alert evaluator, beside the query API (one per deployment).

@@ -27,14 +27,15 @@ import (
 )
 
 // startKeytrail runs the whole binary in-process, every port picked by the OS.
-func startKeytrail(t *testing.T, db *testenv.Database) *Main {
+// Extra flags come last, so they override these.
+func startKeytrail(t *testing.T, db *testenv.Database, extra ...string) *Main {
 	t.Helper()
-	cfg, err := parseConfig("test", []string{
+	cfg, err := parseConfig("test", append([]string{
 		"-nats-listen", "127.0.0.1:0", "-nats-store-dir", t.TempDir(),
 		"-clickhouse-dsn", db.DSN,
 		"-grpc-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0",
 		"-flush-interval", "50ms", "-log-level", "warn",
-	})
+	}, extra...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,5 +378,52 @@ func TestEndToEndAnswers(t *testing.T) {
 				t.Errorf("metrics lack the inserted count")
 			}
 		}
+	})
+}
+
+// An ingest-only process serves no API but must still be scrapeable and probeable.
+func TestIngestOnlyProcessServesMetricsAndProbes(t *testing.T) {
+	db := testenv.ClickHouse(t)
+	m := startKeytrail(t, db, "-role", "ingest")
+	f := newFixture()
+	publishFixture(t, m.NATSURL, f)
+	usage, lifecycle := uint64(len(f.usage())), uint64(len(f.lifecycle()))
+	testenv.WaitForEvents(t, db, usage, lifecycle, 30*time.Second)
+
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + m.HTTPAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("/healthz"); code != http.StatusOK || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, body := get("/readyz"); code != http.StatusOK || body != "ready\n" {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+	if code, _ := get("/v1/keys"); code != http.StatusNotFound {
+		t.Errorf("/v1/keys on an ingest-only process: %d, want 404", code)
+	}
+	// The counter is incremented after the insert returns, so poll for it.
+	want := []string{
+		fmt.Sprintf("keytrail_ingest_events_inserted_total{kind=\"lifecycle\"} %d\n", lifecycle),
+		fmt.Sprintf("keytrail_ingest_events_inserted_total{kind=\"usage\"} %d\n", usage),
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		code, body := get("/metrics")
+		for _, line := range want {
+			if code != http.StatusOK || !strings.Contains(body, line) {
+				return fmt.Errorf("/metrics: status %d, no line %q", code, strings.TrimSpace(line))
+			}
+		}
+		return nil
 	})
 }
