@@ -155,7 +155,7 @@ type clickHouse struct {
 }
 
 func (c clickHouse) dsn() string {
-	return fmt.Sprintf("clickhouse://%s/%s?dial_timeout=10s&read_timeout=600s&client_info_product=%s/1", c.addr, c.database, clientProduct)
+	return fmt.Sprintf("clickhouse://%s/%s?dial_timeout=10s&read_timeout=1800s&client_info_product=%s/1", c.addr, c.database, clientProduct)
 }
 
 // openDefault connects to the server's default database (for work that must not depend on
