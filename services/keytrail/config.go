@@ -48,6 +48,8 @@ type Config struct {
 
 	LogFormat string
 	LogLevel  string
+
+	MemoryLimit string
 }
 
 // Roles a process can take; "all" is both in one process.
@@ -96,6 +98,9 @@ func (c Config) Validate() error {
 	}
 	if c.BatchSize <= 0 || c.FlushInterval <= 0 {
 		errs = append(errs, errors.New("batch-size and flush-interval must be positive"))
+	}
+	if _, err := c.memoryLimit(); err != nil {
+		errs = append(errs, err)
 	}
 	switch c.LogFormat {
 	case "text", "json":
@@ -158,6 +163,7 @@ func parseConfig(name string, args []string) (Config, error) {
 	str(&c.TLSCertFile, "tls-cert-file", "", "serve gRPC and REST over TLS with this certificate (PEM)")
 	str(&c.TLSKeyFile, "tls-key-file", "", "private key of tls-cert-file (PEM)")
 	str(&c.TLSClientCAFile, "tls-client-ca-file", "", "accept client certificates signed by these CAs as credentials (mTLS)")
+	str(&c.MemoryLimit, "memory-limit", "auto", "soft limit of the Go runtime's memory (like GOMEMLIMIT, which wins when set): a size such as 100MiB, off, or auto ("+autoMemoryLimitText+")")
 	str(&c.LogFormat, "log-format", "text", "text or json")
 	str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -190,4 +196,54 @@ func (c Config) natsSync() (interval time.Duration, always bool, err error) {
 		return 0, false, fmt.Errorf("nats-sync-interval %q must be a positive duration or \"always\"", c.NATSSyncPeriod)
 	}
 	return d, false, nil
+}
+
+// AutoIngestMemoryLimit is the soft memory limit "auto" gives an ingest-only process. Its
+// working set is bounded by design (two batches, one fetch, the recent-id cache: about 60 MB
+// at the default batch size); without a limit the garbage collector lets the heap grow to
+// twice that before collecting. The limit makes it collect earlier instead. Processes that
+// embed NATS or serve queries hold data whose size depends on traffic, so "auto" leaves
+// them unlimited.
+const AutoIngestMemoryLimit = 100 << 20
+
+const autoMemoryLimitText = "100MiB for -role ingest with -nats-url, else off"
+
+// memoryLimit is the soft memory limit in bytes; 0 means none.
+func (c Config) memoryLimit() (int64, error) {
+	switch v := strings.TrimSpace(c.MemoryLimit); v {
+	case "auto", "":
+		if c.Role == RoleIngest && c.NATSURL != "" {
+			return AutoIngestMemoryLimit, nil
+		}
+		return 0, nil
+	case "off", "0":
+		return 0, nil
+	default:
+		n, err := parseByteSize(v)
+		if err != nil || n < 16<<20 {
+			return 0, fmt.Errorf("memory-limit %q: want auto, off, or a size of at least 16MiB such as 100MiB or 2GiB", v)
+		}
+		return n, nil
+	}
+}
+
+// parseByteSize reads the sizes GOMEMLIMIT accepts: a number with an optional B, KiB, MiB,
+// GiB or TiB suffix.
+func parseByteSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		shift  uint
+	}{{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}, {"B", 0}}
+	shift := uint(0)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, shift = strings.TrimSuffix(s, u.suffix), u.shift
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, fmt.Errorf("size %q", s)
+	}
+	return n << shift, nil
 }

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -67,6 +68,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
+		applyMemoryLimit(cfg, newLogger(cfg, stdout))
 		m := &Main{Config: cfg, Stdout: stdout}
 		if err := m.Start(ctx); err != nil {
 			m.Close()
@@ -356,4 +358,18 @@ func splitHostPort(addr string) (string, int, error) {
 		port = -1 // the NATS server's "pick a free port"
 	}
 	return host, port, nil
+}
+
+// applyMemoryLimit sets the process-wide soft memory limit of -memory-limit, unless the
+// operator set GOMEMLIMIT, which the runtime already applied. It is process-wide, so it is
+// applied here and not in Start (tests run several Mains in one process).
+func applyMemoryLimit(cfg Config, log *slog.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit, _ := cfg.memoryLimit() // validated by parseConfig
+	if limit > 0 {
+		debug.SetMemoryLimit(limit)
+		log.Info("soft memory limit set", "bytes", limit, "from", "-memory-limit "+cfg.MemoryLimit)
+	}
 }
