@@ -134,35 +134,9 @@ func withAuthorization(value string) context.Context {
 
 func bearer(token string) string { return "Bearer " + token }
 
-// get calls the REST API with an exact Authorization header ("" for none).
-func get(t *testing.T, base, path string, params url.Values, authorization string) (int, []byte) {
-	t.Helper()
-	u := base + path
-	if len(params) > 0 {
-		u += "?" + params.Encode()
-	}
-	req, err := http.NewRequest(http.MethodGet, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, body
-}
-
 func (s *secServer) get(t *testing.T, path string, params url.Values, authorization string) (int, []byte) {
 	t.Helper()
-	return get(t, "http://"+s.HTTPAddr, path, params, authorization)
+	return testenv.Get(t, "http://"+s.HTTPAddr, path, params, authorization)
 }
 
 // restError is grpc-gateway's error body.
@@ -826,7 +800,7 @@ func TestFailClosedWhenQueriesCannotBeRecorded(t *testing.T) {
 			if resp != nil {
 				t.Errorf("an unrecorded call was answered: %v", resp)
 			}
-			code, body := get(t, "http://"+httpLis.Addr().String(), "/v1/services/billing/keys", nil, bearer(apitest.AdminToken))
+			code, body := testenv.Get(t, "http://"+httpLis.Addr().String(), "/v1/services/billing/keys", nil, bearer(apitest.AdminToken))
 			wantREST(t, "REST keys of billing", code, body, http.StatusServiceUnavailable, codes.Unavailable, c.message)
 			if strings.Contains(string(body), "key_acme_1") {
 				t.Errorf("an unrecorded REST call leaked data: %s", body)

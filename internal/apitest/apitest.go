@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"sync"
 	"testing"
@@ -115,27 +114,11 @@ func WithToken(ctx context.Context, token string) context.Context {
 // Get calls the REST API with a bearer token ("" for none) and returns status and body.
 func (s *Server) Get(t testing.TB, path string, params url.Values, token string) (int, []byte) {
 	t.Helper()
-	u := "http://" + s.HTTPAddr + path
-	if len(params) > 0 {
-		u += "?" + params.Encode()
-	}
-	req, err := http.NewRequest(http.MethodGet, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	authorization := ""
 	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+		authorization = "Bearer " + token
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, body
+	return testenv.Get(t, "http://"+s.HTTPAddr, path, params, authorization)
 }
 
 // Recorder keeps query audit records in memory.

@@ -392,16 +392,8 @@ func TestIngestOnlyProcessServesMetricsAndProbes(t *testing.T) {
 
 	get := func(path string) (int, string) {
 		t.Helper()
-		resp, err := http.Get("http://" + m.HTTPAddr + path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, string(body)
+		code, body := testenv.Get(t, "http://"+m.HTTPAddr, path, nil, "")
+		return code, string(body)
 	}
 	if code, body := get("/healthz"); code != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)
