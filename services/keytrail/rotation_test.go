@@ -93,8 +93,10 @@ func TestRotationCheckCLI(t *testing.T) {
 	})
 
 	t.Run("wait gives up after its timeout with exit 3", func(t *testing.T) {
+		// The timeout leaves room for several checks even when one takes a second on a
+		// loaded CI machine (350 ms did not).
 		var out bytes.Buffer
-		err := run(context.Background(), []string{"rotation", "check", "-addr", m.GRPCAddr, "-token", m.AdminToken, "-old", "key_old", "-wait", "-interval", "100ms", "-timeout", "350ms"}, &out)
+		err := run(context.Background(), []string{"rotation", "check", "-addr", m.GRPCAddr, "-token", m.AdminToken, "-old", "key_old", "-wait", "-interval", "200ms", "-timeout", "2s"}, &out)
 		if exitCode(err) != exitNotYet {
 			t.Fatalf("exit %d (%v)", exitCode(err), err)
 		}
