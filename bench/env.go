@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -204,20 +206,24 @@ func (c clickHouse) open(ctx context.Context, migrate bool) (driver.Conn, error)
 
 // usageCounts is what every usage table holds: the raw row count and each rollup's request
 // total. All equal means every stored event is visible to every answer.
-const usageCounts = `SELECT
-    (SELECT count() FROM usage_events),
-    (SELECT countMerge(requests) FROM usage_by_key_minute),
-    (SELECT countMerge(requests) FROM usage_by_service_minute),
-    (SELECT countMerge(requests) FROM key_service_totals),
-    (SELECT sum(requests) FROM spend_hourly),
-    (SELECT sum(requests) FROM usage_5min)`
+var usageCounts = func() string {
+	cols := []string{"(SELECT count() FROM usage_events)"}
+	for _, r := range migrations.UsageRollups {
+		cols = append(cols, "(SELECT "+r.Requests+" FROM "+r.Table+")")
+	}
+	return "SELECT\n    " + strings.Join(cols, ",\n    ")
+}()
 
 // waitQueryable polls until the raw table holds want usage rows and every rollup counts them
 // all, and returns when that was first seen. It polls the raw count alone (cheap) until it is
 // reached. poll bounds the measurement error.
 func waitQueryable(ctx context.Context, conn driver.Conn, want uint64, poll, timeout time.Duration) (time.Time, error) {
 	deadline := time.Now().Add(timeout)
-	var last [6]uint64
+	last := make([]uint64, 1+len(migrations.UsageRollups))
+	dest := make([]any, len(last))
+	for i := range last {
+		dest[i] = &last[i]
+	}
 	for {
 		var raw uint64
 		if err := conn.QueryRow(ctx, "SELECT count() FROM usage_events").Scan(&raw); err != nil {
@@ -228,10 +234,10 @@ func waitQueryable(ctx context.Context, conn driver.Conn, want uint64, poll, tim
 			return time.Time{}, fmt.Errorf("usage_events holds %d rows, more than the %d events sent (duplicates)", raw, want)
 		}
 		if raw == want {
-			if err := conn.QueryRow(ctx, usageCounts).Scan(&last[0], &last[1], &last[2], &last[3], &last[4], &last[5]); err != nil {
+			if err := conn.QueryRow(ctx, usageCounts).Scan(dest...); err != nil {
 				return time.Time{}, fmt.Errorf("count rollups: %w", err)
 			}
-			if last == [6]uint64{want, want, want, want, want, want} {
+			if !slices.ContainsFunc(last, func(n uint64) bool { return n != want }) {
 				return time.Now(), nil
 			}
 		}

@@ -175,21 +175,19 @@ func (t totals) String() string {
 	return b.String()
 }
 
-// rollupQueries read the total of every rollup table the usage materialized views feed.
-var rollupQueries = []struct{ name, measure, sql string }{
-	{"usage_by_key_minute.requests", "requests", "SELECT toInt64(countMerge(requests)) FROM usage_by_key_minute"},
-	{"usage_by_key_minute.errors", "errors", "SELECT toInt64(sumMerge(errors)) FROM usage_by_key_minute"},
-	{"usage_by_service_minute.requests", "requests", "SELECT toInt64(countMerge(requests)) FROM usage_by_service_minute"},
-	{"usage_by_service_minute.errors", "errors", "SELECT toInt64(sumMerge(errors)) FROM usage_by_service_minute"},
-	{"key_service_totals.requests", "requests", "SELECT toInt64(countMerge(requests)) FROM key_service_totals"},
-	{"key_client_ip_totals.requests", "requests", "SELECT toInt64(countMerge(requests)) FROM key_client_ip_totals"},
-	{"spend_hourly.requests", "requests", "SELECT toInt64(sum(requests)) FROM spend_hourly"},
-	{"spend_hourly.errors", "errors", "SELECT toInt64(sum(errors)) FROM spend_hourly"},
-	{"spend_hourly.cost", "cost", "SELECT toInt64(sum(total_cost_micros)) FROM spend_hourly"},
-	{"usage_5min.requests", "requests", "SELECT toInt64(sum(requests)) FROM usage_5min"},
-	{"usage_5min.errors", "errors", "SELECT toInt64(sum(errors)) FROM usage_5min"},
-	{"usage_5min.cost", "cost", "SELECT toInt64(sum(total_cost_micros)) FROM usage_5min"},
-}
+// rollupQueries read the totals of every rollup table the usage materialized views feed.
+var rollupQueries = func() []struct{ name, measure, sql string } {
+	var out []struct{ name, measure, sql string }
+	for _, r := range migrations.UsageRollups {
+		for _, m := range []struct{ measure, expr string }{{"requests", r.Requests}, {"errors", r.Errors}, {"cost", r.Cost}} {
+			if m.expr != "" {
+				out = append(out, struct{ name, measure, sql string }{r.Table + "." + m.measure, m.measure, "SELECT toInt64(" + m.expr + ") FROM " + r.Table})
+			}
+		}
+	}
+	// Every fault-test event has a client IP, so this rollup counts them all too.
+	return append(out, struct{ name, measure, sql string }{"key_client_ip_totals.requests", "requests", "SELECT toInt64(countMerge(requests)) FROM key_client_ip_totals"})
+}()
 
 func readTotals(ctx context.Context, conn driver.Conn) (totals, error) {
 	var t totals

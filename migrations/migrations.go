@@ -5,6 +5,7 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+	"math"
 	"regexp"
 	"sort"
 	"strconv"
@@ -88,6 +89,12 @@ ORDER BY version`
 // Apply runs every migration not yet recorded in schema_migrations of the connection's
 // database, and returns the versions it applied.
 func Apply(ctx context.Context, conn driver.Conn) ([]uint32, error) {
+	return ApplyUpTo(ctx, conn, math.MaxUint32)
+}
+
+// ApplyUpTo is Apply for the migrations up to and including version last: the schema of an
+// older release, for tests of what a later migration does to existing data.
+func ApplyUpTo(ctx context.Context, conn driver.Conn, last uint32) ([]uint32, error) {
 	all, err := All()
 	if err != nil {
 		return nil, err
@@ -101,7 +108,7 @@ func Apply(ctx context.Context, conn driver.Conn) ([]uint32, error) {
 	}
 	var done []uint32
 	for _, m := range all {
-		if applied[m.Version] {
+		if applied[m.Version] || m.Version > last {
 			continue
 		}
 		for i, stmt := range m.Statements {
