@@ -188,7 +188,7 @@ func (hs history) lifecycle() []*keytrailv1.LifecycleEvent {
 // load fills the database: lifecycle through the ingester's sink (which computes the audit
 // hash chain), usage with INSERT ... SELECT in chunks (each chunk bounded in memory), then
 // waits for background merges to settle so every answer sees the same part layout.
-func (h *harness) load(ctx context.Context, conn driver.Conn, hs history) error {
+func (h *harness) load(ctx context.Context, conn driver.Conn, database string, hs history) error {
 	lifecycle := hs.lifecycle()
 	sink, err := chsink.New(chsink.Config{Conn: conn})
 	if err != nil {
@@ -251,10 +251,10 @@ func (h *harness) load(ctx context.Context, conn driver.Conn, hs history) error 
 	took := time.Since(start)
 
 	settleStart := time.Now()
-	if err := waitMerges(ctx, conn, h.cfg.Database, 15*time.Minute); err != nil {
+	if err := waitMerges(ctx, conn, database, 15*time.Minute); err != nil {
 		return err
 	}
-	parts, err := activeParts(ctx, conn, h.cfg.Database)
+	parts, err := activeParts(ctx, conn, database)
 	if err != nil {
 		return err
 	}
@@ -306,4 +306,104 @@ func activeParts(ctx context.Context, conn driver.Conn, database string) (string
 		out = append(out, fmt.Sprintf("%s %s rows/%d parts", table, count(int(n)), parts))
 	}
 	return strings.Join(out, ", "), rows.Err()
+}
+
+// historyMarker records, in a kept history's database, the history it holds: written after
+// a complete load, so a database without it (a load interrupted half way) is never reused.
+const historyMarker = `CREATE TABLE IF NOT EXISTS bench_history
+(
+    events UInt64,
+    days UInt32,
+    history_start DateTime('UTC'),
+    history_end DateTime('UTC'),
+    loaded_at DateTime('UTC')
+)
+ENGINE = TinyLog`
+
+// loadedHistory returns a connection to a database holding the query phase's history, and
+// the history. Without KeepHistory it is the run's database, freshly loaded. With it, it is
+// the kept database, reused when its marker says it holds a history of this run's size, else
+// dropped and loaded again; a reused database gets the migrations added since its load.
+func (h *harness) loadedHistory(ctx context.Context) (driver.Conn, history, error) {
+	end := time.Now().UTC().Truncate(time.Minute)
+	hs := history{Start: end.Add(-time.Duration(h.sizes.HistoryDays) * 24 * time.Hour), End: end, Events: h.sizes.QueryEvents}
+	ch := h.ch
+	if h.cfg.KeepHistory {
+		ch.database += historySuffix
+		conn, err := ch.open(ctx, true) // creates the database if need be
+		if err != nil {
+			return nil, history{}, err
+		}
+		kept, ok, err := keptHistory(ctx, conn)
+		if err != nil {
+			conn.Close()
+			return nil, history{}, err
+		}
+		if ok && kept.Events == hs.Events && kept.End.Sub(kept.Start) == hs.End.Sub(hs.Start) {
+			h.report.note("query: reused the history kept in %s (loaded for an end of %s; migrations added since were applied to it)", ch.database, kept.End.Format(time.RFC3339))
+			h.logf("query: reusing the %s-event history in %s", count(kept.Events), ch.database)
+			return conn, kept, nil
+		}
+		conn.Close()
+	}
+	conn, err := ch.fresh(ctx)
+	if err != nil {
+		return nil, history{}, err
+	}
+	h.logf("query: loading %s usage events over %d days into %s", count(hs.Events), h.sizes.HistoryDays, ch.database)
+	if err := h.load(ctx, conn, ch.database, hs); err != nil {
+		conn.Close()
+		return nil, history{}, err
+	}
+	if h.cfg.KeepHistory {
+		if err := markHistory(ctx, conn, hs); err != nil {
+			conn.Close()
+			return nil, history{}, err
+		}
+	}
+	return conn, hs, nil
+}
+
+func keptHistory(ctx context.Context, conn driver.Conn) (history, bool, error) {
+	var tables uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'bench_history'").Scan(&tables); err != nil {
+		return history{}, false, fmt.Errorf("look for the history marker: %w", err)
+	}
+	if tables == 0 {
+		return history{}, false, nil
+	}
+	rows, err := conn.Query(ctx, "SELECT events, days, history_start, history_end FROM bench_history")
+	if err != nil {
+		return history{}, false, fmt.Errorf("read the history marker: %w", err)
+	}
+	defer rows.Close()
+	var hs history
+	found := false
+	for rows.Next() {
+		var events uint64
+		var days uint32
+		if err := rows.Scan(&events, &days, &hs.Start, &hs.End); err != nil {
+			return history{}, false, fmt.Errorf("read the history marker: %w", err)
+		}
+		hs.Events, hs.Start, hs.End, found = int(events), hs.Start.UTC(), hs.End.UTC(), true
+	}
+	return hs, found, rows.Err()
+}
+
+func markHistory(ctx context.Context, conn driver.Conn, hs history) error {
+	if err := conn.Exec(ctx, historyMarker); err != nil {
+		return fmt.Errorf("create the history marker: %w", err)
+	}
+	batch, err := conn.PrepareBatch(ctx, "INSERT INTO bench_history (events, days, history_start, history_end, loaded_at)")
+	if err != nil {
+		return fmt.Errorf("write the history marker: %w", err)
+	}
+	if err := batch.Append(uint64(hs.Events), uint32(hs.End.Sub(hs.Start)/(24*time.Hour)), hs.Start, hs.End, time.Now().UTC()); err != nil {
+		batch.Abort()
+		return fmt.Errorf("write the history marker: %w", err)
+	}
+	if err := batch.Send(); err != nil {
+		return fmt.Errorf("write the history marker: %w", err)
+	}
+	return nil
 }

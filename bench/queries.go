@@ -150,17 +150,11 @@ func newScanTarget(t driver.ColumnType) any {
 
 // runQueries loads the history, serves the API over it and times every answer both ways.
 func (h *harness) runQueries(ctx context.Context) error {
-	conn, err := h.ch.fresh(ctx)
+	conn, hs, err := h.loadedHistory(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	end := time.Now().UTC().Truncate(time.Minute)
-	hs := history{Start: end.Add(-time.Duration(h.sizes.HistoryDays) * 24 * time.Hour), End: end, Events: h.sizes.QueryEvents}
-	h.logf("query: loading %s usage events over %d days", count(hs.Events), h.sizes.HistoryDays)
-	if err := h.load(ctx, conn, hs); err != nil {
-		return err
-	}
 	srv, err := startAPI(ctx, conn)
 	if err != nil {
 		return err

@@ -5,7 +5,7 @@
 //	keytrail-bench [-scale 0.05] [-phases drain,query] [-out bench-results.json]
 //
 // Settings also come from the environment: BENCH_SCALE, BENCH_PHASES, BENCH_PROFILE_DIR,
-// BENCH_DATABASE, and KEYTRAIL_TEST_CLICKHOUSE_ADDR (the ClickHouse `make test` uses,
+// BENCH_DATABASE, BENCH_KEEP_HISTORY, and KEYTRAIL_TEST_CLICKHOUSE_ADDR (the ClickHouse `make test` uses,
 // default 127.0.0.1:19000).
 package main
 
@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string) error {
 		}
 		*ingestBatch = n
 	}
+	keep := fs.Bool("keep-history", env("BENCH_KEEP_HISTORY", "") != "", "keep the query phase's history in <database>_history and reuse it when it has the same size (env BENCH_KEEP_HISTORY=1)")
 	out := fs.String("out", "bench-results.json", "JSON results file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -63,7 +64,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	cfg := bench.Config{
 		Scale: s, ClickHouseAddr: *addr, Database: *database, RepoDir: ".",
-		ProfileDir: *profiles, Log: os.Stderr, IngestBatch: *ingestBatch,
+		ProfileDir: *profiles, Log: os.Stderr, IngestBatch: *ingestBatch, KeepHistory: *keep,
 	}
 	if *phases != "" {
 		cfg.Phases = strings.Split(*phases, ",")
