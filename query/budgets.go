@@ -26,8 +26,9 @@ import (
 //     that their percentages compare with the current one (the budget history is in the audit
 //     trail).
 //   - The current period counts spend up to and including the millisecond `at`, exactly:
-//     whole hours come from spend_hourly and the partial hour containing `at` from the raw
-//     usage_events (one hour of raw rows at most, for keys with a budget only).
+//     whole days come from spend_daily, the whole hours of the day containing `at` from
+//     spend_hourly and the partial hour containing `at` from the raw usage_events (one hour
+//     of raw rows at most, for keys with a budget only).
 
 // Budget defaults and bounds.
 const (
@@ -97,11 +98,12 @@ func KeyBudgets(f BudgetFilter, at time.Time) Query {
 	return Query{SQL: sql, Args: args}
 }
 
-// BudgetSpend is the spend per period of p from `from` (a period start) up to and including
-// the millisecond `at`, of every key whose budget at `at` has period p: whole hours from
-// spend_hourly, the partial hour containing `at` from usage_events.
+// BudgetSpend is the spend per period of p from `from` (a period start, so a day start) up
+// to and including the millisecond `at`, of every key whose budget at `at` has period p:
+// whole days from spend_daily, whole hours of the day containing `at` from spend_hourly, the
+// partial hour containing `at` from usage_events.
 func BudgetSpend(f BudgetFilter, p budget.Period, from, at time.Time) Query {
-	hour := budget.Hour.Start(at)
+	day, hour := budget.Day.Start(at), budget.Hour.Start(at)
 	atMs := at.UnixMilli()
 
 	// The keys whose budget at `at` has this period, as an IN set. A subquery rather than a
@@ -112,8 +114,8 @@ func BudgetSpend(f BudgetFilter, p budget.Period, from, at time.Time) Query {
 		"\n          GROUP BY project, key_id\n          HAVING argMax(budget_period, " + latestBudget + ") = ?\n      )"
 	keysArgs := append(append([]any{}, evArgs...), p.String())
 
-	// Equality filters let both tables use their sort keys (spend_hourly: project, key_id;
-	// usage_events: key_id).
+	// Equality filters let every table use its sort key (spend_daily and spend_hourly:
+	// project, key_id; usage_events: key_id).
 	var narrow []string
 	var narrowArgs []any
 	if f.Project != "" {
@@ -125,24 +127,25 @@ func BudgetSpend(f BudgetFilter, p budget.Period, from, at time.Time) Query {
 		narrowArgs = append(narrowArgs, f.KeyID)
 	}
 
-	rollupWhere := append([]string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}, narrow...)
-	rollupWhere = append(rollupWhere, keys)
-	args := append([]any{from.Unix(), hour.Unix()}, narrowArgs...)
-	args = append(args, keysArgs...)
-
-	rawWhere := append([]string{"event_time >= toDateTime(?)", "event_time <= toDateTime(?)", "event_time_ms >= ?", "event_time_ms <= ?"}, narrow...)
-	rawWhere = append(rawWhere, keys)
-	args = append(args, hour.Unix(), floorSec(atMs), hour.UnixMilli(), atMs)
-	args = append(args, narrowArgs...)
-	args = append(args, keysArgs...)
+	var parts []string
+	var args []any
+	part := func(table, timeColumn, cost string, where []string, whereArgs []any) {
+		where = append(append(where, narrow...), keys)
+		parts = append(parts, "    SELECT project, key_id, "+periodStartSQL(p, timeColumn)+" AS period_start, sum("+cost+") AS cost\n"+
+			"    FROM "+table+"\n    WHERE "+strings.Join(where, "\n      AND ")+"\n"+
+			"    GROUP BY project, key_id, period_start")
+		args = append(append(append(args, whereArgs...), narrowArgs...), keysArgs...)
+	}
+	part("spend_daily", "day", "total_cost_micros",
+		[]string{"day >= toDateTime(?)", "day < toDateTime(?)"}, []any{from.Unix(), day.Unix()})
+	part("spend_hourly", "hour", "total_cost_micros",
+		[]string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}, []any{day.Unix(), hour.Unix()})
+	part("usage_events", "event_time", "cost_micros",
+		[]string{"event_time >= toDateTime(?)", "event_time <= toDateTime(?)", "event_time_ms >= ?", "event_time_ms <= ?"},
+		[]any{hour.Unix(), floorSec(atMs), hour.UnixMilli(), atMs})
 
 	sql := "SELECT project, key_id, period_start, sum(cost) AS cost_micros\nFROM\n(\n" +
-		"    SELECT project, key_id, " + periodStartSQL(p, "hour") + " AS period_start, sum(total_cost_micros) AS cost\n" +
-		"    FROM spend_hourly\n    WHERE " + strings.Join(rollupWhere, "\n      AND ") + "\n" +
-		"    GROUP BY project, key_id, period_start\n    UNION ALL\n" +
-		"    SELECT project, key_id, " + periodStartSQL(p, "event_time") + " AS period_start, sum(cost_micros) AS cost\n" +
-		"    FROM usage_events\n    WHERE " + strings.Join(rawWhere, "\n      AND ") + "\n" +
-		"    GROUP BY project, key_id, period_start\n)\nGROUP BY project, key_id, period_start"
+		strings.Join(parts, "\n    UNION ALL\n") + "\n)\nGROUP BY project, key_id, period_start"
 	return Query{SQL: sql, Args: args}
 }
 

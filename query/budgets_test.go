@@ -51,6 +51,14 @@ func TestBudgetSpendSQL(t *testing.T) {
 	wantSQL := `SELECT project, key_id, period_start, sum(cost) AS cost_micros
 FROM
 (
+    SELECT project, key_id, toDateTime(toMonday(day, 'UTC'), 'UTC') AS period_start, sum(total_cost_micros) AS cost
+    FROM spend_daily
+    WHERE day >= toDateTime(?)
+      AND day < toDateTime(?)
+      AND project = ?
+      AND ` + keys + `
+    GROUP BY project, key_id, period_start
+    UNION ALL
     SELECT project, key_id, toDateTime(toMonday(hour, 'UTC'), 'UTC') AS period_start, sum(total_cost_micros) AS cost
     FROM spend_hourly
     WHERE hour >= toDateTime(?)
@@ -71,7 +79,11 @@ FROM
 )
 GROUP BY project, key_id, period_start`
 	keyArgs := []any{int64(1772411400), int64(1772411400250), "acme", "week"}
+	// at = 2026-03-02 00:30:00.25: whole days from 2026-02-09 to 03-02 00:00, whole hours of
+	// 03-02 (none: 00:00 to 00:00), raw rows from 00:00 to the millisecond.
 	wantArgs := append([]any{int64(1770595200), int64(1772409600), "acme"}, keyArgs...)
+	wantArgs = append(wantArgs, int64(1772409600), int64(1772409600), "acme")
+	wantArgs = append(wantArgs, keyArgs...)
 	wantArgs = append(wantArgs, int64(1772409600), int64(1772411400), int64(1772409600000), int64(1772411400250), "acme")
 	wantArgs = append(wantArgs, keyArgs...)
 	if got.SQL != wantSQL {
@@ -85,8 +97,8 @@ GROUP BY project, key_id, period_start`
 func TestBudgetSpendSQLPeriodBuckets(t *testing.T) {
 	at := mustTime(t, "2026-03-02T00:30:00Z")
 	for p, want := range map[budget.Period]string{
-		budget.Day:   "toStartOfDay(hour, 'UTC') AS period_start",
-		budget.Month: "toDateTime(toStartOfMonth(hour, 'UTC'), 'UTC') AS period_start",
+		budget.Day:   "toStartOfDay(day, 'UTC') AS period_start",
+		budget.Month: "toDateTime(toStartOfMonth(day, 'UTC'), 'UTC') AS period_start",
 	} {
 		q := BudgetSpend(BudgetFilter{}, p, p.Start(at), at)
 		if !containsLine(q.SQL, "    SELECT project, key_id, "+want+", sum(total_cost_micros) AS cost") {

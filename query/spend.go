@@ -11,10 +11,12 @@ import (
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
-// Spend reports read the hourly rollup spend_hourly only. Buckets are whole hours, days or
-// months in UTC and the requested range is widened to whole buckets (an hour-aligned range
-// at every granularity), so the rollup answers exactly and no raw rows are needed: a report
-// from 10:30 to 14:15 by day covers the whole of that day, 00:00 to 24:00 UTC.
+// Spend reports read one rollup: spend_daily for reports by day or month, spend_hourly for
+// reports by hour. Buckets are whole hours, days or months in UTC and the requested range is
+// widened to whole buckets (so a range of whole days at day and month granularity), so the
+// rollup answers exactly and no raw rows are needed: a report from 10:30 to 14:15 by day
+// covers the whole of that day, 00:00 to 24:00 UTC. At 100M events over 30 days the daily
+// rollup holds about 24 times fewer cells than the hourly one (docs/benchmarks.md).
 
 // DefaultSpendWindow is the range of a spend report without start_time: the 30 days before
 // its end.
@@ -91,9 +93,19 @@ type spendCursor struct {
 	Values []string // one per dimension of the spec
 }
 
+// source is the rollup that answers the spec and its time column: the daily one whenever
+// the buckets are whole days or months.
+func (s SpendSpec) source() (table, timeColumn string) {
+	if s.Bucket == budget.Hour {
+		return "spend_hourly", "hour"
+	}
+	return "spend_daily", "day"
+}
+
 // where is the range and the filters; the same for the rows and the totals.
 func (s SpendSpec) where() ([]string, []any) {
-	where := []string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}
+	_, t := s.source()
+	where := []string{t + " >= toDateTime(?)", t + " < toDateTime(?)"}
 	args := []any{s.Range.Start.Unix(), s.Range.End.Unix()}
 	for _, c := range []struct{ column, value string }{
 		{"project", s.Filter.Project}, {"key_id", s.Filter.KeyID}, {"service", s.Filter.Service}, {"model", s.Filter.Model},
@@ -116,9 +128,10 @@ func (s SpendSpec) columns() []string {
 
 // SpendQuery is one page of a spend report: per bucket and dimension values, ordered by
 // bucket then the dimensions, starting after the cursor (keyset pagination), at most limit
-// rows. Result aliases differ from spend_hourly's columns: ClickHouse 18.16 rejects
+// rows. Result aliases differ from the rollups' columns: ClickHouse 18.16 rejects
 // sum(x) AS x.
 func SpendQuery(s SpendSpec, after *spendCursor, limit int) Query {
+	table, timeColumn := s.source()
 	cols := s.columns()
 	where, args := s.where()
 	if after != nil {
@@ -129,17 +142,18 @@ func SpendQuery(s SpendSpec, after *spendCursor, limit int) Query {
 		args = append(args, condArgs...)
 	}
 	keys := strings.Join(append([]string{"bucket"}, cols...), ", ")
-	sql := "SELECT " + periodStartSQL(s.Bucket, "hour") + " AS bucket, " + strings.Join(cols, ", ") +
+	sql := "SELECT " + periodStartSQL(s.Bucket, timeColumn) + " AS bucket, " + strings.Join(cols, ", ") +
 		", sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros" +
-		"\nFROM spend_hourly\nWHERE " + strings.Join(where, "\n  AND ") +
+		"\nFROM " + table + "\nWHERE " + strings.Join(where, "\n  AND ") +
 		"\nGROUP BY " + keys + "\nORDER BY " + keys + "\nLIMIT ?"
 	return Query{SQL: sql, Args: append(args, limit)}
 }
 
 // SpendTotals sums every row of the report (all pages) in one row.
 func SpendTotals(s SpendSpec) Query {
+	table, _ := s.source()
 	where, args := s.where()
-	sql := "SELECT sum(requests) AS request_count, sum(total_cost_micros) AS cost_micros\nFROM spend_hourly\nWHERE " +
+	sql := "SELECT sum(requests) AS request_count, sum(total_cost_micros) AS cost_micros\nFROM " + table + "\nWHERE " +
 		strings.Join(where, "\n  AND ")
 	return Query{SQL: sql, Args: args}
 }

@@ -24,10 +24,10 @@ func TestSpendQuerySQL(t *testing.T) {
 			name:  "by key per day, first page",
 			spec:  SpendSpec{GroupBy: []Dimension{DimensionKey}, Bucket: budget.Day, Range: day},
 			limit: 101,
-			wantSQL: `SELECT toStartOfDay(hour, 'UTC') AS bucket, key_id, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
-FROM spend_hourly
-WHERE hour >= toDateTime(?)
-  AND hour < toDateTime(?)
+			wantSQL: `SELECT toStartOfDay(day, 'UTC') AS bucket, key_id, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+FROM spend_daily
+WHERE day >= toDateTime(?)
+  AND day < toDateTime(?)
 GROUP BY bucket, key_id
 ORDER BY bucket, key_id
 LIMIT ?`,
@@ -42,10 +42,10 @@ LIMIT ?`,
 			},
 			after: &spendCursor{Bucket: mustTime(t, "2026-03-01T00:00:00Z"), Values: []string{"key_a", "claude"}},
 			limit: 3,
-			wantSQL: `SELECT toDateTime(toStartOfMonth(hour, 'UTC'), 'UTC') AS bucket, key_id, model, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
-FROM spend_hourly
-WHERE hour >= toDateTime(?)
-  AND hour < toDateTime(?)
+			wantSQL: `SELECT toDateTime(toStartOfMonth(day, 'UTC'), 'UTC') AS bucket, key_id, model, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+FROM spend_daily
+WHERE day >= toDateTime(?)
+  AND day < toDateTime(?)
   AND project = ?
   AND key_id = ?
   AND service = ?
@@ -95,9 +95,9 @@ func TestSpendTotalsSQL(t *testing.T) {
 	}
 	got := SpendTotals(spec)
 	wantSQL := `SELECT sum(requests) AS request_count, sum(total_cost_micros) AS cost_micros
-FROM spend_hourly
-WHERE hour >= toDateTime(?)
-  AND hour < toDateTime(?)
+FROM spend_daily
+WHERE day >= toDateTime(?)
+  AND day < toDateTime(?)
   AND project = ?
   AND service = ?`
 	wantArgs := []any{int64(1772323200), int64(1772496000), "acme", "billing"}
