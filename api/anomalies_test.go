@@ -251,6 +251,18 @@ func TestAnomalies(t *testing.T) {
 		}
 	})
 
+	// The scan reads the 5-minute series of the keys with an hour of at least min_requests
+	// only: at every threshold, including the spike's own count (231) and one above it, the
+	// answer must still be the reference's.
+	t.Run("candidate search loses nothing at any min_requests", func(t *testing.T) {
+		for _, minRequests := range []int{1, 20, 100, 230, 231, 232} {
+			got := list(t, &keytrailv1.ListAnomaliesRequest{MinRequests: int64(minRequests)})
+			want := referenceAnomalies(anomFixture(), 288, anomaly.DefaultSensitivity, minRequests)
+			t.Logf("min_requests %d: %d anomalies", minRequests, len(want))
+			wantAnomalies(t, got, want...)
+		}
+	})
+
 	t.Run("REST", func(t *testing.T) {
 		status, body := srv.Get(t, "/v1/anomalies", url.Values{"key_id": {"key_spike"}}, srv.AdminToken)
 		if status != http.StatusOK {

@@ -78,7 +78,7 @@ FROM
                     SELECT project, key_id, groupUniqArray(service) AS services, groupArray(cityHash64(service)) AS service_rows,
                         groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS key_rows
                     FROM usage_5min
-                    WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND project = ?
+                    WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND project = ? AND (project, key_id) IN (SELECT project, key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND project = ? GROUP BY project, key_id, hour HAVING sum(requests) >= ?)
                     GROUP BY project, key_id
                 )
                 ARRAY JOIN if(length(services) = 1, services, arrayPushFront(services, '')) AS series_service
@@ -95,13 +95,16 @@ WHERE req_score >= ? OR rate_score >= ? OR cost_score >= ?
 ORDER BY greatest(greatest(req_score, rate_score), cost_score) DESC, project, key_id, series_service, bucket
 LIMIT ?`,
 			// first bucket, baseline buckets (twice), min requests; the scan's range and
-			// project; the sensitivity for 3 prefilters and 3 filters; the limit.
+			// project; the candidates' hours, project and min requests; the sensitivity for 3
+			// prefilters and 3 filters; the limit.
 			wantArgs: []any{int64(1773140400), 288, 288, int64(50), int64(1773054000), int64(1773144000), "acme",
+				int64(1773140400), int64(1773144000), "acme", int64(50),
 				6.0, 6.0, 6.0, 6.0, 6.0, 6.0, 1001},
 		},
 		{
 			name: "key x service scope, error rate only, projects and key",
-			spec: AnomalySpec{FirstBucket: anomFirst, End: anomFirst.Add(30 * time.Minute), BaselineBuckets: 24,
+			// The first bucket is 10 minutes into an hour: the candidates' hours start at that hour.
+			spec: AnomalySpec{FirstBucket: anomFirst.Add(10 * time.Minute), End: anomFirst.Add(40 * time.Minute), BaselineBuckets: 24,
 				Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE},
 				Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY_SERVICE, Sensitivity: 4.5, MinRequests: 10,
 				Projects: []string{"a", "b"}, KeyID: "key_1", Limit: 1001},
@@ -148,7 +151,7 @@ FROM
             (
                 SELECT project, key_id, service AS series_service, groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS series_rows
                 FROM usage_5min
-                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND has(?, project) AND key_id = ?
+                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND has(?, project) AND key_id = ? AND (project, key_id) IN (SELECT project, key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND has(?, project) AND key_id = ? GROUP BY project, key_id, hour HAVING sum(requests) >= ?)
                 GROUP BY project, key_id, service
             )
         )
@@ -160,7 +163,8 @@ ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors,
 WHERE rate_score >= ?
 ORDER BY rate_score DESC, project, key_id, series_service, bucket
 LIMIT ?`,
-			wantArgs: []any{int64(1773140400), 24, 24, int64(10), int64(1773133200), int64(1773142200), []string{"a", "b"}, "key_1",
+			wantArgs: []any{int64(1773141000), 24, 24, int64(10), int64(1773133800), int64(1773142800), []string{"a", "b"}, "key_1",
+				int64(1773140400), int64(1773142800), []string{"a", "b"}, "key_1", int64(10),
 				4.5, 4.5, 1001},
 		},
 		{
@@ -211,7 +215,7 @@ FROM
             (
                 SELECT project, key_id, '' AS series_service, groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS series_rows
                 FROM usage_5min
-                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?)
+                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND (project, key_id) IN (SELECT project, key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) GROUP BY project, key_id, hour HAVING sum(requests) >= ?)
                 GROUP BY project, key_id
             )
         )
@@ -224,7 +228,8 @@ ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors,
 WHERE req_score >= ? OR cost_score >= ?
 ORDER BY greatest(req_score, cost_score) DESC, project, key_id, series_service, bucket
 LIMIT ?`,
-			wantArgs: []any{int64(1773140400), 24, 24, int64(50), int64(1773133200), int64(1773142200), 6.0, 6.0, 6.0, 6.0, 1001},
+			wantArgs: []any{int64(1773140400), 24, 24, int64(50), int64(1773133200), int64(1773142200),
+				int64(1773140400), int64(1773142200), int64(50), 6.0, 6.0, 6.0, 6.0, 1001},
 		},
 	}
 	for _, tt := range tests {
@@ -403,6 +408,11 @@ SELECT toDateTime(%d - 300 * (number %% 300)) AS b, concat('p', toString(intDiv(
     if(intDiv(number, 300) = 42 AND b = toDateTime(%d), 1000, 80 + cityHash64(number) %% 40) AS r, cityHash64(number, 1) %% 5, r * 1000
 FROM numbers(3000000)`, end.Add(-5*time.Minute).Unix(), end.Add(-30*time.Minute).Unix())
 	if err := db.Conn.Exec(ctx, fill); err != nil {
+		t.Fatal(err)
+	}
+	// The candidate search reads the hourly per-key rollup, which the views would fill too.
+	if err := db.Conn.Exec(ctx, `INSERT INTO usage_key_hourly (hour, project, key_id, requests, errors, total_cost_micros)
+SELECT toStartOfHour(bucket), project, key_id, sum(requests), sum(errors), sum(total_cost_micros) FROM usage_5min GROUP BY toStartOfHour(bucket), project, key_id`); err != nil {
 		t.Fatal(err)
 	}
 	rows := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_5min")
