@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/keystate"
 	"github.com/keytrail/keytrail/rotation"
@@ -142,27 +144,37 @@ func (rd *Reader) Rotation(ctx context.Context, req RotationRequest) (RotationRe
 		Window: window, Quiet: quiet,
 	}
 
+	// The four reads below are independent: run them at once, so the answer takes the time
+	// of the slowest instead of the sum (each is a narrow read, mostly waiting on one
+	// ClickHouse thread; at 100M events the sum was most of the answer's p99).
 	facts := rotation.Facts{OldKey: req.OldKey, NewKey: newKey, End: end, Quiet: quiet}
 	var project string
-	if facts.OldInWindow, project, err = rd.allServices(ctx, req.OldKey, window); err != nil {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		facts.OldInWindow, project, err = rd.allServices(gctx, req.OldKey, window)
+		return err
+	})
+	g.Go(func() (err error) {
+		facts.NewInWindow, rep.NewKeyProject, err = rd.allServices(gctx, newKey, window)
+		return err
+	})
+	g.Go(func() (err error) {
+		facts.OldInQuiet, _, err = rd.allServices(gctx, req.OldKey, Range{Start: end.Add(-quiet), End: end})
+		return err
+	})
+	g.Go(func() (err error) {
+		rep.Bucket, rep.Series, err = rd.rotationSeries(gctx, req.OldKey, newKey, window, req.Bucket)
+		return err
+	})
+	if err := g.Wait(); err != nil {
 		return RotationReport{}, err
 	}
 	if rep.Project == "" {
 		// A key known only from usage (no lifecycle event yet) still has a project.
 		rep.Project = project
 	}
-	if facts.NewInWindow, rep.NewKeyProject, err = rd.allServices(ctx, newKey, window); err != nil {
-		return RotationReport{}, err
-	}
-	if facts.OldInQuiet, _, err = rd.allServices(ctx, req.OldKey, Range{Start: end.Add(-quiet), End: end}); err != nil {
-		return RotationReport{}, err
-	}
 	rep.Result = rotation.Analyze(facts)
 
-	rep.Bucket, rep.Series, err = rd.rotationSeries(ctx, req.OldKey, newKey, window, req.Bucket)
-	if err != nil {
-		return RotationReport{}, err
-	}
 	if !old.RevokedAt.IsZero() {
 		if rep.AfterRevocation, err = rd.requestsAfter(ctx, req.OldKey, old.RevokedAt, end); err != nil {
 			return RotationReport{}, err
