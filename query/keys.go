@@ -3,6 +3,7 @@ package query
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -121,8 +122,19 @@ func KeyLastUsedNow(f KeyUseFilter) Query {
 // reads the rollup's rows for every minute with traffic before at, which is the price of an
 // arbitrary past instant.
 func KeyLastUsedAt(f KeyUseFilter, at time.Time) Query {
-	s := splitRange(Range{Start: time.Unix(0, 0).UTC(), End: time.UnixMilli(at.UnixMilli() + 1).UTC()})
+	return KeyLastUsedIn(f, nil, Range{Start: time.Unix(0, 0).UTC(), End: time.UnixMilli(at.UnixMilli() + 1).UTC()})
+}
+
+// KeyLastUsedIn is the last request in r of each key x service, of the given services only
+// when services is not nil; exact to the millisecond (whole minutes from usage_by_key_minute,
+// partial minutes from usage_events).
+func KeyLastUsedIn(f KeyUseFilter, services []string, r Range) Query {
+	s := splitRange(r)
 	where, whereArgs := f.conditions()
+	if services != nil {
+		where = append(where, "has(?, service)")
+		whereArgs = append(whereArgs, services)
+	}
 	and := ""
 	if len(where) > 0 {
 		and = " AND " + strings.Join(where, " AND ")
@@ -155,6 +167,26 @@ GROUP BY key_id, service
 ORDER BY key_id, service`
 	return Query{SQL: sql, Args: args}
 }
+
+// KeyServiceSpans is, per service, the first and last request with a key over all history,
+// from key_service_totals (one row per pair after merges).
+func KeyServiceSpans(keyID string) Query {
+	return Query{
+		SQL: `SELECT service, any(project) AS key_project, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms
+FROM key_service_totals
+WHERE key_id = ?
+GROUP BY service
+ORDER BY service`,
+		Args: []any{keyID},
+	}
+}
+
+// lastUseSearch are the windows searched back from an instant for a service's last request
+// before it, newest first; 0 is "back to the beginning". A busy service is found in the
+// first hour, so a key's state at an instant reads an hour of its rollup instead of its whole
+// history before that instant (at 100M events a month, the hottest key has ~10^5 rollup rows
+// in 20 days).
+var lastUseSearch = []time.Duration{time.Hour, 24 * time.Hour, 31 * 24 * time.Hour, 0}
 
 // Key is a key's lifecycle state at an instant joined with its use up to that instant.
 type Key struct {
@@ -406,35 +438,109 @@ func (rd *Reader) keyLifecycleEvents(ctx context.Context, q Query) ([]keystate.E
 // keyLastUsed reads the last request per key x service: from the all-time rollup when the
 // caller asked about now, exactly as of at otherwise.
 func (rd *Reader) keyLastUsed(ctx context.Context, f KeyUseFilter, at time.Time, now bool) (map[string]keyUse, error) {
-	q := KeyLastUsedAt(f, at)
+	uses := map[string]keyUse{}
 	if now {
-		q = KeyLastUsedNow(f)
+		return uses, rd.readLastUsed(ctx, KeyLastUsedNow(f), uses, nil)
 	}
+	if f.KeyID != "" && f.Project == "" && f.AfterKey == "" {
+		return uses, rd.oneKeyLastUsedAt(ctx, f.KeyID, at, uses)
+	}
+	return uses, rd.readLastUsed(ctx, KeyLastUsedAt(f, at), uses, nil)
+}
+
+// oneKeyLastUsedAt is KeyLastUsedAt for one key, without reading its whole history. The
+// all-time spans settle most services at once: one last used at or before at is the answer,
+// one first used after at has none. The others were used both before and after at; their last
+// request before at is searched back from at in growing windows (lastUseSearch), each service
+// until a window holds one of its requests: the newest window with a request holds the last.
+func (rd *Reader) oneKeyLastUsedAt(ctx context.Context, keyID string, at time.Time, uses map[string]keyUse) error {
+	atMs := at.UnixMilli()
+	q := KeyServiceSpans(keyID)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
-		return nil, fmt.Errorf("query last used: %w", err)
+		return fmt.Errorf("query service spans: %w", err)
+	}
+	var open []string
+	for rows.Next() {
+		var (
+			service, project string
+			firstMs, lastMs  int64
+		)
+		if err := rows.Scan(&service, &project, &firstMs, &lastMs); err != nil {
+			rows.Close()
+			return fmt.Errorf("scan service spans: %w", err)
+		}
+		switch {
+		case lastMs <= atMs:
+			addLastUse(uses, keyID, service, project, lastMs)
+		case firstMs <= atMs:
+			open = append(open, service)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read service spans: %w", err)
+	}
+	end := time.UnixMilli(atMs + 1).UTC()
+	for _, back := range lastUseSearch {
+		if len(open) == 0 {
+			break
+		}
+		start := time.Unix(0, 0).UTC()
+		if back > 0 {
+			start = time.UnixMilli(atMs + 1).Add(-back).UTC()
+		}
+		if !start.Before(end) {
+			continue
+		}
+		found := map[string]bool{}
+		if err := rd.readLastUsed(ctx, KeyLastUsedIn(KeyUseFilter{KeyID: keyID}, open, Range{Start: start, End: end}), uses, found); err != nil {
+			return err
+		}
+		open = slices.DeleteFunc(open, func(s string) bool { return found[s] })
+		end = start
+	}
+	// Services in name order, as every last-used query returns them.
+	if u, ok := uses[keyID]; ok {
+		slices.SortFunc(u.services, func(a, b ServiceUse) int { return strings.Compare(a.Service, b.Service) })
+	}
+	return nil
+}
+
+func addLastUse(uses map[string]keyUse, key, service, project string, lastMs int64) {
+	last := time.UnixMilli(lastMs).UTC()
+	u := uses[key]
+	u.project = project
+	if last.After(u.last) {
+		u.last = last
+	}
+	u.services = append(u.services, ServiceUse{Service: service, LastUsedAt: last})
+	uses[key] = u
+}
+
+// readLastUsed runs a last-used query into uses, marking each service read in found (when
+// not nil).
+func (rd *Reader) readLastUsed(ctx context.Context, q Query, uses map[string]keyUse, found map[string]bool) error {
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query last used: %w", err)
 	}
 	defer rows.Close()
-	uses := map[string]keyUse{}
 	for rows.Next() {
 		var (
 			key, service, project string
 			lastMs                int64
 		)
 		if err := rows.Scan(&key, &service, &project, &lastMs); err != nil {
-			return nil, fmt.Errorf("scan last used: %w", err)
+			return fmt.Errorf("scan last used: %w", err)
 		}
-		last := time.UnixMilli(lastMs).UTC()
-		u := uses[key]
-		u.project = project
-		if last.After(u.last) {
-			u.last = last
+		addLastUse(uses, key, service, project, lastMs)
+		if found != nil {
+			found[service] = true
 		}
-		u.services = append(u.services, ServiceUse{Service: service, LastUsedAt: last})
-		uses[key] = u
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read last used: %w", err)
+		return fmt.Errorf("read last used: %w", err)
 	}
-	return uses, nil
+	return nil
 }
