@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -269,6 +270,42 @@ func TestSpend(t *testing.T) {
 		spendWantInvalid(t, err, "page_token")
 	})
 
+	// Pages are read forward from the cursor's bucket in growing windows; with empty buckets
+	// between the rows (days, and hundreds of hours), every page size gives the same report.
+	t.Run("pagination over sparse buckets: every page size gives the whole report", func(t *testing.T) {
+		for _, g := range []keytrailv1.Granularity{keytrailv1.Granularity_GRANULARITY_DAY, spendPerHour} {
+			req := func(size int32, token string) *keytrailv1.GetSpendRequest {
+				return &keytrailv1.GetSpendRequest{GroupBy: []keytrailv1.SpendDimension{spendByKey, spendByModel}, Granularity: g,
+					StartTime: spendTS(t, "2026-02-01T00:00:00Z"), EndTime: spendTS(t, "2026-05-01T00:00:00Z"), PageSize: size, PageToken: token}
+			}
+			whole, err := s.client.GetSpend(ctx, req(1000, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(whole.Rows) < 6 || whole.NextPageToken != "" {
+				t.Fatalf("%s: whole report has %d rows, token %q", g, len(whole.Rows), whole.NextPageToken)
+			}
+			for _, size := range []int32{1, 2, 3, 5} {
+				var all []*keytrailv1.SpendRow
+				token := ""
+				for pages := 0; ; pages++ {
+					if pages > len(whole.Rows) {
+						t.Fatalf("%s, page size %d: more pages than rows", g, size)
+					}
+					got, err := s.client.GetSpend(ctx, req(size, token))
+					if err != nil {
+						t.Fatal(err)
+					}
+					all = append(all, got.Rows...)
+					if token = got.NextPageToken; token == "" {
+						break
+					}
+				}
+				spendWantProto(t, fmt.Sprintf("%s, page size %d", g, size), &keytrailv1.GetSpendResponse{Rows: all}, &keytrailv1.GetSpendResponse{Rows: whole.Rows})
+			}
+		}
+	})
+
 	t.Run("filters: project and service, by service per month", func(t *testing.T) {
 		got, err := s.client.GetSpend(ctx, &keytrailv1.GetSpendRequest{
 			GroupBy: []keytrailv1.SpendDimension{spendByService}, Granularity: spendPerMonth,
@@ -460,6 +497,11 @@ func TestBudgets(t *testing.T) {
 			period("2026-02-27T00:00:00Z", "2026-02-28T00:00:00Z", 0, 0),
 		},
 	}
+	// As of now (no at), every stored request of the period counts, d5 stamped a millisecond
+	// after the server's clock too (clock skew between gateways and keytrail).
+	kDayNow := proto.Clone(kDay).(*keytrailv1.BudgetUtilization)
+	kDayNow.Status = keytrailv1.BudgetStatus_BUDGET_STATUS_OVER
+	kDayNow.Current = period("2026-03-02T00:00:00Z", "2026-03-03T00:00:00Z", 7_800_000, 780)
 	list := func(b ...*keytrailv1.BudgetUtilization) *keytrailv1.ListBudgetsResponse {
 		return &keytrailv1.ListBudgetsResponse{Budgets: b}
 	}
@@ -470,9 +512,9 @@ func TestBudgets(t *testing.T) {
 		want *keytrailv1.ListBudgetsResponse
 	}{
 		{"every budget, highest use first, at given", &keytrailv1.ListBudgetsRequest{At: spendTS(t, at)}, list(kWeek, kDay, kMonth, kIdle)},
-		{"at defaults to now", &keytrailv1.ListBudgetsRequest{}, list(kWeek, kDay, kMonth, kIdle)},
-		{"only alerting: over and near", &keytrailv1.ListBudgetsRequest{OnlyAlerting: true}, list(kWeek, kDay)},
-		{"a higher threshold: 80% is no longer near", &keytrailv1.ListBudgetsRequest{OnlyAlerting: true, ThresholdPercent: 85}, list(kWeek)},
+		{"at defaults to now: every stored request counts", &keytrailv1.ListBudgetsRequest{}, list(kDayNow, kWeek, kMonth, kIdle)},
+		{"only alerting: over and near", &keytrailv1.ListBudgetsRequest{OnlyAlerting: true, At: spendTS(t, at)}, list(kWeek, kDay)},
+		{"a higher threshold: 80% is no longer near", &keytrailv1.ListBudgetsRequest{OnlyAlerting: true, ThresholdPercent: 85, At: spendTS(t, at)}, list(kWeek)},
 		{"a threshold of exactly the percentage used is near", &keytrailv1.ListBudgetsRequest{KeyId: "k_month", ThresholdPercent: 30}, list(func() *keytrailv1.BudgetUtilization {
 			c := proto.Clone(kMonth).(*keytrailv1.BudgetUtilization)
 			c.Status = keytrailv1.BudgetStatus_BUDGET_STATUS_NEAR

@@ -27,8 +27,10 @@ import (
 //     trail).
 //   - The current period counts spend up to and including the millisecond `at`, exactly:
 //     whole days come from spend_daily, the whole hours of the day containing `at` from
-//     spend_hourly and the partial hour containing `at` from the raw usage_events (one hour
-//     of raw rows at most, for keys with a budget only).
+//     usage_key_hourly and the partial hour containing `at` from the raw usage_events (one hour
+//     of raw rows at most, for keys with a budget only). Without `at` (as of now) every stored
+//     request of the period counts, also one stamped a little ahead of the server's clock,
+//     and the rollups alone answer (BudgetSpendNow).
 
 // Budget defaults and bounds.
 const (
@@ -100,9 +102,23 @@ func KeyBudgets(f BudgetFilter, at time.Time) Query {
 
 // BudgetSpend is the spend per period of p from `from` (a period start, so a day start) up
 // to and including the millisecond `at`, of every key whose budget at `at` has period p:
-// whole days from spend_daily, whole hours of the day containing `at` from spend_hourly, the
-// partial hour containing `at` from usage_events.
+// whole days from spend_daily, whole hours of the day containing `at` from usage_key_hourly,
+// the partial hour containing `at` from usage_events.
 func BudgetSpend(f BudgetFilter, p budget.Period, from, at time.Time) Query {
+	return budgetSpend(f, p, from, at, true)
+}
+
+// BudgetSpendNow is BudgetSpend as of now: every stored request from `from` on counts, also
+// one stamped a little ahead of the server's clock (ingestion accepts an hour of skew), as
+// in a key's last use as of now. With no instant to cut at, no raw row is needed: whole days
+// from spend_daily, the hours since from usage_key_hourly. The exact cut at an instant needs
+// the raw partial hour, and usage_events, sorted by key, cannot read an hour of the budgeted
+// keys without their other rows (at 100M events: 15M rows, 1.2 s).
+func BudgetSpendNow(f BudgetFilter, p budget.Period, from, now time.Time) Query {
+	return budgetSpend(f, p, from, now, false)
+}
+
+func budgetSpend(f BudgetFilter, p budget.Period, from, at time.Time, exact bool) Query {
 	day, hour := budget.Day.Start(at), budget.Hour.Start(at)
 	atMs := at.UnixMilli()
 
@@ -127,22 +143,38 @@ func BudgetSpend(f BudgetFilter, p budget.Period, from, at time.Time) Query {
 		narrowArgs = append(narrowArgs, f.KeyID)
 	}
 
+	// usage_events is sorted by key_id alone first: a key_id IN set lets it read only the
+	// budgeted keys' recent rows (the (project, key_id) tuple cannot use its index, and
+	// without this the partial hour scanned the month's event_time column: 2 s at 100M).
+	keyIDs := "key_id IN\n      (\n          SELECT key_id\n          FROM lifecycle_events\n          WHERE " +
+		strings.Join(evWhere, "\n            AND ") +
+		"\n          GROUP BY project, key_id\n          HAVING argMax(budget_period, " + latestBudget + ") = ?\n      )"
+
 	var parts []string
 	var args []any
-	part := func(table, timeColumn, cost string, where []string, whereArgs []any) {
-		where = append(append(where, narrow...), keys)
+	part := func(table, timeColumn, cost string, where []string, whereArgs []any, sets ...string) {
+		where = append(append(where, narrow...), sets...)
 		parts = append(parts, "    SELECT project, key_id, "+periodStartSQL(p, timeColumn)+" AS period_start, sum("+cost+") AS cost\n"+
 			"    FROM "+table+"\n    WHERE "+strings.Join(where, "\n      AND ")+"\n"+
 			"    GROUP BY project, key_id, period_start")
-		args = append(append(append(args, whereArgs...), narrowArgs...), keysArgs...)
+		args = append(append(args, whereArgs...), narrowArgs...)
+		for range sets {
+			args = append(args, keysArgs...)
+		}
 	}
 	part("spend_daily", "day", "total_cost_micros",
-		[]string{"day >= toDateTime(?)", "day < toDateTime(?)"}, []any{from.Unix(), day.Unix()})
-	part("spend_hourly", "hour", "total_cost_micros",
-		[]string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}, []any{day.Unix(), hour.Unix()})
-	part("usage_events", "event_time", "cost_micros",
-		[]string{"event_time >= toDateTime(?)", "event_time <= toDateTime(?)", "event_time_ms >= ?", "event_time_ms <= ?"},
-		[]any{hour.Unix(), floorSec(atMs), hour.UnixMilli(), atMs})
+		[]string{"day >= toDateTime(?)", "day < toDateTime(?)"}, []any{from.Unix(), day.Unix()}, keys)
+	// The day's whole hours from the per-key hourly rollup: sorted by hour first, it reads
+	// only those hours (spend_hourly, sorted by key, would read every hour of the keys).
+	if !exact {
+		part("usage_key_hourly", "hour", "total_cost_micros", []string{"hour >= toDateTime(?)"}, []any{day.Unix()}, keys)
+	} else {
+		part("usage_key_hourly", "hour", "total_cost_micros",
+			[]string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}, []any{day.Unix(), hour.Unix()}, keys)
+		part("usage_events", "event_time", "cost_micros",
+			[]string{"event_time >= toDateTime(?)", "event_time <= toDateTime(?)", "event_time_ms >= ?", "event_time_ms <= ?"},
+			[]any{hour.Unix(), floorSec(atMs), hour.UnixMilli(), atMs}, keyIDs, keys)
+	}
 
 	sql := "SELECT project, key_id, period_start, sum(cost) AS cost_micros\nFROM\n(\n" +
 		strings.Join(parts, "\n    UNION ALL\n") + "\n)\nGROUP BY project, key_id, period_start"
@@ -218,7 +250,11 @@ func (rd *Reader) Budgets(ctx context.Context, req BudgetsRequest) ([]BudgetUtil
 			continue
 		}
 		from := p.Shift(p.Start(params.at), -params.previous)
-		if err := rd.budgetSpend(ctx, BudgetSpend(req.Filter, p, from, params.at), spend); err != nil {
+		q := BudgetSpend(req.Filter, p, from, params.at)
+		if req.At.IsZero() {
+			q = BudgetSpendNow(req.Filter, p, from, params.at)
+		}
+		if err := rd.budgetSpend(ctx, q, spend); err != nil {
 			return nil, fmt.Errorf("%s budgets: %w", p, err)
 		}
 	}

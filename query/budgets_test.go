@@ -60,7 +60,7 @@ FROM
     GROUP BY project, key_id, period_start
     UNION ALL
     SELECT project, key_id, toDateTime(toMonday(hour, 'UTC'), 'UTC') AS period_start, sum(total_cost_micros) AS cost
-    FROM spend_hourly
+    FROM usage_key_hourly
     WHERE hour >= toDateTime(?)
       AND hour < toDateTime(?)
       AND project = ?
@@ -74,6 +74,17 @@ FROM
       AND event_time_ms >= ?
       AND event_time_ms <= ?
       AND project = ?
+      AND key_id IN
+      (
+          SELECT key_id
+          FROM lifecycle_events
+          WHERE event_time <= toDateTime(?)
+            AND event_time_ms <= ?
+            AND budget_amount_micros IS NOT NULL
+            AND project = ?
+          GROUP BY project, key_id
+          HAVING argMax(budget_period, (event_time_ms, event_id)) = ?
+      )
       AND ` + keys + `
     GROUP BY project, key_id, period_start
 )
@@ -86,6 +97,52 @@ GROUP BY project, key_id, period_start`
 	wantArgs = append(wantArgs, keyArgs...)
 	wantArgs = append(wantArgs, int64(1772409600), int64(1772411400), int64(1772409600000), int64(1772411400250), "acme")
 	wantArgs = append(wantArgs, keyArgs...)
+	wantArgs = append(wantArgs, keyArgs...)
+	if got.SQL != wantSQL {
+		t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
+	}
+	if !reflect.DeepEqual(got.Args, wantArgs) {
+		t.Errorf("args %#v\nwant %#v", got.Args, wantArgs)
+	}
+}
+
+func TestBudgetSpendNowSQL(t *testing.T) {
+	now := mustTime(t, "2026-03-02T00:30:00.25Z")
+	got := BudgetSpendNow(BudgetFilter{KeyID: "key_a"}, budget.Day, mustTime(t, "2026-02-27T00:00:00Z"), now)
+	keys := `(project, key_id) IN
+      (
+          SELECT project, key_id
+          FROM lifecycle_events
+          WHERE event_time <= toDateTime(?)
+            AND event_time_ms <= ?
+            AND budget_amount_micros IS NOT NULL
+            AND key_id = ?
+          GROUP BY project, key_id
+          HAVING argMax(budget_period, (event_time_ms, event_id)) = ?
+      )`
+	wantSQL := `SELECT project, key_id, period_start, sum(cost) AS cost_micros
+FROM
+(
+    SELECT project, key_id, toStartOfDay(day, 'UTC') AS period_start, sum(total_cost_micros) AS cost
+    FROM spend_daily
+    WHERE day >= toDateTime(?)
+      AND day < toDateTime(?)
+      AND key_id = ?
+      AND ` + keys + `
+    GROUP BY project, key_id, period_start
+    UNION ALL
+    SELECT project, key_id, toStartOfDay(hour, 'UTC') AS period_start, sum(total_cost_micros) AS cost
+    FROM usage_key_hourly
+    WHERE hour >= toDateTime(?)
+      AND key_id = ?
+      AND ` + keys + `
+    GROUP BY project, key_id, period_start
+)
+GROUP BY project, key_id, period_start`
+	keyArgs := []any{int64(1772411400), int64(1772411400250), "key_a", "day"}
+	// Whole days from 02-27 to 03-02 00:00, then every hour from 03-02 00:00 on: no raw rows.
+	wantArgs := append([]any{int64(1772150400), int64(1772409600), "key_a"}, keyArgs...)
+	wantArgs = append(append(wantArgs, int64(1772409600), "key_a"), keyArgs...)
 	if got.SQL != wantSQL {
 		t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
 	}

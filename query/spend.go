@@ -327,27 +327,26 @@ func (rd *Reader) Spend(ctx context.Context, req SpendRequest) (SpendPage, error
 	if err := rd.conn.QueryRow(ctx, t.SQL, t.Args...).Scan(&page.TotalRequests, &page.TotalCostMicros); err != nil {
 		return SpendPage{}, fmt.Errorf("query spend totals: %w", err)
 	}
-	q := SpendQuery(spec, after, limit+1)
-	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
-	if err != nil {
-		return SpendPage{}, fmt.Errorf("query spend: %w", err)
+	// Rows come in bucket order, so a page needs only the buckets up to its last row: read
+	// forward from the cursor's bucket in windows of 1, 2, 4, ... buckets until the page is
+	// full or the range ends. Grouping a whole range costs its cells (30 days by key and day
+	// at 100M events: 300k groups, 0.5 s on 18.16); a page of 100 keys usually needs one day.
+	from := spec.Range.Start
+	if after != nil {
+		from = after.Bucket
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var r SpendRow
-		dest := []any{&r.Bucket}
-		for _, d := range spec.GroupBy {
-			dest = append(dest, r.field(d))
+	for width := 1; from.Before(spec.Range.End) && len(page.Rows) <= limit; width *= 2 {
+		window := spec
+		window.Range = Range{Start: from, End: spec.Bucket.Shift(from, width)}
+		if window.Range.End.After(spec.Range.End) {
+			window.Range.End = spec.Range.End
 		}
-		dest = append(dest, &r.Requests, &r.InputTokens, &r.OutputTokens, &r.CostMicros)
-		if err := rows.Scan(dest...); err != nil {
-			return SpendPage{}, fmt.Errorf("scan spend: %w", err)
+		if err := rd.readSpendRows(ctx, SpendQuery(window, after, limit+1-len(page.Rows)), spec, &page); err != nil {
+			return SpendPage{}, err
 		}
-		r.Bucket = r.Bucket.UTC()
-		page.Rows = append(page.Rows, r)
-	}
-	if err := rows.Err(); err != nil {
-		return SpendPage{}, fmt.Errorf("read spend: %w", err)
+		// Only the cursor's own bucket holds rows before the cursor.
+		after = nil
+		from = window.Range.End
 	}
 	if len(page.Rows) > limit {
 		page.Rows = page.Rows[:limit]
@@ -360,4 +359,30 @@ func (rd *Reader) Spend(ctx context.Context, req SpendRequest) (SpendPage, error
 		page.NextPageToken = encodePageToken(cursor, filters...)
 	}
 	return page, nil
+}
+
+// readSpendRows appends the rows of one spend query to the page.
+func (rd *Reader) readSpendRows(ctx context.Context, q Query, spec SpendSpec, page *SpendPage) error {
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query spend: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r SpendRow
+		dest := []any{&r.Bucket}
+		for _, d := range spec.GroupBy {
+			dest = append(dest, r.field(d))
+		}
+		dest = append(dest, &r.Requests, &r.InputTokens, &r.OutputTokens, &r.CostMicros)
+		if err := rows.Scan(dest...); err != nil {
+			return fmt.Errorf("scan spend: %w", err)
+		}
+		r.Bucket = r.Bucket.UTC()
+		page.Rows = append(page.Rows, r)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read spend: %w", err)
+	}
+	return nil
 }
