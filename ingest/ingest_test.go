@@ -116,7 +116,7 @@ func TestIngestStoresEventsAndDeadLettersPoisonWithoutStopping(t *testing.T) {
 		t.Errorf("attributes %v %v", keys, values)
 	}
 	// The rollup agrees with the raw rows.
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_by_key_minute WHERE key_id = 'key_a'"); n != 3 {
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_key_minute WHERE key_id = 'key_a'"); n != 3 {
 		t.Errorf("rollup requests %d, want 3", n)
 	}
 

@@ -165,7 +165,7 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 	if n := testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"); n != 50 {
 		t.Errorf("distinct usage ids %d, want 50", n)
 	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_by_key_minute"); n != 50 {
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_key_minute"); n != 50 {
 		t.Errorf("rollup requests %d, want 50 (a duplicate insert would double it)", n)
 	}
 	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events"); n != 1 {

@@ -52,8 +52,9 @@ func TestApplyIsIdempotent(t *testing.T) {
 	want := []string{
 		"key_client_ip_totals", "key_client_ip_totals_mv", "key_service_totals", "key_service_totals_mv",
 		"lifecycle_events", "query_audit_log", "schema_migrations", "spend_daily", "spend_daily_mv",
-		"spend_hourly", "spend_hourly_mv", "usage_5min", "usage_5min_mv", "usage_by_key_minute", "usage_by_key_minute_mv",
+		"spend_hourly", "spend_hourly_mv", "usage_5min", "usage_5min_mv",
 		"usage_by_service_minute", "usage_by_service_minute_mv", "usage_events", "usage_key_hourly", "usage_key_hourly_mv",
+		"usage_key_minute", "usage_key_minute_mv",
 	}
 	if !reflect.DeepEqual(tables, want) {
 		t.Errorf("tables %v, want %v", tables, want)
@@ -61,8 +62,9 @@ func TestApplyIsIdempotent(t *testing.T) {
 }
 
 // TestScanRollupsBackfillExistingHistory upgrades a database holding usage from the schema
-// before 0005: the new rollups must hold that history, then keep counting new events, and a
-// second run of the file (a process killed before 0005 was recorded) must not count twice.
+// before 0005: the new rollups (0005, and 0006's re-sorted per-key minute rollup) must hold
+// that history, then keep counting new events, and a second run of 0005 (a process killed
+// before it was recorded) must not count twice.
 func TestScanRollupsBackfillExistingHistory(t *testing.T) {
 	ctx := context.Background()
 	db := testenv.ClickHouseAt(t, 4)
@@ -86,8 +88,8 @@ func TestScanRollupsBackfillExistingHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(applied, []uint32{5}) {
-		t.Fatalf("applied %v, want [5]", applied)
+	if !reflect.DeepEqual(applied, []uint32{5, 6, 7}) {
+		t.Fatalf("applied %v, want [5 6 7]", applied)
 	}
 	// After the upgrade, new events reach the new rollups through their views.
 	testenv.Insert(t, db, usage("e5", "2026-11-21T01:50:00Z", "proj_b", "key_b", "svc-1", "gpt-4o", 429, 0, 0, 0))
@@ -119,6 +121,24 @@ FROM usage_key_hourly GROUP BY hour, project, key_id ORDER BY line`)
 		}
 	}
 	check("after the upgrade")
+
+	// 0006 moved the per-key minute cells, history included, to usage_key_minute.
+	minutes := queryStrings(t, db, `SELECT concat(toString(minute), ' ', key_id, ' ', service, ' requests=', toString(countMerge(requests)),
+    ' errors=', toString(sumMerge(errors)), ' last_success=', toString(maxIfMerge(last_success_ms))) AS line
+FROM usage_key_minute GROUP BY minute, key_id, service ORDER BY line`)
+	wantMinutes := []string{
+		"2026-11-20 23:30:00 key_a svc-1 requests=1 errors=0 last_success=1795217400000",
+		"2026-11-20 23:45:00 key_a svc-1 requests=1 errors=1 last_success=0",
+		"2026-11-21 00:10:00 key_a svc-2 requests=1 errors=0 last_success=1795219800000",
+		"2026-11-21 01:20:00 key_b svc-1 requests=1 errors=0 last_success=1795224000000",
+		"2026-11-21 01:50:00 key_b svc-1 requests=1 errors=1 last_success=0",
+	}
+	if !reflect.DeepEqual(minutes, wantMinutes) {
+		t.Errorf("usage_key_minute\n%q\nwant\n%q", minutes, wantMinutes)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE 'usage_by_key_minute%'"); n != 0 {
+		t.Errorf("%d tables of the old per-key minute rollup remain", n)
+	}
 
 	// A second run of the whole file starts over from spend_hourly: the same rows, not twice.
 	all, err := migrations.All()

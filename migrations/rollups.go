@@ -14,7 +14,7 @@ type Rollup struct {
 // UsageRollups are every rollup that counts every usage event. key_client_ip_totals is not
 // among them: it counts only events with a client IP.
 var UsageRollups = []Rollup{
-	{Table: "usage_by_key_minute", Requests: "countMerge(requests)", Errors: "sumMerge(errors)"},
+	{Table: "usage_key_minute", Requests: "countMerge(requests)", Errors: "sumMerge(errors)"},
 	{Table: "usage_by_service_minute", Requests: "countMerge(requests)", Errors: "sumMerge(errors)"},
 	{Table: "key_service_totals", Requests: "countMerge(requests)", Errors: "sumMerge(errors)"},
 	{Table: "spend_hourly", Requests: "sum(requests)", Errors: "sum(errors)", Cost: "sum(total_cost_micros)"},

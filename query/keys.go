@@ -116,7 +116,7 @@ func KeyLastUsedNow(f KeyUseFilter) Query {
 
 // KeyLastUsedAt is the last request at or before at of each key x service. Exact to the
 // millisecond, the same way every range query is: the range [epoch, at + 1 ms) is split
-// into whole minutes, read from usage_by_key_minute, and the partial minute ending at at,
+// into whole minutes, read from usage_key_minute, and the partial minute ending at at,
 // read from the raw usage_events (see splitRange). Cost: with a key_id filter it reads that
 // key's slice of the rollup (the sorting key starts with key_id); with only a project it
 // reads the rollup's rows for every minute with traffic before at, which is the price of an
@@ -126,7 +126,7 @@ func KeyLastUsedAt(f KeyUseFilter, at time.Time) Query {
 }
 
 // KeyLastUsedIn is the last request in r of each key x service, of the given services only
-// when services is not nil; exact to the millisecond (whole minutes from usage_by_key_minute,
+// when services is not nil; exact to the millisecond (whole minutes from usage_key_minute,
 // partial minutes from usage_events).
 func KeyLastUsedIn(f KeyUseFilter, services []string, r Range) Query {
 	s := splitRange(r)
@@ -143,7 +143,7 @@ func KeyLastUsedIn(f KeyUseFilter, services []string, r Range) Query {
 	var args []any
 	if s.hasRollup() {
 		parts = append(parts, `    SELECT key_id, service, any(project) AS project_any, maxMerge(last_seen_ms) AS last_ms
-    FROM usage_by_key_minute
+    FROM usage_key_minute
     WHERE minute >= toDateTime(?) AND minute < toDateTime(?)`+and+`
     GROUP BY key_id, service`)
 		args = append(args, s.RollupFrom.Unix(), s.RollupTo.Unix())

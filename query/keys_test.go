@@ -65,7 +65,7 @@ func TestKeyLastUsedAtSQL(t *testing.T) {
 FROM
 (
     SELECT key_id, service, any(project) AS project_any, maxMerge(last_seen_ms) AS last_ms
-    FROM usage_by_key_minute
+    FROM usage_key_minute
     WHERE minute >= toDateTime(?) AND minute < toDateTime(?) AND key_id = ?
     GROUP BY key_id, service
     UNION ALL
@@ -88,7 +88,7 @@ ORDER BY key_id, service`
 FROM
 (
     SELECT key_id, service, any(project) AS project_any, maxMerge(last_seen_ms) AS last_ms
-    FROM usage_by_key_minute
+    FROM usage_key_minute
     WHERE minute >= toDateTime(?) AND minute < toDateTime(?) AND project = ? AND key_id > ?
     GROUP BY key_id, service
 )

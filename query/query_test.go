@@ -59,7 +59,7 @@ func TestKeyServicesSQL(t *testing.T) {
 FROM
 (
     SELECT service, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
-    FROM usage_by_key_minute
+    FROM usage_key_minute
     WHERE key_id = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND service > ?
     GROUP BY service
     UNION ALL

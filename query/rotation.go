@@ -80,7 +80,7 @@ type keyLifecycle struct {
 func RotationSeries(oldKey, newKey string, from, to time.Time, width time.Duration) Query {
 	return Query{
 		SQL: `SELECT intDiv(toUInt32(minute) - ?, ?) AS bucket, key_id, countMerge(requests) AS requests
-FROM usage_by_key_minute
+FROM usage_key_minute
 WHERE key_id IN (?, ?) AND minute >= toDateTime(?) AND minute < toDateTime(?)
 GROUP BY bucket, key_id
 ORDER BY bucket, key_id`,

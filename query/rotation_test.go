@@ -10,7 +10,7 @@ func TestRotationSeriesSQL(t *testing.T) {
 	from := mustTime(t, "2026-11-01T10:00:00Z")
 	got := RotationSeries("key_old", "key_new", from, from.Add(2*time.Hour), 2*time.Minute)
 	wantSQL := `SELECT intDiv(toUInt32(minute) - ?, ?) AS bucket, key_id, countMerge(requests) AS requests
-FROM usage_by_key_minute
+FROM usage_key_minute
 WHERE key_id IN (?, ?) AND minute >= toDateTime(?) AND minute < toDateTime(?)
 GROUP BY bucket, key_id
 ORDER BY bucket, key_id`

@@ -30,7 +30,7 @@ type usageAxis struct {
 }
 
 var (
-	servicesOfKey = usageAxis{rollup: "usage_by_key_minute", fixed: "key_id", listed: "service"}
+	servicesOfKey = usageAxis{rollup: "usage_key_minute", fixed: "key_id", listed: "service"}
 	keysOfService = usageAxis{rollup: "usage_by_service_minute", fixed: "service", listed: "key_id"}
 )
 
