@@ -232,19 +232,25 @@ func anomalySeriesSQL(s AnomalySpec, args *[]any) string {
 
 // anomalyFilters are the caller's project and key filters.
 func anomalyFilters(s AnomalySpec) ([]string, []any) {
+	return projectKeyFilters(s.Project, s.Projects, s.KeyID)
+}
+
+// projectKeyFilters are equality filters on a project, a set of projects (nil: any) and a
+// key, as conditions with their arguments.
+func projectKeyFilters(project string, projects []string, keyID string) ([]string, []any) {
 	var w []string
 	var args []any
-	if s.Project != "" {
+	if project != "" {
 		w = append(w, "project = ?")
-		args = append(args, s.Project)
+		args = append(args, project)
 	}
-	if s.Projects != nil {
+	if projects != nil {
 		w = append(w, "has(?, project)")
-		args = append(args, s.Projects)
+		args = append(args, projects)
 	}
-	if s.KeyID != "" {
+	if keyID != "" {
 		w = append(w, "key_id = ?")
-		args = append(args, s.KeyID)
+		args = append(args, keyID)
 	}
 	return w, args
 }

@@ -33,21 +33,26 @@ ORDER BY project, key_id`
 	}
 }
 
-func TestBudgetSpendSQL(t *testing.T) {
-	at := mustTime(t, "2026-03-02T00:30:00.25Z")
-	from := mustTime(t, "2026-02-09T00:00:00Z")
-	got := BudgetSpend(BudgetFilter{Project: "acme"}, budget.Week, from, at)
-	keys := `(project, key_id) IN
+// budgetKeysSQL is the budgeted-keys subquery BudgetSpend emits, with the caller's filter.
+func budgetKeysSQL(filter string) string {
+	return `(project, key_id) IN
       (
           SELECT project, key_id
           FROM lifecycle_events
           WHERE event_time <= toDateTime(?)
             AND event_time_ms <= ?
             AND budget_amount_micros IS NOT NULL
-            AND project = ?
+            AND ` + filter + `
           GROUP BY project, key_id
           HAVING argMax(budget_period, (event_time_ms, event_id)) = ?
       )`
+}
+
+func TestBudgetSpendSQL(t *testing.T) {
+	at := mustTime(t, "2026-03-02T00:30:00.25Z")
+	from := mustTime(t, "2026-02-09T00:00:00Z")
+	got := BudgetSpend(BudgetFilter{Project: "acme"}, budget.Week, from, at)
+	keys := budgetKeysSQL("project = ?")
 	wantSQL := `SELECT project, key_id, period_start, sum(cost) AS cost_micros
 FROM
 (
@@ -109,17 +114,7 @@ GROUP BY project, key_id, period_start`
 func TestBudgetSpendNowSQL(t *testing.T) {
 	now := mustTime(t, "2026-03-02T00:30:00.25Z")
 	got := BudgetSpendNow(BudgetFilter{KeyID: "key_a"}, budget.Day, mustTime(t, "2026-02-27T00:00:00Z"), now)
-	keys := `(project, key_id) IN
-      (
-          SELECT project, key_id
-          FROM lifecycle_events
-          WHERE event_time <= toDateTime(?)
-            AND event_time_ms <= ?
-            AND budget_amount_micros IS NOT NULL
-            AND key_id = ?
-          GROUP BY project, key_id
-          HAVING argMax(budget_period, (event_time_ms, event_id)) = ?
-      )`
+	keys := budgetKeysSQL("key_id = ?")
 	wantSQL := `SELECT project, key_id, period_start, sum(cost) AS cost_micros
 FROM
 (

@@ -70,19 +70,8 @@ type NewCallersSpec struct {
 func NewCallers(s NewCallersSpec) Query {
 	var args []any
 	filters := func() string {
-		var w []string
-		if s.Project != "" {
-			w = append(w, "project = ?")
-			args = append(args, s.Project)
-		}
-		if s.Projects != nil {
-			w = append(w, "has(?, project)")
-			args = append(args, s.Projects)
-		}
-		if s.KeyID != "" {
-			w = append(w, "key_id = ?")
-			args = append(args, s.KeyID)
-		}
+		w, wArgs := projectKeyFilters(s.Project, s.Projects, s.KeyID)
+		args = append(args, wArgs...)
 		if len(w) == 0 {
 			return ""
 		}
