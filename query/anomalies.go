@@ -193,7 +193,7 @@ func anomalyDedupSQL(series string) string {
 func anomalySeriesSQL(s AnomalySpec, args *[]any) string {
 	w := []string{"bucket >= toDateTime(?)", "bucket < toDateTime(?)"}
 	*args = append(*args, s.BaselineStart().Unix(), s.End.Unix())
-	filters, filterArgs := anomalyFilters(s)
+	filters, filterArgs := projectKeyFilters(s.Project, s.Projects, s.KeyID)
 	w = append(w, filters...)
 	*args = append(*args, filterArgs...)
 	w = append(w, anomalyCandidatesSQL(s, args))
@@ -230,11 +230,6 @@ func anomalySeriesSQL(s AnomalySpec, args *[]any) string {
                 ARRAY JOIN if(length(services) = 1, services, arrayPushFront(services, '')) AS series_service`, where)
 }
 
-// anomalyFilters are the caller's project and key filters.
-func anomalyFilters(s AnomalySpec) ([]string, []any) {
-	return projectKeyFilters(s.Project, s.Projects, s.KeyID)
-}
-
 // projectKeyFilters are equality filters on a project, a set of projects (nil: any) and a
 // key, as conditions with their arguments.
 func projectKeyFilters(project string, projects []string, keyID string) ([]string, []any) {
@@ -265,7 +260,7 @@ func projectKeyFilters(project string, projects []string, keyID string) ([]strin
 func anomalyCandidatesSQL(s AnomalySpec, args *[]any) string {
 	w := []string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}
 	*args = append(*args, s.FirstBucket.Truncate(time.Hour).Unix(), s.End.Unix())
-	filters, filterArgs := anomalyFilters(s)
+	filters, filterArgs := projectKeyFilters(s.Project, s.Projects, s.KeyID)
 	w = append(w, filters...)
 	*args = append(*args, filterArgs...)
 	*args = append(*args, s.MinRequests)

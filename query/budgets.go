@@ -125,9 +125,12 @@ func budgetSpend(f BudgetFilter, p budget.Period, from, at time.Time, exact bool
 	// The keys whose budget at `at` has this period, as an IN set. A subquery rather than a
 	// list of bound ids: thousands of keys would not fit ClickHouse's max_query_size.
 	evWhere, evArgs := budgetEventsWhere(f, at)
-	keys := "(project, key_id) IN\n      (\n          SELECT project, key_id\n          FROM lifecycle_events\n          WHERE " +
-		strings.Join(evWhere, "\n            AND ") +
-		"\n          GROUP BY project, key_id\n          HAVING argMax(budget_period, " + latestBudget + ") = ?\n      )"
+	budgeted := func(columns string) string {
+		return columns + " IN\n      (\n          SELECT " + strings.Trim(columns, "()") + "\n          FROM lifecycle_events\n          WHERE " +
+			strings.Join(evWhere, "\n            AND ") +
+			"\n          GROUP BY project, key_id\n          HAVING argMax(budget_period, " + latestBudget + ") = ?\n      )"
+	}
+	keys := budgeted("(project, key_id)")
 	keysArgs := append(append([]any{}, evArgs...), p.String())
 
 	// Equality filters let every table use its sort key (spend_daily and spend_hourly:
@@ -146,9 +149,7 @@ func budgetSpend(f BudgetFilter, p budget.Period, from, at time.Time, exact bool
 	// usage_events is sorted by key_id alone first: a key_id IN set lets it read only the
 	// budgeted keys' recent rows (the (project, key_id) tuple cannot use its index, and
 	// without this the partial hour scanned the month's event_time column: 2 s at 100M).
-	keyIDs := "key_id IN\n      (\n          SELECT key_id\n          FROM lifecycle_events\n          WHERE " +
-		strings.Join(evWhere, "\n            AND ") +
-		"\n          GROUP BY project, key_id\n          HAVING argMax(budget_period, " + latestBudget + ") = ?\n      )"
+	keyIDs := budgeted("key_id")
 
 	var parts []string
 	var args []any

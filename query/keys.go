@@ -481,14 +481,16 @@ func (rd *Reader) oneKeyLastUsedAt(ctx context.Context, keyID string, at time.Ti
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read service spans: %w", err)
 	}
-	end := time.UnixMilli(atMs + 1).UTC()
+	// Windows end before cut = at + 1 ms: a request at the instant itself counts.
+	cut := time.UnixMilli(atMs + 1).UTC()
+	end := cut
 	for _, back := range lastUseSearch {
 		if len(open) == 0 {
 			break
 		}
 		start := time.Unix(0, 0).UTC()
 		if back > 0 {
-			start = time.UnixMilli(atMs + 1).Add(-back).UTC()
+			start = cut.Add(-back)
 		}
 		if !start.Before(end) {
 			continue
