@@ -16,7 +16,9 @@
 // and whenever a delivery sequence number is skipped, the ingester (which must be alone on
 // an AckAll durable) resets the consumer to its ack floor, which redelivers them at once,
 // and checks them against storage like any redelivery. A write reported as failed is checked
-// the same way before it is retried: the server may have committed it.
+// the same way before it is retried: the server may have committed it. The ClickHouse sink's
+// check first waits for inserts still running (ingest/chsink/fence.go), because the killed
+// ingester's last insert can commit after its successor started.
 //
 // Reading overlaps writing: one goroutine fetches and decodes the next batch while another
 // writes the previous one. Memory is bounded by two batches: while a write is failing the

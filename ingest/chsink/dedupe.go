@@ -15,7 +15,13 @@ import (
 // so these reads happen after a crash or a lost ack, not on the hot path. Lookups are
 // narrowed by the records' keys (the usage table's sort-key prefix) and time span
 // (partition pruning).
+//
+// It first waits for inserts ClickHouse is still running (see fence.go): one sent by a
+// process killed a moment ago commits after its sender died.
 func (s *Sink) Classify(ctx context.Context, records []ingest.Record) ([]ingest.Presence, error) {
+	if err := s.awaitRunningInserts(ctx); err != nil {
+		return nil, err
+	}
 	var usageIDs, usageKeys, lifecycleIDs []string
 	var minSec, maxSec int64
 	for i, r := range records {

@@ -4,5 +4,8 @@
 //
 // Guarantee: within one process, a batch retried after a partial failure never writes a
 // kind of event twice: the sink remembers, per table, the highest stream sequence it has
-// stored, and skips a table whose part of the batch lies at or below it.
+// stored, and skips a table whose part of the batch lies at or below it. Across processes,
+// every insert is tagged with a query id in the database's namespace, and the storage check
+// of redelivered records (Classify) and the first read of an audit chain head wait for the
+// tagged inserts still running: a killed ingester's last insert commits after it died.
 package chsink

@@ -38,6 +38,8 @@ type Sink struct {
 	// heads caches where each project's audit chain ends; loaded from ClickHouse on first
 	// use and advanced only after an insert succeeded.
 	heads map[string]auditchain.Head
+	// namespace is the query id prefix of this database's inserts (see fence.go).
+	namespace string
 }
 
 // New creates a Sink.
@@ -132,7 +134,7 @@ func (s *Sink) insertUsage(ctx context.Context, records []ingest.Record, ingeste
 		c.inTokens, c.outTokens, c.costs = append(c.inTokens, e.GetInputTokens()), append(c.outTokens, e.GetOutputTokens()), append(c.costs, e.GetCostMicros())
 		c.hashes, c.seqs = append(c.hashes, r.ContentHash), append(c.seqs, r.StreamSeq)
 	}
-	return sendColumns(ctx, s.conn, "INSERT INTO usage_events ("+UsageColumns+")",
+	return s.sendColumns(ctx, "INSERT INTO usage_events ("+UsageColumns+")",
 		c.ids, c.times, c.timesMs, c.projects, c.keys, c.services, c.gateways, c.methods, c.endpoints, c.models, c.providers,
 		c.statuses, c.latencies, c.inTokens, c.outTokens, c.costs, c.ips, c.requestIDs, c.hashes, c.seqs, c.ingested)
 }
@@ -209,7 +211,7 @@ func (s *Sink) insertLifecycle(ctx context.Context, records []ingest.Record, ing
 		contentHashes[i], prevHashes[i], chainHashes[i], chainSeqs[i] = row.ContentHash, row.PrevHash, row.ChainHash, row.Seq
 		seqs[i] = records[i].StreamSeq
 	}
-	if err := sendColumns(ctx, s.conn, "INSERT INTO lifecycle_events ("+LifecycleColumns+")",
+	if err := s.sendColumns(ctx, "INSERT INTO lifecycle_events ("+LifecycleColumns+")",
 		ids, times, timesMs, projects, keys, actions, newKeys, actors, actorTypes, reasons,
 		expires, budgets, periods, scopes, attrKeys, attrValues, changeFields, changeBefore, changeAfter,
 		contentHashes, prevHashes, chainHashes, chainSeqs, seqs, ingested); err != nil {
@@ -231,6 +233,11 @@ func (s *Sink) head(ctx context.Context, project string) (auditchain.Head, error
 	if h, ok := s.heads[project]; ok {
 		return h, nil
 	}
+	// A predecessor's last lifecycle insert may still be committing; reading the head
+	// before it ends would fork the chain.
+	if err := s.awaitRunningInserts(ctx); err != nil {
+		return auditchain.Head{}, err
+	}
 	var h auditchain.Head
 	err := s.conn.QueryRow(ctx, "SELECT chain_seq, chain_hash FROM lifecycle_events WHERE project = ? ORDER BY chain_seq DESC LIMIT 1", project).Scan(&h.Seq, &h.Hash)
 	switch {
@@ -243,9 +250,13 @@ func (s *Sink) head(ctx context.Context, project string) (auditchain.Head, error
 	return h, nil
 }
 
-// sendColumns appends whole columns, then sends the batch.
-func sendColumns(ctx context.Context, conn driver.Conn, insert string, columns ...any) error {
-	batch, err := conn.PrepareBatch(ctx, insert)
+// sendColumns appends whole columns, then sends the batch, tagged for the insert fence.
+func (s *Sink) sendColumns(ctx context.Context, insert string, columns ...any) error {
+	ctx, err := s.insertContext(ctx)
+	if err != nil {
+		return err
+	}
+	batch, err := s.conn.PrepareBatch(ctx, insert)
 	if err != nil {
 		return err
 	}
