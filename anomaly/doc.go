@@ -4,7 +4,7 @@
 //
 // # Method
 //
-// Usage is bucketed in 5-minute buckets (the usage_5min rollup). A series is a key (all its
+// Usage is bucketed in 5-minute buckets (the usage_key_5min rollup). A series is a key (all its
 // services together) or a key x service. Each bucket under examination is compared with the
 // series' own history over the baseline window just before the examined range (24 h unless
 // asked otherwise):
@@ -14,9 +14,10 @@
 //
 // median is the baseline's median and MAD the median of absolute deviations from it; 1.4826 *
 // MAD estimates the standard deviation of normal data without being pulled by the outliers we
-// are looking for. Medians are ClickHouse's quantileExact(0.5): the upper median (element n/2
-// of the sorted values, 0-based) — Quantile here is the reference implementation, and the
-// integration tests check the SQL against it.
+// are looking for. Medians are the upper median (element n/2 of the sorted values, 0-based),
+// as ClickHouse's quantileExact(0.5), so a figure can be checked with clickhouse-client. The
+// anomaly scan (package query) scores with these functions; the integration tests check it
+// against a reference written from them and against figures worked out by hand.
 //
 // Per metric:
 //

@@ -13,10 +13,9 @@ import (
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
-// The method's constants. The SQL that scores buckets in ClickHouse is built from these, so
-// the reference implementation below and the SQL cannot drift apart silently.
+// The method's constants, used by the scan (package query) and the tests' reference alike.
 const (
-	// BucketWidth is the width of the usage_5min buckets.
+	// BucketWidth is the width of the usage_key_5min buckets.
 	BucketWidth = 5 * time.Minute
 	// DefaultWindow is the range examined when no start is given: the hour before the end.
 	DefaultWindow = time.Hour
@@ -59,11 +58,7 @@ func Quantile(values []float64, level float64) float64 {
 	}
 	s := slices.Clone(values)
 	slices.Sort(s)
-	i := int(level * float64(len(s)))
-	if i >= len(s) {
-		i = len(s) - 1
-	}
-	return s[i]
+	return s[quantileIndex(len(s), level)]
 }
 
 // Baseline summarises a series' history for one metric.
@@ -87,14 +82,41 @@ func CountBaseline(values []float64, buckets int) Baseline {
 // RateBaseline is the baseline of the error rate: one rate per baseline bucket with requests.
 func RateBaseline(rates []float64) Baseline { return baselineOf(rates) }
 
+// baselineOf sorts the values once: the median and the tail are read from the sorted values,
+// and the absolute deviations from the median, which grow outwards from it on both sides,
+// are merged from there until the MAD's rank is reached. One sort per baseline instead of
+// three: the anomaly scan computes three baselines for every candidate series.
 func baselineOf(values []float64) Baseline {
-	m := Quantile(values, 0.5)
-	dev := make([]float64, len(values))
-	for i, v := range values {
-		dev[i] = math.Abs(v - m)
+	n := len(values)
+	if n == 0 {
+		return Baseline{}
 	}
-	return Baseline{Median: m, MAD: Quantile(dev, 0.5), Tail: Quantile(values, TailLevel), Buckets: len(values)}
+	s := slices.Clone(values)
+	slices.Sort(s)
+	mid := quantileIndex(n, 0.5)
+	m := s[mid]
+	// The deviation of rank `want` (0-based) in ascending order: take the smaller of the
+	// next deviation below and above the median, want+1 times.
+	want := quantileIndex(n, 0.5)
+	lo, hi := mid-1, mid+1
+	mad := 0.0 // s[mid] itself, deviation 0, is rank 0
+	for range want {
+		switch {
+		case lo < 0:
+			mad, hi = s[hi]-m, hi+1
+		case hi >= n:
+			mad, lo = m-s[lo], lo-1
+		case m-s[lo] <= s[hi]-m:
+			mad, lo = m-s[lo], lo-1
+		default:
+			mad, hi = s[hi]-m, hi+1
+		}
+	}
+	return Baseline{Median: m, MAD: mad, Tail: s[quantileIndex(n, TailLevel)], Buckets: n}
 }
+
+// quantileIndex is where quantileExact(level) reads in n sorted values.
+func quantileIndex(n int, level float64) int { return min(int(level*float64(n)), n-1) }
 
 // RequestsScale is the denominator of the requests score.
 func RequestsScale(b Baseline) float64 {

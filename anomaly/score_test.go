@@ -2,6 +2,7 @@ package anomaly
 
 import (
 	"math"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -127,6 +128,32 @@ func TestSortAnomalies(t *testing.T) {
 	for i := range want {
 		if got[i] != want[i] {
 			t.Fatalf("order %v, want %v", got, want)
+		}
+	}
+}
+
+// baselineOf reads the MAD off one sorted copy; it must equal the definition: quantileExact
+// of the absolute deviations from the median.
+func TestBaselineEqualsTheDefinition(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := range 2000 {
+		n := 1 + rng.IntN(300)
+		values := make([]float64, n)
+		for i := range values {
+			switch rng.IntN(3) {
+			case 0: // many equal values, as zero-filled buckets are
+			default:
+				values[i] = float64(rng.IntN(50))
+			}
+		}
+		m := Quantile(values, 0.5)
+		dev := make([]float64, n)
+		for i, v := range values {
+			dev[i] = math.Abs(v - m)
+		}
+		want := Baseline{Median: m, MAD: Quantile(dev, 0.5), Tail: Quantile(values, TailLevel), Buckets: n}
+		if got := baselineOf(values); got != want {
+			t.Fatalf("trial %d, values %v: got %+v, want %+v", trial, values, got, want)
 		}
 	}
 }

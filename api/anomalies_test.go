@@ -546,7 +546,7 @@ func TestAnomaliesSumRowsAcrossParts(t *testing.T) {
 	}
 	// median 50, MAD 0, scale max(1, 5) = 5: (150 - 50) / 5 = 20.
 	wantAnomalies(t, resp.GetAnomalies(), anomRow{"key_parts", "api", metricRequests, anomSpikeAt, 150, 50, 20, 150})
-	if parts := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.parts WHERE database = currentDatabase() AND table = 'usage_5min' AND active"); parts < 2 {
-		t.Logf("only %d active usage_5min parts: merged before the scan", parts)
+	if parts := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.parts WHERE database = currentDatabase() AND table = 'usage_key_5min' AND active"); parts < 2 {
+		t.Logf("only %d active usage_key_5min parts: merged before the scan", parts)
 	}
 }

@@ -16,7 +16,7 @@ import (
 // Events go out at a fixed rate in ticks of latencyTick; the last event of every tick is a
 // probe: a usage event of the key probeKey whose time is its publish instant in milliseconds
 // (unique per tick). A poller asks ClickHouse every probePoll, by primary key, which probes
-// the raw table holds and how many each 5-minute bucket of the usage_5min rollup counts. A
+// the raw table holds and how many each 5-minute bucket of the usage_key_5min rollup counts. A
 // probe is queryable once it is in both; its latency is the time the poll that first saw it
 // returned minus its publish instant (an upper bound: it became visible after the previous
 // poll was sent and before this one returned). The events of a tick were published before
@@ -145,7 +145,7 @@ type probePoller struct {
 	conn driver.Conn
 	mu   sync.Mutex
 	// raw and rollup hold when each probe (publish ms) was first seen in the raw table and
-	// counted in the usage_5min rollup.
+	// counted in the usage_key_5min rollup.
 	raw, rollup map[int64]time.Time
 	// from is the oldest publish ms not yet seen in both; polls look from there on.
 	from int64
@@ -210,7 +210,7 @@ func (p *probePoller) poll(ctx context.Context) error {
 	// The rollup: requests per 5-minute bucket of the probe key. The ingester writes in stream
 	// order, so a bucket counting c probes holds the first c of that bucket.
 	fromBucket := from / 1000 / 300 * 300
-	rows, err = p.conn.Query(ctx, "SELECT toUInt32(bucket), sum(requests) FROM usage_5min WHERE bucket >= toDateTime(?) AND key_id = ? GROUP BY bucket",
+	rows, err = p.conn.Query(ctx, "SELECT toUInt32(bucket), sum(requests) FROM usage_key_5min WHERE bucket >= toDateTime(?) AND key_id = ? GROUP BY bucket",
 		fromBucket, probeKey)
 	if err != nil {
 		return fmt.Errorf("poll rollup probes: %w", err)

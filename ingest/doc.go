@@ -14,11 +14,14 @@
 // AckAll also means an ack covers deliveries this ingester never saw: those of an ingester
 // that was killed, or of a pull request lost in a NATS reconnect. So before its first fetch,
 // and whenever a delivery sequence number is skipped, the ingester (which must be alone on
-// an AckAll durable) resets the consumer to its ack floor, which redelivers them at once,
-// and checks them against storage like any redelivery. A write reported as failed is checked
-// the same way before it is retried: the server may have committed it. The ClickHouse sink's
-// check first waits for inserts still running (ingest/chsink/fence.go), because the killed
-// ingester's last insert can commit after its successor started.
+// an AckAll durable) resets the consumer to its ack floor, which redelivers them at once.
+// After a take-over every record is checked against storage until the first one storage
+// does not hold: what earlier, dead ingesters stored above the ack floor is one unbroken run
+// of the stream, and the consumer's own state cannot tell how long (see takeOver). A write
+// reported as failed is checked the same way before it is retried: the server may have
+// committed it. The ClickHouse sink's check first waits for inserts still running
+// (ingest/chsink/fence.go), because the killed ingester's last insert can commit after its
+// successor started.
 //
 // Reading overlaps writing: one goroutine fetches and decodes the next batch while another
 // writes the previous one. Memory is bounded by two batches: while a write is failing the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -88,12 +89,14 @@ type Ingester struct {
 	recent   *recentIDs // used by the reading goroutine only
 
 	// Delivery tracking of the AckAll consumer, used by the reading goroutine only (see
-	// takeOver): whether the consumer must be taken over before the next fetch, the consumer
-	// sequence the next delivery must carry, and the stream sequence up to which messages
-	// may have been stored by a flush that was never acknowledged.
-	needTakeOver   bool
-	nextDelivery   uint64
-	suspectThrough uint64
+	// takeOver): whether the consumer must be taken over before the next fetch, and the
+	// consumer sequence the next delivery must carry.
+	needTakeOver bool
+	nextDelivery uint64
+	// checkStored is set by a take-over and cleared by the writer once storage is found not
+	// to hold a taken record: until then every record is checked against storage (see
+	// takeOver for why that is exact).
+	checkStored atomic.Bool
 }
 
 // errDeliveryGap reports deliveries this reader never received (see takeOver).
@@ -345,7 +348,7 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 	r := Record{
 		Event: ev, StreamSeq: meta.Sequence.Stream, ContentHash: contentHash(ev), msg: msg,
 		// A take-over redelivers with fresh delivery counts: what it redelivers is marked here.
-		Redelivered: meta.NumDelivered > 1 || meta.Sequence.Stream <= in.suspectThrough,
+		Redelivered: meta.NumDelivered > 1 || in.checkStored.Load(),
 	}
 	switch in.recent.check(ev.ID(), r.ContentHash) {
 	case AlreadyStored:
@@ -364,8 +367,17 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 // killed, or to a pull request of ours abandoned in a reconnect) would otherwise be redelivered
 // only after AckWait, and long before that this ingester's first AckAll ack, for a later
 // message, would acknowledge them unstored: lost. So the consumer is reset to its ack floor,
-// which redelivers them now, and everything up to the newest delivery is marked for the
-// storage check, since an unacknowledged flush may have stored it.
+// which redelivers them now.
+//
+// Some of what comes next may be stored already: a flush that was never acknowledged, by
+// this process or a dead one, or by one of a chain of dead ones, each of which reset the
+// consumer's delivered sequence back to the ack floor, so the consumer's state does not tell
+// how far they got. Storage does: each ingester writes in stream order without gaps from the
+// ack floor it took over at, and the ack floor never passes what was stored, so above the
+// ack floor storage holds an unbroken run of the stream (stored, or dead-lettered, or a
+// duplicate of a stored event). Every record is therefore checked against storage until the
+// first one it does not hold; after that none can be held (checkStored). That costs one
+// lookup per batch of the run, usually just the first batch after a start.
 //
 // One ingester per AckAll durable is assumed (a second one's deliveries would look missed);
 // several ingesters need the shared consumer, which never takes over.
@@ -374,6 +386,7 @@ func (in *Ingester) takeOver(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read consumer state: %w", err)
 	}
+	in.checkStored.Store(true)
 	if info.NumAckPending == 0 {
 		in.nextDelivery = info.Delivered.Consumer + 1
 		return nil
@@ -382,7 +395,6 @@ func (in *Ingester) takeOver(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reset consumer to redeliver %d unacknowledged messages: %w", info.NumAckPending, err)
 	}
-	in.suspectThrough = max(in.suspectThrough, info.Delivered.Stream)
 	in.nextDelivery = reset.Delivered.Consumer + 1
 	in.log.Warn("took over unacknowledged deliveries; they are redelivered and checked against storage",
 		"messages", info.NumAckPending, "from_stream_seq", reset.ResetSeq, "through_stream_seq", info.Delivered.Stream)
@@ -430,6 +442,9 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 	for i, r := range redelivered {
 		if presence[i] != NotStored {
 			drop[r.StreamSeq] = presence[i]
+		} else {
+			// The run of stored records after a take-over has ended (see takeOver).
+			in.checkStored.Store(false)
 		}
 	}
 	kept := b.records[:0]

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -213,5 +214,110 @@ func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
 	}
 	if msg.Header.Get(ingest.HeaderReason) != "duplicate_event_id" || msg.Header.Get(ingest.HeaderStreamSeq) != "3" {
 		t.Errorf("dead letter %v", msg.Header)
+	}
+}
+
+// storesPrefixThenDies stores the records up to stream sequence `through` of the first batch
+// (as two flushes of a process would, the second never made), then fails every write: a
+// process killed after storing part of what it was delivered, before any ack.
+type storesPrefixThenDies struct {
+	*chsink.Sink
+	through uint64
+	wrote   chan struct{}
+	once    *sync.Once
+}
+
+func (c storesPrefixThenDies) Write(ctx context.Context, records []ingest.Record) error {
+	first := false
+	c.once.Do(func() { first = true })
+	if !first {
+		return fmt.Errorf("process is dead")
+	}
+	var prefix []ingest.Record
+	for _, r := range records {
+		if r.StreamSeq <= c.through {
+			prefix = append(prefix, r)
+		}
+	}
+	if err := c.Sink.Write(ctx, prefix); err != nil {
+		return err
+	}
+	close(c.wrote)
+	return fmt.Errorf("killed before the ack")
+}
+
+// The sequence that stored 1000 events twice in CI: ingester A is delivered 1-30 and stores
+// 1-20 before it dies; B takes over (the consumer's delivered sequence goes back to the ack
+// floor), is redelivered 1-10 and dies too. The consumer now says "delivered through 10",
+// but storage holds through 20: C must check 11-20 against storage as well.
+func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
+	ctx := context.Background()
+	streams := broker.DefaultStreamConfig()
+	js := testenv.NewJetStream(t, streams)
+	db := testenv.ClickHouse(t)
+	for i := 1; i <= 30; i++ {
+		e := usageEvent(fmt.Sprintf("c%d", i), "key_a", "billing", time.Now().Add(-time.Minute), 200)
+		b, _ := proto.Marshal(e)
+		publish(t, js.JS, js.Streams.Subjects.Usage("acme"), e.EventId, "", b)
+	}
+
+	sinkA, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	a := storesPrefixThenDies{Sink: sinkA, through: 20, wrote: make(chan struct{}), once: &sync.Once{}}
+	var logs syncBuffer
+	stopA := runIngesterWith(t, js, a, &logs, 100*time.Millisecond)
+	select {
+	case <-a.wrote:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ingester A never wrote")
+	}
+	_ = stopA()
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 20 {
+		t.Fatalf("A stored %d rows, want 20", n)
+	}
+
+	// B: the take-over's reset, ten redeliveries, no ack.
+	if _, err := js.JS.ResetConsumer(ctx, streams.EventsStream, streams.Durable); err != nil {
+		t.Fatal(err)
+	}
+	consumer, err := js.JS.Consumer(ctx, streams.EventsStream, streams.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetched, err := consumer.Fetch(10, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for range fetched.Messages() {
+		got++
+	}
+	info, err := consumer.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 10 || info.Delivered.Stream != 10 || info.NumAckPending != 10 {
+		t.Fatalf("B: fetched %d, consumer delivered through %d with %d pending; want 10, 10, 10", got, info.Delivered.Stream, info.NumAckPending)
+	}
+
+	sinkC, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	runIngester(t, js, sinkC, &logs)
+	testenv.Eventually(t, 15*time.Second, func() error {
+		info, err := consumer.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.AckFloor.Stream != 30 {
+			return fmt.Errorf("acknowledged through %d, want 30", info.AckFloor.Stream)
+		}
+		return nil
+	})
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 30 {
+		t.Errorf("usage rows %d, want 30", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"); n != 30 {
+		t.Errorf("distinct usage ids %d, want 30", n)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_key_minute"); n != 30 {
+		t.Errorf("rollup requests %d, want 30", n)
 	}
 }

@@ -52,9 +52,9 @@ func TestApplyIsIdempotent(t *testing.T) {
 	want := []string{
 		"key_client_ip_totals", "key_client_ip_totals_mv", "key_service_totals", "key_service_totals_mv",
 		"lifecycle_events", "query_audit_log", "schema_migrations", "spend_daily", "spend_daily_mv",
-		"spend_hourly", "spend_hourly_mv", "usage_5min", "usage_5min_mv",
-		"usage_by_service_minute", "usage_by_service_minute_mv", "usage_events", "usage_key_hourly", "usage_key_hourly_mv",
-		"usage_key_minute", "usage_key_minute_mv",
+		"spend_hourly", "spend_hourly_mv",
+		"usage_by_service_minute", "usage_by_service_minute_mv", "usage_events", "usage_key_5min", "usage_key_5min_mv",
+		"usage_key_hourly", "usage_key_hourly_mv", "usage_key_minute", "usage_key_minute_mv",
 	}
 	if !reflect.DeepEqual(tables, want) {
 		t.Errorf("tables %v, want %v", tables, want)
@@ -62,7 +62,8 @@ func TestApplyIsIdempotent(t *testing.T) {
 }
 
 // TestScanRollupsBackfillExistingHistory upgrades a database holding usage from the schema
-// before 0005: the new rollups (0005, and 0006's re-sorted per-key minute rollup) must hold
+// before 0005: the new rollups (0005, and the re-sorted per-key minute and 5-minute rollups of
+// 0006 and 0008) must hold
 // that history, then keep counting new events, and a second run of 0005 (a process killed
 // before it was recorded) must not count twice.
 func TestScanRollupsBackfillExistingHistory(t *testing.T) {
@@ -88,8 +89,8 @@ func TestScanRollupsBackfillExistingHistory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(applied, []uint32{5, 6, 7}) {
-		t.Fatalf("applied %v, want [5 6 7]", applied)
+	if !reflect.DeepEqual(applied, []uint32{5, 6, 7, 8, 9}) {
+		t.Fatalf("applied %v, want [5 6 7 8 9]", applied)
 	}
 	// After the upgrade, new events reach the new rollups through their views.
 	testenv.Insert(t, db, usage("e5", "2026-11-21T01:50:00Z", "proj_b", "key_b", "svc-1", "gpt-4o", 429, 0, 0, 0))
@@ -138,6 +139,24 @@ FROM usage_key_minute GROUP BY minute, key_id, service ORDER BY line`)
 	}
 	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE 'usage_by_key_minute%'"); n != 0 {
 		t.Errorf("%d tables of the old per-key minute rollup remain", n)
+	}
+
+	// 0008 moved the 5-minute cells, history included, to usage_key_5min.
+	fives := queryStrings(t, db, `SELECT concat(toString(bucket), ' ', project, ' ', key_id, ' ', service, ' requests=', toString(sum(requests)),
+    ' errors=', toString(sum(errors)), ' cost=', toString(sum(total_cost_micros))) AS line
+FROM usage_key_5min GROUP BY bucket, project, key_id, service ORDER BY line`)
+	wantFives := []string{
+		"2026-11-20 23:30:00 proj_a key_a svc-1 requests=1 errors=0 cost=1000",
+		"2026-11-20 23:45:00 proj_a key_a svc-1 requests=1 errors=1 cost=0",
+		"2026-11-21 00:10:00 proj_a key_a svc-2 requests=1 errors=0 cost=300",
+		"2026-11-21 01:20:00 proj_b key_b svc-1 requests=1 errors=0 cost=7000",
+		"2026-11-21 01:50:00 proj_b key_b svc-1 requests=1 errors=1 cost=0",
+	}
+	if !reflect.DeepEqual(fives, wantFives) {
+		t.Errorf("usage_key_5min\n%q\nwant\n%q", fives, wantFives)
+	}
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE 'usage_5min%'"); n != 0 {
+		t.Errorf("%d tables of the old 5-minute rollup remain", n)
 	}
 
 	// A second run of the whole file starts over from spend_hourly: the same rows, not twice.

@@ -18,7 +18,7 @@ var UsageRollups = []Rollup{
 	{Table: "usage_by_service_minute", Requests: "countMerge(requests)", Errors: "sumMerge(errors)"},
 	{Table: "key_service_totals", Requests: "countMerge(requests)", Errors: "sumMerge(errors)"},
 	{Table: "spend_hourly", Requests: "sum(requests)", Errors: "sum(errors)", Cost: "sum(total_cost_micros)"},
-	{Table: "usage_5min", Requests: "sum(requests)", Errors: "sum(errors)", Cost: "sum(total_cost_micros)"},
+	{Table: "usage_key_5min", Requests: "sum(requests)", Errors: "sum(errors)", Cost: "sum(total_cost_micros)"},
 	{Table: "spend_daily", Requests: "sum(requests)", Errors: "sum(errors)", Cost: "sum(total_cost_micros)"},
 	{Table: "usage_key_hourly", Requests: "sum(requests)", Errors: "sum(errors)", Cost: "sum(total_cost_micros)"},
 }

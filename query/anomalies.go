@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -13,39 +12,34 @@ import (
 )
 
 // The anomaly scan reads usage_key_hourly to find the keys that can have a flagged bucket and
-// usage_5min for their series, and does the statistics in ClickHouse, so what crosses the
-// network is the flagged buckets, not 2.9M bucket rows of 10k keys x 24 h.
+// usage_key_5min for their rows; the statistics are computed here, in Go, with package
+// anomaly (the same functions the tests' reference implementation uses). Three queries:
 //
-// Shape of the SQL (one statement; 18.16 has no CTEs or window functions), innermost first:
+//  1. AnomalyCandidates: the keys with an hour of at least min_requests requests overlapping
+//     the examined buckets (an exact necessary condition for a flagged bucket), with the
+//     hash the scan identifies them by.
+//  2. AnomalyScan: the candidates' rows of [baseline start, end) from usage_key_5min, sorted
+//     by key so only their ranges are read, keys and services as 64-bit hashes so no string
+//     crosses the network per row.
+//  3. AnomalyServiceNames: names for the services of the flagged series.
 //
-//  0. The candidate keys: those with an hour of at least min_requests requests overlapping
-//     the examined buckets (anomalyCandidatesSQL; an exact necessary condition).
-//  1. One scan of [baseline start, end) of the candidates grouped per series into an array of (bucket,
-//     requests, errors, cost) tuples. Grouping per series (10k groups) instead of per
-//     series x bucket (2.9M groups) is what makes it fast: 0.2 CPU-s against 0.7-1.1 for
-//     the 3M-group GROUP BY (measured on 18.16, 2 cores).
-//  2. Per series, in arrays: sort by bucket and sum the rows of each bucket (a
-//     SummingMergeTree keeps one row per part until parts merge, and the key scope adds up
-//     its services).
-//  3. Split baseline and examined buckets (the arrays are sorted: slices), zero-fill the
-//     baseline and take the medians (arrayReduce quantileExact is nth_element, O(n)). A
-//     series goes on only with enough history, an examined bucket with min_requests, and a
-//     best bucket that could reach the sensitivity even with the smallest possible scale
-//     (the floor without the MAD and burst terms): an exact necessary condition, so nothing
-//     is lost by it, and the MADs are computed for few series.
-//  4. For the survivors: MADs, p99 and the scales.
-//  5. One row per examined bucket (ARRAY JOIN) with the three scores; only rows where a
-//     requested metric reaches the sensitivity come back, highest score first.
+// Between 2 and 3 (anomalyScorer) the rows of each series are added up per bucket (a bucket
+// can be in several rows while SummingMergeTree parts are unmerged), the series of the
+// requested scope are formed, and each is scored.
 //
-// Measured (TestAnomaliesScale, KEYTRAIL_ANOMALY_SCALE=1): 10k keys with traffic in every
-// bucket for 25 h (3.0M rows, every key past min_requests, so none is dismissed early),
-// default request: about 1.0-1.2 CPU-s per scan, 0.8 s wall on 2 shared cores.
+// Why not in ClickHouse: 18.16 has no window functions, so medians, MADs and tail quantiles
+// were array expressions over series grouped with groupArray; at 100M events a month (428
+// candidate keys, 1.2M rows in 48 h) the arrays took 4 of the scan's 6-7 s and grouping the
+// rows 1.3-2.1 s, where streaming them here costs no more than ClickHouse reading them, and
+// scoring takes tens of milliseconds (docs/benchmarks.md). The price is memory in this
+// process: about 40 bytes per scanned row while the answer is computed (50 MB for the 1.2M
+// rows above), the same order ClickHouse spent on the grouped arrays.
 //
 // Scope: a key used by one service in the whole window has the same series for the key and
 // for the key x service; it is computed and reported once, with the service set. Keys with
-// several services get their key series (service empty) and one series per service, split
-// from one scan by a 64-bit hash of the service name (a collision between two services of
-// one key would merge their series; at 2^-64 per pair it is not guarded against).
+// several services get their key series (service empty) and one series per service. Keys
+// and services are told apart by 64-bit hashes; a collision between two of one scan (2^-64
+// per pair) would merge their series and is not guarded against.
 
 // AnomalySpec is a validated anomaly question: what Anomalies builds SQL from.
 type AnomalySpec struct {
@@ -74,160 +68,34 @@ func (s AnomalySpec) BaselineStart() time.Time {
 
 func (s AnomalySpec) has(m keytrailv1.AnomalyMetric) bool { return slices.Contains(s.Metrics, m) }
 
-// num renders a constant of the method (never caller input) as an SQL literal.
-func num(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
-
-// Anomalies builds the scan. Positional arguments follow the text, innermost levels last.
-func Anomalies(s AnomalySpec) Query {
+// AnomalyScan builds the scan: the candidates' rows of [baseline start, end). The candidates
+// are selected by key id alone so that the primary key (key_id, bucket, ...) narrows the read;
+// a row of the same key id in a project that is not a candidate is dropped by its hash.
+// Positional arguments follow the text.
+func AnomalyScan(s AnomalySpec) Query {
 	var args []any
-	// Level 5 (outermost) and 4 have no arguments before their FROM; level 3's prefilter
-	// and level 4's select come first in the text.
-	first := s.FirstBucket.Unix()
-	args = append(args, first, s.BaselineBuckets, s.BaselineBuckets, s.MinRequests)
-	dedup := anomalyDedupSQL(anomalySeriesSQL(s, &args))
-	var candidates []string
-	if s.has(keytrailv1.AnomalyMetric_ANOMALY_METRIC_REQUESTS) {
-		candidates = append(candidates, fmt.Sprintf("(arrayReduce('max', obs_requests) - req_median) / greatest(%s, %s * req_median) >= ?",
-			num(anomaly.CountFloor), num(anomaly.RelativeFloor)))
-		args = append(args, s.Sensitivity)
-	}
-	if s.has(keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST) {
-		candidates = append(candidates, fmt.Sprintf("(arrayReduce('max', obs_cost) - cost_median) / greatest(unit_cost, %s * cost_median) >= ?",
-			num(anomaly.RelativeFloor)))
-		args = append(args, s.Sensitivity)
-	}
-	if s.has(keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE) {
-		candidates = append(candidates, fmt.Sprintf("(arrayReduce('max', arrayMap((x, y) -> x / y, obs_errors, obs_requests)) - rate_median) / %s >= ?",
-			num(anomaly.RateFloor)))
-		args = append(args, s.Sensitivity)
-	}
-	var flagged, scores []string
-	for _, m := range []struct {
-		metric keytrailv1.AnomalyMetric
-		score  string
-	}{
-		{keytrailv1.AnomalyMetric_ANOMALY_METRIC_REQUESTS, "req_score"},
-		{keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE, "rate_score"},
-		{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST, "cost_score"},
-	} {
-		if s.has(m.metric) {
-			flagged = append(flagged, m.score+" >= ?")
-			args = append(args, s.Sensitivity)
-			scores = append(scores, m.score)
-		}
-	}
-	order := scores[0]
-	for _, sc := range scores[1:] {
-		order = "greatest(" + order + ", " + sc + ")"
-	}
-	args = append(args, s.Limit)
-
-	mad, tail, rel, z := num(anomaly.MADScale), "quantileExact("+num(anomaly.TailLevel)+")", num(anomaly.RelativeFloor), num(anomaly.TailZ)
-	sql := fmt.Sprintf(`SELECT project, key_id, series_service, bucket, requests, errors, cost_micros, history,
-    toFloat64(req_median) AS req_expected, toFloat64(req_mad) AS req_deviation, req_scale, (requests - req_median) / req_scale AS req_score,
-    toFloat64(cost_median) AS cost_expected, toFloat64(cost_mad) AS cost_deviation, cost_scale, (cost_micros - cost_median) / cost_scale AS cost_score,
-    errors / requests AS error_rate, rate_median, rate_mad, greatest(greatest(%[1]s * rate_mad, %[2]s), sqrt(rate_median * (1 - rate_median) / requests)) AS rate_scale, (error_rate - rate_median) / rate_scale AS rate_score
-FROM
-(
-    SELECT project, key_id, series_service, history, req_median, cost_median, rate_median, obs_bucket, obs_requests, obs_errors, obs_cost,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - req_median), req_filled)) AS req_mad,
-        greatest(greatest(%[1]s * req_mad, %[3]s), greatest(%[4]s * req_median, (arrayReduce('%[5]s', req_filled) - req_median) / %[6]s)) AS req_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - cost_median), cost_filled)) AS cost_mad,
-        greatest(greatest(%[1]s * cost_mad, unit_cost), greatest(%[4]s * cost_median, (arrayReduce('%[5]s', cost_filled) - cost_median) / %[6]s)) AS cost_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - rate_median), base_rate)) AS rate_mad
-    FROM
-    (
-        SELECT project, key_id, series_service,
-            arrayCount(k -> k < ?, b) AS history,
-            arraySlice(r, 1, history) AS base_r,
-            arrayResize(base_r, ?, toInt64(0)) AS req_filled,
-            arrayReduce('quantileExact', req_filled) AS req_median,
-            arrayResize(arraySlice(c, 1, history), ?, toInt64(0)) AS cost_filled,
-            arrayReduce('quantileExact', cost_filled) AS cost_median,
-            greatest(arraySum(cost_filled) / arraySum(base_r), 1) AS unit_cost,
-            arrayMap((x, y) -> x / y, arraySlice(e, 1, history), base_r) AS base_rate,
-            arrayReduce('quantileExact', base_rate) AS rate_median,
-            arrayMap(v -> v >= ?, arraySlice(r, history + 1)) AS examined,
-            arrayFilter((x, o) -> o, arraySlice(b, history + 1), examined) AS obs_bucket,
-            arrayFilter((x, o) -> o, arraySlice(r, history + 1), examined) AS obs_requests,
-            arrayFilter((x, o) -> o, arraySlice(e, history + 1), examined) AS obs_errors,
-            arrayFilter((x, o) -> o, arraySlice(c, history + 1), examined) AS obs_cost
-        FROM
-        (
-%[7]s
-        )
-        WHERE history >= %[8]d AND notEmpty(obs_bucket)
-          AND (%[9]s)
-    )
-)
-ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors, obs_cost AS cost_micros
-WHERE %[10]s
-ORDER BY %[11]s DESC, project, key_id, series_service, bucket
-LIMIT ?`, mad, num(anomaly.RateFloor), num(anomaly.CountFloor), rel, tail, z, dedup, anomaly.MinHistoryBuckets,
-		strings.Join(candidates, "\n            OR "), strings.Join(flagged, " OR "), order)
-	return Query{SQL: sql, Args: args}
-}
-
-// anomalyDedupSQL sorts a series' rows (bucket, requests, errors, cost) by bucket and adds
-// up the rows of each bucket: b is the distinct buckets ascending, r, e and c the bucket
-// totals. Rows of one bucket are adjacent after the sort; a bucket's total is the running sum
-// at its last row minus the running sum at the previous bucket's last row. Rows travel as
-// one array of tuples: one sort and one filter instead of four (measured 25% less CPU).
-func anomalyDedupSQL(series string) string {
-	return fmt.Sprintf(`            SELECT project, key_id, series_service,
-                arraySort(t -> t.1, series_rows) AS sorted_rows,
-                arrayMap(t -> t.1, sorted_rows) AS sorted_buckets,
-                arrayMap((x, y) -> x != y, sorted_buckets, arrayPushBack(arrayPopFront(sorted_buckets), toUInt32(0))) AS run_ends,
-                arrayFilter((x, last) -> last, sorted_buckets, run_ends) AS b,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.2, sorted_rows)), run_ends), toUInt64(0)))) AS r,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.3, sorted_rows)), run_ends), toUInt64(0)))) AS e,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.4, sorted_rows)), run_ends), toInt64(0)))) AS c
-            FROM
-            (
-%s
-            )`, series)
-}
-
-// anomalySeriesSQL is the scan: one row per series with its rows as arrays, for the keys
-// anomalyCandidatesSQL finds.
-func anomalySeriesSQL(s AnomalySpec, args *[]any) string {
-	w := []string{"bucket >= toDateTime(?)", "bucket < toDateTime(?)"}
-	*args = append(*args, s.BaselineStart().Unix(), s.End.Unix())
+	w := []string{"key_id IN (" + anomalyCandidatesSQL(s, &args, "key_id") + ")", "bucket >= toDateTime(?)", "bucket < toDateTime(?)"}
+	args = append(args, s.BaselineStart().Unix(), s.End.Unix())
 	filters, filterArgs := projectKeyFilters(s.Project, s.Projects, s.KeyID)
 	w = append(w, filters...)
-	*args = append(*args, filterArgs...)
-	w = append(w, anomalyCandidatesSQL(s, args))
-	where := strings.Join(w, " AND ")
-	const rows = "groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS series_rows"
-	switch s.Scope {
-	case keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY:
-		return fmt.Sprintf(`                SELECT project, key_id, '' AS series_service, %s
-                FROM usage_5min
-                WHERE %s
-                GROUP BY project, key_id`, rows, where)
-	case keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY_SERVICE:
-		return fmt.Sprintf(`                SELECT project, key_id, service AS series_service, %s
-                FROM usage_5min
-                WHERE %s
-                GROUP BY project, key_id, service`, rows, where)
-	}
-	// Both scopes from one scan per key: a key with one service is one series (labelled
-	// with the service); a key with several is its key series plus one series per service
-	// (ARRAY JOIN), each keeping its service's rows.
-	return fmt.Sprintf(`                SELECT project, key_id, series_service,
-                    length(services) = 1 OR series_service = '' AS whole_key,
-                    cityHash64(series_service) AS series_hash,
-                    arrayMap(h -> whole_key OR h = series_hash, service_rows) AS keep,
-                    arrayFilter((x, k) -> k, key_rows, keep) AS series_rows
-                FROM
-                (
-                    SELECT project, key_id, groupUniqArray(service) AS services, groupArray(cityHash64(service)) AS service_rows,
-                        groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS key_rows
-                    FROM usage_5min
-                    WHERE %s
-                    GROUP BY project, key_id
-                )
-                ARRAY JOIN if(length(services) = 1, services, arrayPushFront(services, '')) AS series_service`, where)
+	args = append(args, filterArgs...)
+	return Query{SQL: `SELECT cityHash64(project, key_id), cityHash64(service), toUInt32(bucket), requests, errors, total_cost_micros
+FROM usage_key_5min
+WHERE ` + strings.Join(w, "\n  AND "), Args: args}
+}
+
+// AnomalyCandidates lists the candidate keys with the hash AnomalyScan identifies them by.
+func AnomalyCandidates(s AnomalySpec) Query {
+	var args []any
+	return Query{SQL: anomalyCandidatesSQL(s, &args, "project, key_id, cityHash64(project, key_id)"), Args: args}
+}
+
+// AnomalyServiceNames maps service hashes back to names for the given keys (the keys with a
+// flagged series): key_service_totals holds every key x service ever seen, sorted by key.
+func AnomalyServiceNames(keyIDs []string) Query {
+	return Query{SQL: `SELECT DISTINCT key_id, service, cityHash64(service)
+FROM key_service_totals
+WHERE key_id IN (SELECT arrayJoin(?))`, Args: []any{keyIDs}}
 }
 
 // projectKeyFilters are equality filters on a project, a set of projects (nil: any) and a
@@ -254,18 +122,33 @@ func projectKeyFilters(project string, projects []string, keyID string) ([]strin
 // bucket with at least min_requests requests is scored, and such a bucket lies in an hour
 // with at least as many, so keys without such an hour overlapping the examined buckets are
 // left out before any 5-minute row is read: an exact necessary condition, nothing flagged is
-// lost. It reads usage_key_hourly (24 x 10k cells for a day of 10k keys) where the series
-// scan reads usage_5min (about 5M rows for 48 h of 10k keys at 100M events a month); at the
-// default min_requests only the few hundred busiest keys pass (docs/benchmarks.md).
-func anomalyCandidatesSQL(s AnomalySpec, args *[]any) string {
+// lost. It reads usage_key_hourly (24 x 10k cells for a day of 10k keys); at 100M events a
+// month only the few hundred busiest keys pass the default min_requests, and the scan reads
+// 1.2M of the 5.2M rows of 48 h (docs/benchmarks.md).
+//
+// The hourly totals are summed per key in arrays (hours sorted, the rows of one hour added
+// up: parts may be unmerged) rather than by GROUP BY key, hour: 18.16 groups 250k
+// (key, hour) pairs in 0.3 s, 10k keys with arrays in 0.05 s.
+func anomalyCandidatesSQL(s AnomalySpec, args *[]any, columns string) string {
 	w := []string{"hour >= toDateTime(?)", "hour < toDateTime(?)"}
 	*args = append(*args, s.FirstBucket.Truncate(time.Hour).Unix(), s.End.Unix())
 	filters, filterArgs := projectKeyFilters(s.Project, s.Projects, s.KeyID)
 	w = append(w, filters...)
 	*args = append(*args, filterArgs...)
 	*args = append(*args, s.MinRequests)
-	return "(project, key_id) IN (SELECT project, key_id FROM usage_key_hourly WHERE " + strings.Join(w, " AND ") +
-		" GROUP BY project, key_id, hour HAVING sum(requests) >= ?)"
+	return "SELECT " + columns + " FROM usage_key_hourly WHERE " + strings.Join(w, " AND ") +
+		" GROUP BY project, key_id HAVING arrayExists(total -> total >= ?, " +
+		perBucketTotalsSQL("groupArray(toUInt32(hour))", "groupArray(requests)") + ")"
+}
+
+// perBucketTotalsSQL is the array of per-bucket totals of two parallel arrays, buckets and
+// values, in bucket order: sort by bucket, then a bucket's total is the running sum at its
+// last row minus the running sum at the previous bucket's last row.
+func perBucketTotalsSQL(buckets, values string) string {
+	sorted := "arraySort(" + buckets + ")"
+	lastOfBucket := "arrayMap((x, y) -> x != y, " + sorted + ", arrayPushBack(arrayPopFront(" + sorted + "), toUInt32(0)))"
+	running := "arrayCumSum(arraySort((v, b) -> b, " + values + ", " + buckets + "))"
+	return "arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, " + running + ", " + lastOfBucket + "), toUInt64(0))))"
 }
 
 // AnomalyRequest is the input of the anomaly scan; zero values take the defaults.
@@ -371,7 +254,8 @@ func AnomalySpecFor(req AnomalyRequest, now time.Time) (AnomalySpec, error) {
 	}, nil
 }
 
-// Anomalies runs the scan.
+// Anomalies finds the candidate keys, reads their rows, scores their series and names the
+// flagged ones: three queries, the scan being the one that costs.
 func (rd *Reader) Anomalies(ctx context.Context, req AnomalyRequest) (AnomalyResult, error) {
 	spec, err := AnomalySpecFor(req, rd.now())
 	if err != nil {
@@ -381,56 +265,105 @@ func (rd *Reader) Anomalies(ctx context.Context, req AnomalyRequest) (AnomalyRes
 	if spec.Projects != nil && len(spec.Projects) == 0 {
 		return res, nil
 	}
-	q := Anomalies(spec)
+	sc := newAnomalyScorer(spec)
+	if err := rd.readAnomalyCandidates(ctx, sc); err != nil {
+		return AnomalyResult{}, err
+	}
+	if len(sc.keys) == 0 {
+		return res, nil
+	}
+	q := AnomalyScan(spec)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
-		return AnomalyResult{}, fmt.Errorf("query anomalies: %w", err)
+		return AnomalyResult{}, fmt.Errorf("query anomaly series: %w", err)
 	}
 	defer rows.Close()
-	nrows := 0
 	for rows.Next() {
-		var (
-			project, key, service                           string
-			bucket                                          uint32
-			requests, errs, cost                            int64
-			history                                         uint32
-			reqExpected, reqMAD, reqScale, reqScore         float64
-			costExpected, costMAD, costScale, costScore     float64
-			rate, rateExpected, rateMAD, rateScale, rateScr float64
-		)
-		if err := rows.Scan(&project, &key, &service, &bucket, &requests, &errs, &cost, &history,
-			&reqExpected, &reqMAD, &reqScale, &reqScore,
-			&costExpected, &costMAD, &costScale, &costScore,
-			&rate, &rateExpected, &rateMAD, &rateScale, &rateScr); err != nil {
-			return AnomalyResult{}, fmt.Errorf("scan anomaly: %w", err)
+		var keyHash, serviceHash, requests, errs uint64
+		var bucket uint32
+		var cost int64
+		if err := rows.Scan(&keyHash, &serviceHash, &bucket, &requests, &errs, &cost); err != nil {
+			return AnomalyResult{}, fmt.Errorf("scan anomaly series: %w", err)
 		}
-		nrows++
-		if nrows > spec.Limit-1 {
-			res.Truncated = true
-			continue
-		}
-		base := anomaly.Anomaly{
-			Project: project, KeyID: key, Service: service, Bucket: time.Unix(int64(bucket), 0).UTC(),
-			Requests: requests, BaselineEnd: spec.FirstBucket,
-		}
-		add := func(m keytrailv1.AnomalyMetric, observed, expected, mad, scale, score float64, buckets int) {
-			if !spec.has(m) || score < spec.Sensitivity {
-				return
-			}
-			a := base
-			a.Metric, a.Observed, a.Expected, a.MAD, a.Scale, a.Score, a.BaselineBuckets = m, observed, expected, mad, scale, anomaly.RoundScore(score), buckets
-			res.Anomalies = append(res.Anomalies, a)
-		}
-		add(keytrailv1.AnomalyMetric_ANOMALY_METRIC_REQUESTS, float64(requests), reqExpected, reqMAD, reqScale, reqScore, spec.BaselineBuckets)
-		add(keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE, rate, rateExpected, rateMAD, rateScale, rateScr, int(history))
-		add(keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST, float64(cost), costExpected, costMAD, costScale, costScore, spec.BaselineBuckets)
+		sc.add(keyHash, serviceHash, bucket, requests, errs, cost)
 	}
 	if err := rows.Err(); err != nil {
-		return AnomalyResult{}, fmt.Errorf("read anomalies: %w", err)
+		return AnomalyResult{}, fmt.Errorf("read anomaly series: %w", err)
 	}
-	anomaly.SortAnomalies(res.Anomalies)
-	if len(res.Anomalies) > anomaly.MaxAnomalies {
-		res.Anomalies, res.Truncated = res.Anomalies[:anomaly.MaxAnomalies], true
+	flagged := sc.score()
+	if err := rd.nameServices(ctx, flagged); err != nil {
+		return AnomalyResult{}, err
 	}
+	res.Anomalies, res.Truncated = sc.result(flagged)
 	return res, nil
+}
+
+func (rd *Reader) readAnomalyCandidates(ctx context.Context, sc *anomalyScorer) error {
+	q := AnomalyCandidates(sc.spec)
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query anomaly candidates: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var project, key string
+		var hash uint64
+		if err := rows.Scan(&project, &key, &hash); err != nil {
+			return fmt.Errorf("scan anomaly candidate: %w", err)
+		}
+		sc.addKey(hash, project, key)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read anomaly candidates: %w", err)
+	}
+	return nil
+}
+
+// nameServices fills in the service names of the flagged buckets' series.
+func (rd *Reader) nameServices(ctx context.Context, flagged []flaggedBucket) error {
+	var keyIDs []string
+	for _, fb := range flagged {
+		if fb.perService {
+			keyIDs = append(keyIDs, fb.base.KeyID)
+		}
+	}
+	if len(keyIDs) == 0 {
+		return nil
+	}
+	slices.Sort(keyIDs)
+	q := AnomalyServiceNames(slices.Compact(keyIDs))
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query service names: %w", err)
+	}
+	defer rows.Close()
+	type keyService struct {
+		key  string
+		hash uint64
+	}
+	names := map[keyService]string{}
+	for rows.Next() {
+		var key, service string
+		var hash uint64
+		if err := rows.Scan(&key, &service, &hash); err != nil {
+			return fmt.Errorf("scan service name: %w", err)
+		}
+		names[keyService{key, hash}] = service
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read service names: %w", err)
+	}
+	for i := range flagged {
+		fb := &flagged[i]
+		if !fb.perService {
+			continue
+		}
+		name, ok := names[keyService{fb.base.KeyID, fb.serviceHash}]
+		if !ok {
+			// Both tables are written by the same insert; a miss means a rollup lost rows.
+			return fmt.Errorf("service of a flagged series of key %s is missing from key_service_totals (hash %d)", fb.base.KeyID, fb.serviceHash)
+		}
+		fb.setService(name)
+	}
+	return nil
 }

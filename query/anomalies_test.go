@@ -16,7 +16,10 @@ import (
 
 var anomFirst = time.Date(2026, 3, 10, 11, 0, 0, 0, time.UTC)
 
-func TestAnomaliesSQL(t *testing.T) {
+// The candidates' hourly totals, as anomalyCandidatesSQL writes them.
+const anomHourTotals = `arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arraySort((v, b) -> b, groupArray(requests), groupArray(toUInt32(hour)))), arrayMap((x, y) -> x != y, arraySort(groupArray(toUInt32(hour))), arrayPushBack(arrayPopFront(arraySort(groupArray(toUInt32(hour)))), toUInt32(0)))), toUInt64(0))))`
+
+func TestAnomalyScanSQL(t *testing.T) {
 	tests := []struct {
 		name     string
 		spec     AnomalySpec
@@ -24,217 +27,39 @@ func TestAnomaliesSQL(t *testing.T) {
 		wantArgs []any
 	}{
 		{
-			name: "both scopes, all metrics, one project",
+			name: "one project, a day of baseline",
 			spec: AnomalySpec{FirstBucket: anomFirst, End: anomFirst.Add(time.Hour), BaselineBuckets: 288, Metrics: allMetrics,
 				Sensitivity: 6, MinRequests: 50, Project: "acme", Limit: 1001},
-			wantSQL: `SELECT project, key_id, series_service, bucket, requests, errors, cost_micros, history,
-    toFloat64(req_median) AS req_expected, toFloat64(req_mad) AS req_deviation, req_scale, (requests - req_median) / req_scale AS req_score,
-    toFloat64(cost_median) AS cost_expected, toFloat64(cost_mad) AS cost_deviation, cost_scale, (cost_micros - cost_median) / cost_scale AS cost_score,
-    errors / requests AS error_rate, rate_median, rate_mad, greatest(greatest(1.4826 * rate_mad, 0.02), sqrt(rate_median * (1 - rate_median) / requests)) AS rate_scale, (error_rate - rate_median) / rate_scale AS rate_score
-FROM
-(
-    SELECT project, key_id, series_service, history, req_median, cost_median, rate_median, obs_bucket, obs_requests, obs_errors, obs_cost,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - req_median), req_filled)) AS req_mad,
-        greatest(greatest(1.4826 * req_mad, 1), greatest(0.1 * req_median, (arrayReduce('quantileExact(0.99)', req_filled) - req_median) / 2.326)) AS req_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - cost_median), cost_filled)) AS cost_mad,
-        greatest(greatest(1.4826 * cost_mad, unit_cost), greatest(0.1 * cost_median, (arrayReduce('quantileExact(0.99)', cost_filled) - cost_median) / 2.326)) AS cost_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - rate_median), base_rate)) AS rate_mad
-    FROM
-    (
-        SELECT project, key_id, series_service,
-            arrayCount(k -> k < ?, b) AS history,
-            arraySlice(r, 1, history) AS base_r,
-            arrayResize(base_r, ?, toInt64(0)) AS req_filled,
-            arrayReduce('quantileExact', req_filled) AS req_median,
-            arrayResize(arraySlice(c, 1, history), ?, toInt64(0)) AS cost_filled,
-            arrayReduce('quantileExact', cost_filled) AS cost_median,
-            greatest(arraySum(cost_filled) / arraySum(base_r), 1) AS unit_cost,
-            arrayMap((x, y) -> x / y, arraySlice(e, 1, history), base_r) AS base_rate,
-            arrayReduce('quantileExact', base_rate) AS rate_median,
-            arrayMap(v -> v >= ?, arraySlice(r, history + 1)) AS examined,
-            arrayFilter((x, o) -> o, arraySlice(b, history + 1), examined) AS obs_bucket,
-            arrayFilter((x, o) -> o, arraySlice(r, history + 1), examined) AS obs_requests,
-            arrayFilter((x, o) -> o, arraySlice(e, history + 1), examined) AS obs_errors,
-            arrayFilter((x, o) -> o, arraySlice(c, history + 1), examined) AS obs_cost
-        FROM
-        (
-            SELECT project, key_id, series_service,
-                arraySort(t -> t.1, series_rows) AS sorted_rows,
-                arrayMap(t -> t.1, sorted_rows) AS sorted_buckets,
-                arrayMap((x, y) -> x != y, sorted_buckets, arrayPushBack(arrayPopFront(sorted_buckets), toUInt32(0))) AS run_ends,
-                arrayFilter((x, last) -> last, sorted_buckets, run_ends) AS b,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.2, sorted_rows)), run_ends), toUInt64(0)))) AS r,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.3, sorted_rows)), run_ends), toUInt64(0)))) AS e,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.4, sorted_rows)), run_ends), toInt64(0)))) AS c
-            FROM
-            (
-                SELECT project, key_id, series_service,
-                    length(services) = 1 OR series_service = '' AS whole_key,
-                    cityHash64(series_service) AS series_hash,
-                    arrayMap(h -> whole_key OR h = series_hash, service_rows) AS keep,
-                    arrayFilter((x, k) -> k, key_rows, keep) AS series_rows
-                FROM
-                (
-                    SELECT project, key_id, groupUniqArray(service) AS services, groupArray(cityHash64(service)) AS service_rows,
-                        groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS key_rows
-                    FROM usage_5min
-                    WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND project = ? AND (project, key_id) IN (SELECT project, key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND project = ? GROUP BY project, key_id, hour HAVING sum(requests) >= ?)
-                    GROUP BY project, key_id
-                )
-                ARRAY JOIN if(length(services) = 1, services, arrayPushFront(services, '')) AS series_service
-            )
-        )
-        WHERE history >= 12 AND notEmpty(obs_bucket)
-          AND ((arrayReduce('max', obs_requests) - req_median) / greatest(1, 0.1 * req_median) >= ?
-            OR (arrayReduce('max', obs_cost) - cost_median) / greatest(unit_cost, 0.1 * cost_median) >= ?
-            OR (arrayReduce('max', arrayMap((x, y) -> x / y, obs_errors, obs_requests)) - rate_median) / 0.02 >= ?)
-    )
-)
-ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors, obs_cost AS cost_micros
-WHERE req_score >= ? OR rate_score >= ? OR cost_score >= ?
-ORDER BY greatest(greatest(req_score, rate_score), cost_score) DESC, project, key_id, series_service, bucket
-LIMIT ?`,
-			// first bucket, baseline buckets (twice), min requests; the scan's range and
-			// project; the candidates' hours, project and min requests; the sensitivity for 3
-			// prefilters and 3 filters; the limit.
-			wantArgs: []any{int64(1773140400), 288, 288, int64(50), int64(1773054000), int64(1773144000), "acme",
-				int64(1773140400), int64(1773144000), "acme", int64(50),
-				6.0, 6.0, 6.0, 6.0, 6.0, 6.0, 1001},
+			wantSQL: `SELECT cityHash64(project, key_id), cityHash64(service), toUInt32(bucket), requests, errors, total_cost_micros
+FROM usage_key_5min
+WHERE key_id IN (SELECT key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND project = ? GROUP BY project, key_id HAVING arrayExists(total -> total >= ?, ` + anomHourTotals + `))
+  AND bucket >= toDateTime(?)
+  AND bucket < toDateTime(?)
+  AND project = ?`,
+			wantArgs: []any{int64(1773140400), int64(1773144000), "acme", int64(50), int64(1773054000), int64(1773144000), "acme"},
 		},
 		{
-			name: "key x service scope, error rate only, projects and key",
-			// The first bucket is 10 minutes into an hour: the candidates' hours start at that hour.
+			// The first bucket is 10 minutes into an hour: the candidates' hours start at that
+			// hour. Scope and metrics do not change what is read.
+			name: "projects and a key, key x service scope, error rate only",
 			spec: AnomalySpec{FirstBucket: anomFirst.Add(10 * time.Minute), End: anomFirst.Add(40 * time.Minute), BaselineBuckets: 24,
 				Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE},
 				Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY_SERVICE, Sensitivity: 4.5, MinRequests: 10,
 				Projects: []string{"a", "b"}, KeyID: "key_1", Limit: 1001},
-			wantSQL: `SELECT project, key_id, series_service, bucket, requests, errors, cost_micros, history,
-    toFloat64(req_median) AS req_expected, toFloat64(req_mad) AS req_deviation, req_scale, (requests - req_median) / req_scale AS req_score,
-    toFloat64(cost_median) AS cost_expected, toFloat64(cost_mad) AS cost_deviation, cost_scale, (cost_micros - cost_median) / cost_scale AS cost_score,
-    errors / requests AS error_rate, rate_median, rate_mad, greatest(greatest(1.4826 * rate_mad, 0.02), sqrt(rate_median * (1 - rate_median) / requests)) AS rate_scale, (error_rate - rate_median) / rate_scale AS rate_score
-FROM
-(
-    SELECT project, key_id, series_service, history, req_median, cost_median, rate_median, obs_bucket, obs_requests, obs_errors, obs_cost,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - req_median), req_filled)) AS req_mad,
-        greatest(greatest(1.4826 * req_mad, 1), greatest(0.1 * req_median, (arrayReduce('quantileExact(0.99)', req_filled) - req_median) / 2.326)) AS req_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - cost_median), cost_filled)) AS cost_mad,
-        greatest(greatest(1.4826 * cost_mad, unit_cost), greatest(0.1 * cost_median, (arrayReduce('quantileExact(0.99)', cost_filled) - cost_median) / 2.326)) AS cost_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - rate_median), base_rate)) AS rate_mad
-    FROM
-    (
-        SELECT project, key_id, series_service,
-            arrayCount(k -> k < ?, b) AS history,
-            arraySlice(r, 1, history) AS base_r,
-            arrayResize(base_r, ?, toInt64(0)) AS req_filled,
-            arrayReduce('quantileExact', req_filled) AS req_median,
-            arrayResize(arraySlice(c, 1, history), ?, toInt64(0)) AS cost_filled,
-            arrayReduce('quantileExact', cost_filled) AS cost_median,
-            greatest(arraySum(cost_filled) / arraySum(base_r), 1) AS unit_cost,
-            arrayMap((x, y) -> x / y, arraySlice(e, 1, history), base_r) AS base_rate,
-            arrayReduce('quantileExact', base_rate) AS rate_median,
-            arrayMap(v -> v >= ?, arraySlice(r, history + 1)) AS examined,
-            arrayFilter((x, o) -> o, arraySlice(b, history + 1), examined) AS obs_bucket,
-            arrayFilter((x, o) -> o, arraySlice(r, history + 1), examined) AS obs_requests,
-            arrayFilter((x, o) -> o, arraySlice(e, history + 1), examined) AS obs_errors,
-            arrayFilter((x, o) -> o, arraySlice(c, history + 1), examined) AS obs_cost
-        FROM
-        (
-            SELECT project, key_id, series_service,
-                arraySort(t -> t.1, series_rows) AS sorted_rows,
-                arrayMap(t -> t.1, sorted_rows) AS sorted_buckets,
-                arrayMap((x, y) -> x != y, sorted_buckets, arrayPushBack(arrayPopFront(sorted_buckets), toUInt32(0))) AS run_ends,
-                arrayFilter((x, last) -> last, sorted_buckets, run_ends) AS b,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.2, sorted_rows)), run_ends), toUInt64(0)))) AS r,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.3, sorted_rows)), run_ends), toUInt64(0)))) AS e,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.4, sorted_rows)), run_ends), toInt64(0)))) AS c
-            FROM
-            (
-                SELECT project, key_id, service AS series_service, groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS series_rows
-                FROM usage_5min
-                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND has(?, project) AND key_id = ? AND (project, key_id) IN (SELECT project, key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND has(?, project) AND key_id = ? GROUP BY project, key_id, hour HAVING sum(requests) >= ?)
-                GROUP BY project, key_id, service
-            )
-        )
-        WHERE history >= 12 AND notEmpty(obs_bucket)
-          AND ((arrayReduce('max', arrayMap((x, y) -> x / y, obs_errors, obs_requests)) - rate_median) / 0.02 >= ?)
-    )
-)
-ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors, obs_cost AS cost_micros
-WHERE rate_score >= ?
-ORDER BY rate_score DESC, project, key_id, series_service, bucket
-LIMIT ?`,
-			wantArgs: []any{int64(1773141000), 24, 24, int64(10), int64(1773133800), int64(1773142800), []string{"a", "b"}, "key_1",
-				int64(1773140400), int64(1773142800), []string{"a", "b"}, "key_1", int64(10),
-				4.5, 4.5, 1001},
-		},
-		{
-			name: "key scope, cost and requests",
-			spec: AnomalySpec{FirstBucket: anomFirst, End: anomFirst.Add(30 * time.Minute), BaselineBuckets: 24,
-				Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST, keytrailv1.AnomalyMetric_ANOMALY_METRIC_REQUESTS},
-				Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY, Sensitivity: 6, MinRequests: 50, Limit: 1001},
-			wantSQL: `SELECT project, key_id, series_service, bucket, requests, errors, cost_micros, history,
-    toFloat64(req_median) AS req_expected, toFloat64(req_mad) AS req_deviation, req_scale, (requests - req_median) / req_scale AS req_score,
-    toFloat64(cost_median) AS cost_expected, toFloat64(cost_mad) AS cost_deviation, cost_scale, (cost_micros - cost_median) / cost_scale AS cost_score,
-    errors / requests AS error_rate, rate_median, rate_mad, greatest(greatest(1.4826 * rate_mad, 0.02), sqrt(rate_median * (1 - rate_median) / requests)) AS rate_scale, (error_rate - rate_median) / rate_scale AS rate_score
-FROM
-(
-    SELECT project, key_id, series_service, history, req_median, cost_median, rate_median, obs_bucket, obs_requests, obs_errors, obs_cost,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - req_median), req_filled)) AS req_mad,
-        greatest(greatest(1.4826 * req_mad, 1), greatest(0.1 * req_median, (arrayReduce('quantileExact(0.99)', req_filled) - req_median) / 2.326)) AS req_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - cost_median), cost_filled)) AS cost_mad,
-        greatest(greatest(1.4826 * cost_mad, unit_cost), greatest(0.1 * cost_median, (arrayReduce('quantileExact(0.99)', cost_filled) - cost_median) / 2.326)) AS cost_scale,
-        arrayReduce('quantileExact', arrayMap(x -> abs(x - rate_median), base_rate)) AS rate_mad
-    FROM
-    (
-        SELECT project, key_id, series_service,
-            arrayCount(k -> k < ?, b) AS history,
-            arraySlice(r, 1, history) AS base_r,
-            arrayResize(base_r, ?, toInt64(0)) AS req_filled,
-            arrayReduce('quantileExact', req_filled) AS req_median,
-            arrayResize(arraySlice(c, 1, history), ?, toInt64(0)) AS cost_filled,
-            arrayReduce('quantileExact', cost_filled) AS cost_median,
-            greatest(arraySum(cost_filled) / arraySum(base_r), 1) AS unit_cost,
-            arrayMap((x, y) -> x / y, arraySlice(e, 1, history), base_r) AS base_rate,
-            arrayReduce('quantileExact', base_rate) AS rate_median,
-            arrayMap(v -> v >= ?, arraySlice(r, history + 1)) AS examined,
-            arrayFilter((x, o) -> o, arraySlice(b, history + 1), examined) AS obs_bucket,
-            arrayFilter((x, o) -> o, arraySlice(r, history + 1), examined) AS obs_requests,
-            arrayFilter((x, o) -> o, arraySlice(e, history + 1), examined) AS obs_errors,
-            arrayFilter((x, o) -> o, arraySlice(c, history + 1), examined) AS obs_cost
-        FROM
-        (
-            SELECT project, key_id, series_service,
-                arraySort(t -> t.1, series_rows) AS sorted_rows,
-                arrayMap(t -> t.1, sorted_rows) AS sorted_buckets,
-                arrayMap((x, y) -> x != y, sorted_buckets, arrayPushBack(arrayPopFront(sorted_buckets), toUInt32(0))) AS run_ends,
-                arrayFilter((x, last) -> last, sorted_buckets, run_ends) AS b,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.2, sorted_rows)), run_ends), toUInt64(0)))) AS r,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.3, sorted_rows)), run_ends), toUInt64(0)))) AS e,
-                arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arrayMap(t -> t.4, sorted_rows)), run_ends), toInt64(0)))) AS c
-            FROM
-            (
-                SELECT project, key_id, '' AS series_service, groupArray((toUInt32(bucket), requests, errors, total_cost_micros)) AS series_rows
-                FROM usage_5min
-                WHERE bucket >= toDateTime(?) AND bucket < toDateTime(?) AND (project, key_id) IN (SELECT project, key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) GROUP BY project, key_id, hour HAVING sum(requests) >= ?)
-                GROUP BY project, key_id
-            )
-        )
-        WHERE history >= 12 AND notEmpty(obs_bucket)
-          AND ((arrayReduce('max', obs_requests) - req_median) / greatest(1, 0.1 * req_median) >= ?
-            OR (arrayReduce('max', obs_cost) - cost_median) / greatest(unit_cost, 0.1 * cost_median) >= ?)
-    )
-)
-ARRAY JOIN obs_bucket AS bucket, obs_requests AS requests, obs_errors AS errors, obs_cost AS cost_micros
-WHERE req_score >= ? OR cost_score >= ?
-ORDER BY greatest(req_score, cost_score) DESC, project, key_id, series_service, bucket
-LIMIT ?`,
-			wantArgs: []any{int64(1773140400), 24, 24, int64(50), int64(1773133200), int64(1773142200),
-				int64(1773140400), int64(1773142200), int64(50), 6.0, 6.0, 6.0, 6.0, 1001},
+			wantSQL: `SELECT cityHash64(project, key_id), cityHash64(service), toUInt32(bucket), requests, errors, total_cost_micros
+FROM usage_key_5min
+WHERE key_id IN (SELECT key_id FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND has(?, project) AND key_id = ? GROUP BY project, key_id HAVING arrayExists(total -> total >= ?, ` + anomHourTotals + `))
+  AND bucket >= toDateTime(?)
+  AND bucket < toDateTime(?)
+  AND has(?, project)
+  AND key_id = ?`,
+			wantArgs: []any{int64(1773140400), int64(1773142800), []string{"a", "b"}, "key_1", int64(10),
+				int64(1773133800), int64(1773142800), []string{"a", "b"}, "key_1"},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Anomalies(tt.spec)
+			got := AnomalyScan(tt.spec)
 			if got.SQL != tt.wantSQL {
 				t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, tt.wantSQL)
 			}
@@ -242,6 +67,26 @@ LIMIT ?`,
 				t.Errorf("args %#v\nwant %#v", got.Args, tt.wantArgs)
 			}
 		})
+	}
+}
+
+func TestAnomalyCandidatesAndNamesSQL(t *testing.T) {
+	spec := AnomalySpec{FirstBucket: anomFirst.Add(10 * time.Minute), End: anomFirst.Add(40 * time.Minute), BaselineBuckets: 24,
+		Metrics: allMetrics, Sensitivity: 6, MinRequests: 50, Project: "acme", Limit: 1001}
+	got := AnomalyCandidates(spec)
+	wantSQL := `SELECT project, key_id, cityHash64(project, key_id) FROM usage_key_hourly WHERE hour >= toDateTime(?) AND hour < toDateTime(?) AND project = ? GROUP BY project, key_id HAVING arrayExists(total -> total >= ?, ` + anomHourTotals + `)`
+	if got.SQL != wantSQL {
+		t.Errorf("candidates SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
+	}
+	if want := []any{int64(1773140400), int64(1773142800), "acme", int64(50)}; !reflect.DeepEqual(got.Args, want) {
+		t.Errorf("candidates args %#v\nwant %#v", got.Args, want)
+	}
+	names := AnomalyServiceNames([]string{"key_a", "key_b"})
+	wantSQL = `SELECT DISTINCT key_id, service, cityHash64(service)
+FROM key_service_totals
+WHERE key_id IN (SELECT arrayJoin(?))`
+	if names.SQL != wantSQL || !reflect.DeepEqual(names.Args, []any{[]string{"key_a", "key_b"}}) {
+		t.Errorf("names query %s %#v", names.SQL, names.Args)
 	}
 }
 
@@ -391,7 +236,7 @@ func TestNewCallersSpecFor(t *testing.T) {
 }
 
 // TestAnomaliesScale measures the default scan (both scopes, all metrics, 24 h baseline) over
-// 10k keys with traffic in every 5-minute bucket for 25 hours: 3.0M usage_5min rows, 2.88M of
+// 10k keys with traffic in every 5-minute bucket for 25 hours: 3.0M usage_key_5min rows, 2.88M of
 // them baseline, every key above min_requests in every examined bucket (the worst case: no
 // key is dismissed early). Set KEYTRAIL_ANOMALY_SCALE=1 to run it; it logs the best of five.
 func TestAnomaliesScale(t *testing.T) {
@@ -401,9 +246,9 @@ func TestAnomaliesScale(t *testing.T) {
 	db := testenv.ClickHouse(t)
 	ctx := context.Background()
 	end := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
-	// Synthetic rollup rows straight into usage_5min (the scan reads nothing else): 80-119
+	// Synthetic rollup rows straight into usage_key_5min (the scan reads nothing else): 80-119
 	// requests, 0-4 errors, 1000 micros a request; key_42 spikes to 1000 requests at 11:30.
-	fill := fmt.Sprintf(`INSERT INTO usage_5min (bucket, project, key_id, service, requests, errors, total_cost_micros)
+	fill := fmt.Sprintf(`INSERT INTO usage_key_5min (bucket, project, key_id, service, requests, errors, total_cost_micros)
 SELECT toDateTime(%d - 300 * (number %% 300)) AS b, concat('p', toString(intDiv(number, 300) %% 10)), concat('key_', toString(intDiv(number, 300))), 'svc',
     if(intDiv(number, 300) = 42 AND b = toDateTime(%d), 1000, 80 + cityHash64(number) %% 40) AS r, cityHash64(number, 1) %% 5, r * 1000
 FROM numbers(3000000)`, end.Add(-5*time.Minute).Unix(), end.Add(-30*time.Minute).Unix())
@@ -412,10 +257,14 @@ FROM numbers(3000000)`, end.Add(-5*time.Minute).Unix(), end.Add(-30*time.Minute)
 	}
 	// The candidate search reads the hourly per-key rollup, which the views would fill too.
 	if err := db.Conn.Exec(ctx, `INSERT INTO usage_key_hourly (hour, project, key_id, requests, errors, total_cost_micros)
-SELECT toStartOfHour(bucket), project, key_id, sum(requests), sum(errors), sum(total_cost_micros) FROM usage_5min GROUP BY toStartOfHour(bucket), project, key_id`); err != nil {
+SELECT toStartOfHour(bucket), project, key_id, sum(requests), sum(errors), sum(total_cost_micros) FROM usage_key_5min GROUP BY toStartOfHour(bucket), project, key_id`); err != nil {
 		t.Fatal(err)
 	}
-	rows := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_5min")
+	// Flagged series are named from the all-time key x service rollup.
+	if err := db.Conn.Exec(ctx, `INSERT INTO key_service_totals (project, key_id, service) SELECT DISTINCT project, key_id, service FROM usage_key_5min`); err != nil {
+		t.Fatal(err)
+	}
+	rows := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_key_5min")
 	rd := NewReader(db.Conn, func() time.Time { return end })
 	best := time.Hour
 	var found int
@@ -428,7 +277,7 @@ SELECT toStartOfHour(bucket), project, key_id, sum(requests), sum(errors), sum(t
 		best = min(best, time.Since(start))
 		found = len(res.Anomalies)
 	}
-	t.Logf("%d usage_5min rows, 10k keys: best scan %v, %d anomalies", rows, best, found)
+	t.Logf("%d usage_key_5min rows, 10k keys: best scan %v, %d anomalies", rows, best, found)
 	if found < 1 {
 		t.Errorf("the spike of key_42 was not found")
 	}
