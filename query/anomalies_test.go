@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/keytrail/keytrail/anomaly"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/internal/testenv"
@@ -280,5 +282,33 @@ SELECT toStartOfHour(bucket), project, key_id, sum(requests), sum(errors), sum(t
 	t.Logf("%d usage_key_5min rows, 10k keys: best scan %v, %d anomalies", rows, best, found)
 	if found < 1 {
 		t.Errorf("the spike of key_42 was not found")
+	}
+}
+
+// A scan that would hold more rows than the bound is refused with InvalidArgument naming the
+// range, after reading one row past the bound and no more.
+func TestAnomalyScanRowBound(t *testing.T) {
+	db := testenv.ClickHouse(t)
+	end := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
+	var events []any
+	for i := range 5 { // five 5-minute buckets of the examined hour
+		events = append(events, &keytrailv1.UsageEvent{EventId: fmt.Sprintf("b%d", i), Time: timestamppb.New(end.Add(-time.Duration(5*i+1) * time.Minute)),
+			Project: "acme", KeyId: "key_a", Service: "billing", StatusCode: 200})
+	}
+	testenv.Insert(t, db, events...)
+	testenv.WaitForEvents(t, db, 5, 0, 10*time.Second)
+	rd := NewReader(db.Conn, func() time.Time { return end })
+	req := AnomalyRequest{MinRequests: 1}
+
+	rd.maxAnomalyScanRows = 4
+	_, err := rd.Anomalies(context.Background(), req)
+	var invalid *InvalidError
+	if !errors.As(err, &invalid) || invalid.Field != "start_time" {
+		t.Fatalf("5 rows with a bound of 4: error %v, want InvalidError on start_time", err)
+	}
+	rd.maxAnomalyScanRows = 5
+	res, err := rd.Anomalies(context.Background(), req)
+	if err != nil || len(res.Anomalies) != 0 {
+		t.Fatalf("5 rows with a bound of 5: %+v, %v; want no anomalies (too little history) and no error", res.Anomalies, err)
 	}
 }

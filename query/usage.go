@@ -101,6 +101,8 @@ LIMIT ?`, axis.fixed, axis.listed),
 type Reader struct {
 	conn driver.Conn
 	now  func() time.Time
+	// maxAnomalyScanRows is MaxAnomalyScanRows; tests lower it.
+	maxAnomalyScanRows int
 }
 
 // NewReader creates a Reader; now is the clock for default range ends (time.Now when nil).
@@ -108,7 +110,7 @@ func NewReader(conn driver.Conn, now func() time.Time) *Reader {
 	if now == nil {
 		now = time.Now
 	}
-	return &Reader{conn: conn, now: now}
+	return &Reader{conn: conn, now: now, maxAnomalyScanRows: MaxAnomalyScanRows}
 }
 
 // UsageRequest is the input shared by the two usage lists.
