@@ -11,10 +11,11 @@ import (
 )
 
 // Classify tells, for each record, whether the same event is already stored, a different
-// event with the same id is, or neither. The ingester asks only about redelivered records,
-// so these reads happen after a crash or a lost ack, not on the hot path. Lookups are
-// narrowed by the records' keys (the usage table's sort-key prefix) and time span
-// (partition pruning).
+// event with the same id is, or neither. The ingester asks about redelivered records and,
+// after it starts, about records until the first one storage does not hold: these reads
+// happen after a start, a crash or a lost ack, not on the hot path. Lookups are narrowed by
+// the records' keys (the usage table's sort-key prefix) and time span (partition pruning),
+// and name at most classifyChunk records each.
 //
 // It first waits for inserts ClickHouse is still running (see fence.go): one sent by a
 // process killed a moment ago commits after its sender died.
@@ -22,6 +23,25 @@ func (s *Sink) Classify(ctx context.Context, records []ingest.Record) ([]ingest.
 	if err := s.awaitRunningInserts(ctx); err != nil {
 		return nil, err
 	}
+	out := make([]ingest.Presence, 0, len(records))
+	for len(records) > 0 {
+		n := min(len(records), classifyChunk)
+		presence, err := s.classify(ctx, records[:n])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, presence...)
+		records = records[n:]
+	}
+	return out, nil
+}
+
+// classifyChunk bounds the records one lookup names: the ids and keys are bound into the
+// query text, and ClickHouse refuses a query over max_query_size (256 KiB by default), which
+// a 10,000-event batch of UUID ids exceeds.
+const classifyChunk = 1000
+
+func (s *Sink) classify(ctx context.Context, records []ingest.Record) ([]ingest.Presence, error) {
 	var usageIDs, usageKeys, lifecycleIDs []string
 	var minSec, maxSec int64
 	for i, r := range records {

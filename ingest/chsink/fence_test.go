@@ -3,6 +3,7 @@ package chsink_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -106,5 +107,48 @@ func TestFirstLifecycleWriteWaitsForAnInsertStillCommitting(t *testing.T) {
 	}
 	if seq != 2 || prev != "hash-of-entry-1" {
 		t.Fatalf("lc-next stored at chain_seq %d after %q; want 2 after %q (genesis is %q)", seq, prev, "hash-of-entry-1", auditchain.GenesisHead.Hash)
+	}
+}
+
+// A whole 10,000-event batch with UUID ids is checked at once after a start: the lookups must
+// stay under ClickHouse's max_query_size (256 KiB), which one query naming every id exceeds.
+func TestClassifyAFullBatchOfUUIDIDs(t *testing.T) {
+	db := testenv.ClickHouse(t)
+	sink, err := chsink.New(chsink.Config{Conn: db.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now().UTC().Add(-time.Hour).Truncate(time.Second)
+	record := func(i int) ingest.Record {
+		id := fmt.Sprintf("%08x-4b1c-4d2e-8f3a-%012x", i, i*7919)
+		return ingest.Record{Event: event.Event{Kind: event.KindUsage, Usage: &keytrailv1.UsageEvent{
+			EventId: id, Time: timestamppb.New(at.Add(time.Duration(i) * time.Millisecond)), Project: "acme", KeyId: fmt.Sprintf("key_%03d", i%300)}},
+			StreamSeq: uint64(i + 1), Redelivered: true, ContentHash: uint64(i)}
+	}
+	const stored, fresh = 10_000, 5
+	var records []ingest.Record
+	for i := range stored + fresh {
+		records = append(records, record(i))
+	}
+	if err := sink.Write(context.Background(), records[:stored]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := sink.Classify(context.Background(), records)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[ingest.Presence]int{}
+	for i, p := range got {
+		want := ingest.AlreadyStored
+		if i >= stored {
+			want = ingest.NotStored
+		}
+		if p != want {
+			t.Fatalf("record %d: %v, want %v", i, p, want)
+		}
+		counts[p]++
+	}
+	if len(got) != stored+fresh || counts[ingest.AlreadyStored] != stored || counts[ingest.NotStored] != fresh {
+		t.Fatalf("%d answers %v, want %d stored and %d not", len(got), counts, stored, fresh)
 	}
 }
