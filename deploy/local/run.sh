@@ -91,8 +91,10 @@ $state/admin-token. Try (the demo's stories unfold over its first ten minutes):
   # spend per key per hour, and keys near or over budget
   curl -s -H "\$KT" '$base/v1/spend?group_by=SPEND_DIMENSION_KEY&granularity=GRANULARITY_HOUR&project=umbrella'
   curl -s -H "\$KT" '$base/v1/budgets?only_alerting=true'
-  # the spiking key (minutes 6 to 10) and the new caller (from minute 4)
-  curl -s -H "\$KT" '$base/v1/anomalies'
+  # the spiking key (minutes 6 to 10) and the new caller (from minute 4); anomalies of the last
+  # 30 minutes, as the alert evaluator scans (a window needs an hour of history before it, and
+  # the demo starts with 90 minutes)
+  curl -s -H "\$KT" "$base/v1/anomalies?start_time=\$(date -u -d '-30 min' +%FT%TZ)"
   curl -s -H "\$KT" "$base/v1/new-callers?start_time=\$(date -u -d '-15 min' +%FT%TZ)"
   # alerts the evaluator published for them
   curl -s -H "\$KT" '$base/metrics' | grep keytrail_alerts_published_total
