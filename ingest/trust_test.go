@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -102,12 +103,15 @@ func TestSecretShapedValuesNeverReachStorageOrLogs(t *testing.T) {
 	}
 }
 
-// crashAfterWrite stores the first batch, then behaves as a process killed before its ack:
-// the write is in ClickHouse, every later call fails, so no ack ever happens.
+// crashAfterWrite stores the first batch (or, with through set, its records up to that stream
+// sequence, as if the process had flushed them as a batch of their own), then behaves as a
+// process killed before its ack: the write is in ClickHouse, every later call fails, so no
+// ack ever happens.
 type crashAfterWrite struct {
 	*chsink.Sink
-	wrote chan struct{}
-	once  *sync.Once
+	through uint64
+	wrote   chan struct{}
+	once    *sync.Once
 }
 
 func (c crashAfterWrite) Write(ctx context.Context, records []ingest.Record) error {
@@ -115,6 +119,9 @@ func (c crashAfterWrite) Write(ctx context.Context, records []ingest.Record) err
 	c.once.Do(func() { crashed = false })
 	if crashed {
 		return fmt.Errorf("process is dead")
+	}
+	if c.through > 0 {
+		records = slices.DeleteFunc(slices.Clone(records), func(r ingest.Record) bool { return r.StreamSeq > c.through })
 	}
 	if err := c.Sink.Write(ctx, records); err != nil {
 		return err
@@ -217,35 +224,6 @@ func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
 	}
 }
 
-// storesPrefixThenDies stores the records up to stream sequence `through` of the first batch
-// (as two flushes of a process would, the second never made), then fails every write: a
-// process killed after storing part of what it was delivered, before any ack.
-type storesPrefixThenDies struct {
-	*chsink.Sink
-	through uint64
-	wrote   chan struct{}
-	once    *sync.Once
-}
-
-func (c storesPrefixThenDies) Write(ctx context.Context, records []ingest.Record) error {
-	first := false
-	c.once.Do(func() { first = true })
-	if !first {
-		return fmt.Errorf("process is dead")
-	}
-	var prefix []ingest.Record
-	for _, r := range records {
-		if r.StreamSeq <= c.through {
-			prefix = append(prefix, r)
-		}
-	}
-	if err := c.Sink.Write(ctx, prefix); err != nil {
-		return err
-	}
-	close(c.wrote)
-	return fmt.Errorf("killed before the ack")
-}
-
 // The sequence that stored 1000 events twice in CI: ingester A is delivered 1-30 and stores
 // 1-20 before it dies; B takes over (the consumer's delivered sequence goes back to the ack
 // floor), is redelivered 1-10 and dies too. The consumer now says "delivered through 10",
@@ -262,7 +240,7 @@ func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
 	}
 
 	sinkA, _ := chsink.New(chsink.Config{Conn: db.Conn})
-	a := storesPrefixThenDies{Sink: sinkA, through: 20, wrote: make(chan struct{}), once: &sync.Once{}}
+	a := crashAfterWrite{Sink: sinkA, through: 20, wrote: make(chan struct{}), once: &sync.Once{}}
 	var logs syncBuffer
 	stopA := runIngesterWith(t, js, a, &logs, 100*time.Millisecond)
 	select {
