@@ -167,15 +167,7 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 		}
 		return nil
 	})
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 50 {
-		t.Errorf("usage rows %d, want 50", n)
-	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"); n != 50 {
-		t.Errorf("distinct usage ids %d, want 50", n)
-	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_key_minute"); n != 50 {
-		t.Errorf("rollup requests %d, want 50 (a duplicate insert would double it)", n)
-	}
+	wantUsageStoredOnce(t, db, 50)
 	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events"); n != 1 {
 		t.Errorf("lifecycle rows %d, want 1", n)
 	}
@@ -289,13 +281,20 @@ func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
 		}
 		return nil
 	})
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 30 {
-		t.Errorf("usage rows %d, want 30", n)
-	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"); n != 30 {
-		t.Errorf("distinct usage ids %d, want 30", n)
-	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_key_minute"); n != 30 {
-		t.Errorf("rollup requests %d, want 30", n)
+	wantUsageStoredOnce(t, db, 30)
+}
+
+// wantUsageStoredOnce checks that storage holds n usage events, each once, in the raw table
+// and in a rollup (a duplicate insert would count twice in both).
+func wantUsageStoredOnce(t *testing.T, db *testenv.Database, n uint64) {
+	t.Helper()
+	for _, q := range []string{
+		"SELECT count() FROM usage_events",
+		"SELECT uniqExact(event_id) FROM usage_events",
+		"SELECT countMerge(requests) FROM usage_key_minute",
+	} {
+		if got := testenv.QueryUint64(t, db.Conn, q); got != n {
+			t.Errorf("%s = %d, want %d", q, got, n)
+		}
 	}
 }
