@@ -21,8 +21,8 @@ const (
 )
 
 // Deduper is implemented by sinks that can tell which records are already stored. The
-// ingester asks about redelivered records only: a redelivery means an earlier flush may have
-// stored them before its ack was lost or the process died.
+// ingester asks only about records marked MaybeStored: redeliveries, the records after a
+// take-over until the first one storage lacks, and writes reported as failed.
 type Deduper interface {
 	Classify(ctx context.Context, records []Record) ([]Presence, error)
 }

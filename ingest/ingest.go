@@ -19,9 +19,11 @@ import (
 type Record struct {
 	Event     event.Event
 	StreamSeq uint64
-	// Redelivered is true when JetStream delivered this message before: an earlier flush
-	// may have stored it before its ack was lost.
-	Redelivered bool
+	// MaybeStored is true when storage may hold this event already and must be asked before
+	// it is written: JetStream delivered it before (an earlier flush may have stored it before
+	// its ack was lost), a take-over's run of stored records has not ended yet (see takeOver),
+	// or a write of it was reported as failed.
+	MaybeStored bool
 	// ContentHash fingerprints the event's content (after secret redaction).
 	ContentHash uint64
 
@@ -347,8 +349,7 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 	}
 	r := Record{
 		Event: ev, StreamSeq: meta.Sequence.Stream, ContentHash: contentHash(ev), msg: msg,
-		// A take-over redelivers with fresh delivery counts: what it redelivers is marked here.
-		Redelivered: meta.NumDelivered > 1 || in.checkStored.Load(),
+		MaybeStored: meta.NumDelivered > 1 || in.checkStored.Load(),
 	}
 	switch in.recent.check(ev.ID(), r.ContentHash) {
 	case AlreadyStored:
@@ -408,16 +409,17 @@ func redact(ev event.Event) int {
 	return event.RedactUsage(ev.Usage)
 }
 
-// dropStored removes the redelivered records that storage already holds, and dead-letters
-// the ones whose id is stored with different content. It returns false when ctx ended.
+// dropStored removes the records marked MaybeStored that storage already holds, and
+// dead-letters the ones whose id is stored with different content. It returns false when ctx
+// ended.
 func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
-	var redelivered []Record
+	var maybe []Record
 	for _, r := range b.records {
-		if r.Redelivered {
-			redelivered = append(redelivered, r)
+		if r.MaybeStored {
+			maybe = append(maybe, r)
 		}
 	}
-	if len(redelivered) == 0 || in.deduper == nil {
+	if len(maybe) == 0 || in.deduper == nil {
 		return true
 	}
 	var presence []Presence
@@ -425,10 +427,10 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 	lastLeaseExtension := time.Now()
 	for {
 		var err error
-		if presence, err = in.deduper.Classify(ctx, redelivered); err == nil {
+		if presence, err = in.deduper.Classify(ctx, maybe); err == nil {
 			break
 		}
-		in.log.Warn("checking redelivered events against storage failed; retrying", "events", len(redelivered), "error", err)
+		in.log.Warn("checking events against storage failed; retrying", "events", len(maybe), "error", err)
 		if !sleep(ctx, backoff) {
 			return false
 		}
@@ -439,7 +441,7 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 		}
 	}
 	drop := map[uint64]Presence{}
-	for i, r := range redelivered {
+	for i, r := range maybe {
 		if presence[i] != NotStored {
 			drop[r.StreamSeq] = presence[i]
 		} else {
@@ -474,7 +476,7 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 //  2. Ack the newest message taken. With AckAll this acknowledges every message up to it:
 //     the stored ones and the dead-lettered ones (already republished before this point).
 //     If the ack is lost, JetStream redelivers the batch and the Sink sees it again with
-//     Redelivered set; nothing is lost.
+//     MaybeStored set; nothing is lost.
 func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 	if !in.dropStored(ctx, b) {
 		return false
@@ -503,7 +505,7 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 			// insert and the connection break before its reply arrives. Writing them again
 			// blindly would store them twice, so they are checked like redeliveries first.
 			for i := range b.records {
-				b.records[i].Redelivered = true
+				b.records[i].MaybeStored = true
 			}
 			if !in.dropStored(ctx, b) {
 				return false

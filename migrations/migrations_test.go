@@ -107,57 +107,39 @@ func TestScanRollupsBackfillExistingHistory(t *testing.T) {
 	}
 	check := func(when string) {
 		t.Helper()
-		daily := queryStrings(t, db, `SELECT concat(toString(day), ' ', project, ' ', key_id, ' ', service, ' ', model,
+		wantLines(t, db, when+": spend_daily", `SELECT concat(toString(day), ' ', project, ' ', key_id, ' ', service, ' ', model,
     ' requests=', toString(sum(requests)), ' errors=', toString(sum(errors)), ' in=', toString(sum(total_input_tokens)),
     ' out=', toString(sum(total_output_tokens)), ' cost=', toString(sum(total_cost_micros))) AS line
-FROM spend_daily GROUP BY day, project, key_id, service, model ORDER BY line`)
-		if !reflect.DeepEqual(daily, wantDaily) {
-			t.Errorf("%s: spend_daily\n%q\nwant\n%q", when, daily, wantDaily)
-		}
-		hourly := queryStrings(t, db, `SELECT concat(toString(hour), ' ', project, ' ', key_id,
+FROM spend_daily GROUP BY day, project, key_id, service, model ORDER BY line`, wantDaily)
+		wantLines(t, db, when+": usage_key_hourly", `SELECT concat(toString(hour), ' ', project, ' ', key_id,
     ' requests=', toString(sum(requests)), ' errors=', toString(sum(errors)), ' cost=', toString(sum(total_cost_micros))) AS line
-FROM usage_key_hourly GROUP BY hour, project, key_id ORDER BY line`)
-		if !reflect.DeepEqual(hourly, wantHourly) {
-			t.Errorf("%s: usage_key_hourly\n%q\nwant\n%q", when, hourly, wantHourly)
-		}
+FROM usage_key_hourly GROUP BY hour, project, key_id ORDER BY line`, wantHourly)
 	}
 	check("after the upgrade")
 
 	// 0006 moved the per-key minute cells, history included, to usage_key_minute.
-	minutes := queryStrings(t, db, `SELECT concat(toString(minute), ' ', key_id, ' ', service, ' requests=', toString(countMerge(requests)),
+	wantLines(t, db, "usage_key_minute", `SELECT concat(toString(minute), ' ', key_id, ' ', service, ' requests=', toString(countMerge(requests)),
     ' errors=', toString(sumMerge(errors)), ' last_success=', toString(maxIfMerge(last_success_ms))) AS line
-FROM usage_key_minute GROUP BY minute, key_id, service ORDER BY line`)
-	wantMinutes := []string{
+FROM usage_key_minute GROUP BY minute, key_id, service ORDER BY line`, []string{
 		"2026-11-20 23:30:00 key_a svc-1 requests=1 errors=0 last_success=1795217400000",
 		"2026-11-20 23:45:00 key_a svc-1 requests=1 errors=1 last_success=0",
 		"2026-11-21 00:10:00 key_a svc-2 requests=1 errors=0 last_success=1795219800000",
 		"2026-11-21 01:20:00 key_b svc-1 requests=1 errors=0 last_success=1795224000000",
 		"2026-11-21 01:50:00 key_b svc-1 requests=1 errors=1 last_success=0",
-	}
-	if !reflect.DeepEqual(minutes, wantMinutes) {
-		t.Errorf("usage_key_minute\n%q\nwant\n%q", minutes, wantMinutes)
-	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE 'usage_by_key_minute%'"); n != 0 {
-		t.Errorf("%d tables of the old per-key minute rollup remain", n)
-	}
+	})
+	wantNoTables(t, db, "usage_by_key_minute%")
 
 	// 0008 moved the 5-minute cells, history included, to usage_key_5min.
-	fives := queryStrings(t, db, `SELECT concat(toString(bucket), ' ', project, ' ', key_id, ' ', service, ' requests=', toString(sum(requests)),
+	wantLines(t, db, "usage_key_5min", `SELECT concat(toString(bucket), ' ', project, ' ', key_id, ' ', service, ' requests=', toString(sum(requests)),
     ' errors=', toString(sum(errors)), ' cost=', toString(sum(total_cost_micros))) AS line
-FROM usage_key_5min GROUP BY bucket, project, key_id, service ORDER BY line`)
-	wantFives := []string{
+FROM usage_key_5min GROUP BY bucket, project, key_id, service ORDER BY line`, []string{
 		"2026-11-20 23:30:00 proj_a key_a svc-1 requests=1 errors=0 cost=1000",
 		"2026-11-20 23:45:00 proj_a key_a svc-1 requests=1 errors=1 cost=0",
 		"2026-11-21 00:10:00 proj_a key_a svc-2 requests=1 errors=0 cost=300",
 		"2026-11-21 01:20:00 proj_b key_b svc-1 requests=1 errors=0 cost=7000",
 		"2026-11-21 01:50:00 proj_b key_b svc-1 requests=1 errors=1 cost=0",
-	}
-	if !reflect.DeepEqual(fives, wantFives) {
-		t.Errorf("usage_key_5min\n%q\nwant\n%q", fives, wantFives)
-	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE 'usage_5min%'"); n != 0 {
-		t.Errorf("%d tables of the old 5-minute rollup remain", n)
-	}
+	})
+	wantNoTables(t, db, "usage_5min%")
 
 	// A second run of the whole file starts over from spend_hourly: the same rows, not twice.
 	all, err := migrations.All()
@@ -175,6 +157,23 @@ FROM usage_key_5min GROUP BY bucket, project, key_id, service ORDER BY line`)
 		}
 	}
 	check("after a second run of 0005")
+}
+
+// wantLines checks the one-string-column rows a query returns.
+func wantLines(t *testing.T, db *testenv.Database, what, sql string, want []string) {
+	t.Helper()
+	if got := queryStrings(t, db, sql); !reflect.DeepEqual(got, want) {
+		t.Errorf("%s\n%q\nwant\n%q", what, got, want)
+	}
+}
+
+// wantNoTables checks that no table of the database matches a LIKE pattern: what a migration
+// replaced is gone.
+func wantNoTables(t *testing.T, db *testenv.Database, like string) {
+	t.Helper()
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name LIKE ?", like); n != 0 {
+		t.Errorf("%d tables named like %s remain", n, like)
+	}
 }
 
 func queryStrings(t *testing.T, db *testenv.Database, sql string) []string {

@@ -341,27 +341,13 @@ func (rd *Reader) nameServices(ctx context.Context, flagged []flaggedBucket) err
 		return nil
 	}
 	slices.Sort(keyIDs)
-	q := AnomalyServiceNames(slices.Compact(keyIDs))
-	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
-	if err != nil {
-		return fmt.Errorf("query service names: %w", err)
-	}
-	defer rows.Close()
-	type keyService struct {
-		key  string
-		hash uint64
-	}
+	keyIDs = slices.Compact(keyIDs)
 	names := map[keyService]string{}
-	for rows.Next() {
-		var key, service string
-		var hash uint64
-		if err := rows.Scan(&key, &service, &hash); err != nil {
-			return fmt.Errorf("scan service name: %w", err)
+	// The ids are bound into the query text, which ClickHouse bounds (max_query_size).
+	for chunk := range slices.Chunk(keyIDs, 1000) {
+		if err := rd.readServiceNames(ctx, chunk, names); err != nil {
+			return err
 		}
-		names[keyService{key, hash}] = service
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("read service names: %w", err)
 	}
 	for i := range flagged {
 		fb := &flagged[i]
@@ -374,6 +360,32 @@ func (rd *Reader) nameServices(ctx context.Context, flagged []flaggedBucket) err
 			return fmt.Errorf("service of a flagged series of key %s is missing from key_service_totals (hash %d)", fb.base.KeyID, fb.serviceHash)
 		}
 		fb.setService(name)
+	}
+	return nil
+}
+
+type keyService struct {
+	key  string
+	hash uint64
+}
+
+func (rd *Reader) readServiceNames(ctx context.Context, keyIDs []string, names map[keyService]string) error {
+	q := AnomalyServiceNames(keyIDs)
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query service names: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var key, service string
+		var hash uint64
+		if err := rows.Scan(&key, &service, &hash); err != nil {
+			return fmt.Errorf("scan service name: %w", err)
+		}
+		names[keyService{key, hash}] = service
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read service names: %w", err)
 	}
 	return nil
 }

@@ -86,8 +86,8 @@ func (sc *anomalyScorer) addKey(hash uint64, project, key string) {
 
 const bucketSeconds = int64(anomaly.BucketWidth / time.Second)
 
-// add files one scanned row under its key and service. A row of a key that is not a
-// candidate cannot come (the scan filters by the same condition) and is ignored.
+// add files one scanned row under its key and service. A row whose key is not a candidate
+// (the scan selects by key id alone, so the same key id in another project) is dropped.
 func (sc *anomalyScorer) add(keyHash, serviceHash uint64, bucket uint32, requests, errors uint64, cost int64) {
 	k, ok := sc.keys[keyHash]
 	if !ok {

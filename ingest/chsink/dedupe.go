@@ -3,6 +3,7 @@ package chsink
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/keytrail/keytrail/auditchain"
@@ -24,14 +25,12 @@ func (s *Sink) Classify(ctx context.Context, records []ingest.Record) ([]ingest.
 		return nil, err
 	}
 	out := make([]ingest.Presence, 0, len(records))
-	for len(records) > 0 {
-		n := min(len(records), classifyChunk)
-		presence, err := s.classify(ctx, records[:n])
+	for chunk := range slices.Chunk(records, classifyChunk) {
+		presence, err := s.classify(ctx, chunk)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, presence...)
-		records = records[n:]
 	}
 	return out, nil
 }

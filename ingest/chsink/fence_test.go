@@ -57,9 +57,9 @@ func TestClassifyWaitsForAnInsertStillCommitting(t *testing.T) {
 
 	records := []ingest.Record{
 		{Event: event.Event{Kind: event.KindUsage, Usage: &keytrailv1.UsageEvent{EventId: "ev-late", Time: timestamppb.New(at), Project: "acme", KeyId: "key_a"}},
-			StreamSeq: 7, Redelivered: true, ContentHash: 42},
+			StreamSeq: 7, MaybeStored: true, ContentHash: 42},
 		{Event: event.Event{Kind: event.KindUsage, Usage: &keytrailv1.UsageEvent{EventId: "ev-other", Time: timestamppb.New(at), Project: "acme", KeyId: "key_a"}},
-			StreamSeq: 8, Redelivered: true, ContentHash: 43},
+			StreamSeq: 8, MaybeStored: true, ContentHash: 43},
 	}
 	got, err := sink.Classify(context.Background(), records)
 	if err != nil {
@@ -123,7 +123,7 @@ func TestClassifyAFullBatchOfUUIDIDs(t *testing.T) {
 		id := fmt.Sprintf("%08x-4b1c-4d2e-8f3a-%012x", i, i*7919)
 		return ingest.Record{Event: event.Event{Kind: event.KindUsage, Usage: &keytrailv1.UsageEvent{
 			EventId: id, Time: timestamppb.New(at.Add(time.Duration(i) * time.Millisecond)), Project: "acme", KeyId: fmt.Sprintf("key_%03d", i%300)}},
-			StreamSeq: uint64(i + 1), Redelivered: true, ContentHash: uint64(i)}
+			StreamSeq: uint64(i + 1), MaybeStored: true, ContentHash: uint64(i)}
 	}
 	const stored, fresh = 10_000, 5
 	var records []ingest.Record
