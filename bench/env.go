@@ -16,10 +16,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/ingest/broker"
+	"github.com/keytrail/keytrail/internal/storage"
 	"github.com/keytrail/keytrail/migrations"
-	"github.com/keytrail/keytrail/storage"
 )
 
 // jetStreamEnv is one phase's embedded NATS server with keytrail's streams, its store in a

@@ -16,12 +16,12 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/keytrail/keytrail/api"
-	"github.com/keytrail/keytrail/auth"
 	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
-	"github.com/keytrail/keytrail/query"
-	"github.com/keytrail/keytrail/queryaudit"
+	"github.com/keytrail/keytrail/query/api"
+	"github.com/keytrail/keytrail/query/auditlog"
+	"github.com/keytrail/keytrail/query/auth"
+	"github.com/keytrail/keytrail/query/chreader"
 )
 
 // answer is one API answer and the straightforward raw-table computation of the same answer.
@@ -44,7 +44,7 @@ var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
 // not what these figures are about.
 type nopRecorder struct{}
 
-func (nopRecorder) Record(context.Context, queryaudit.Record) error { return nil }
+func (nopRecorder) Record(context.Context, auditlog.Record) error { return nil }
 
 // apiServer serves the real API (authentication, validation, REST gateway) on loopback.
 type apiServer struct {
@@ -64,7 +64,7 @@ func startAPI(ctx context.Context, conn driver.Conn) (*apiServer, error) {
 		return nil, err
 	}
 	srv, err := api.New(api.Config{
-		Reader:   query.NewReader(conn, nil),
+		Reader:   chreader.NewReader(conn, nil),
 		Ready:    func(context.Context) error { return nil },
 		Auth:     authn,
 		Recorder: nopRecorder{},
@@ -347,7 +347,7 @@ GROUP BY bucket, key_id ORDER BY bucket, key_id LIMIT 101`, spendFrom.Unix(), sp
 			},
 			raw: func(ctx context.Context, i int) error {
 				key := keyName(spreadKey(max(i, 0), calls))
-				q := query.KeyLifecycle(key, stateAt)
+				q := chreader.KeyLifecycle(key, stateAt)
 				if err := readAll(ctx, conn, q.SQL, q.Args...); err != nil {
 					return err
 				}
@@ -373,7 +373,7 @@ FROM lifecycle_events WHERE project = ? ORDER BY event_time_ms DESC, event_id DE
 // rawRotation computes rotation i's answer from the raw tables.
 func rawRotation(ctx context.Context, conn driver.Conn, i int, hs history) error {
 	old := keyName(rotatedKey(i))
-	q := query.KeyLifecycle(old, time.Now())
+	q := chreader.KeyLifecycle(old, time.Now())
 	rows, err := conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return err
@@ -402,7 +402,7 @@ func rawRotation(ctx context.Context, conn driver.Conn, i int, hs history) error
 	}
 	now := time.Now()
 	from := time.UnixMilli(rotatedMs).UTC()
-	quietFrom := now.Add(-query.DefaultQuietPeriod).UnixMilli()
+	quietFrom := now.Add(-chreader.DefaultQuietPeriod).UnixMilli()
 	if err := readAll(ctx, conn, `SELECT key_id, service, count(), countIf(event_time_ms >= ?), min(event_time_ms), max(event_time_ms), maxIf(event_time_ms, status_code < 400)
 FROM usage_events WHERE key_id IN (?, ?) AND event_time >= toDateTime(?) AND event_time_ms >= ?
 GROUP BY key_id, service`, quietFrom, old, newKey, from.Unix(), rotatedMs); err != nil {

@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/ingest/broker"
 )
 
 // Record is one valid event with where it came from in the stream.

@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/ingest/chsink"
 	"github.com/keytrail/keytrail/internal/testenv"
 )

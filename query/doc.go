@@ -1,10 +1,15 @@
-// Package query answers keytrail's questions from ClickHouse.
+// Package query is keytrail's read path. It holds no code of its own; its subpackages are
+// laid out so that each REST answer can be traced from the API to the SQL:
 //
-// Builders (functions named after the question, returning a Query) emit the SQL text and its
-// bound arguments and do no I/O, so tests assert the exact SQL. Reader runs them. User input
-// only ever reaches ClickHouse as a bound argument; identifiers in the SQL are constants.
+//   - api: the gRPC service, the REST gateway and OpenAPI document, health; maps requests
+//     and proto enums to the domain packages below and their answers back to protos.
+//   - auth: credentials (bearer tokens, client certificates), roles and project scopes.
+//   - auditlog: the query audit log; every API call is recorded before it is answered.
+//   - chreader: the ClickHouse reader. SQL builders (exact SQL asserted by tests) and the
+//     Reader that runs them; every answer's facts come from here.
+//   - rotation, keystate, budget, anomaly: the domain logic of the answers (no I/O): the
+//     rotation verdict, a key's state at an instant, budget periods and money, anomaly scores.
+//   - alerting: the scheduled anomaly and new-caller evaluator that publishes alerts.
 //
-// Time ranges are exact to the millisecond although the rollups are per minute: the whole
-// minutes of a range are read from the rollups and the partial minutes at its edges from the
-// raw events (see splitRange), so an answer never depends on where a range starts.
+// The write path lives in package ingest, the event contract in package event.
 package query

@@ -6,8 +6,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/keytrail/keytrail/auditchain"
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/auditchain"
 	"github.com/keytrail/keytrail/ingest"
 )
 

@@ -9,8 +9,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/keytrail/keytrail/auditchain"
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/auditchain"
 	"github.com/keytrail/keytrail/ingest"
 )
 

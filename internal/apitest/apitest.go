@@ -16,12 +16,12 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/keytrail/keytrail/api"
-	"github.com/keytrail/keytrail/auth"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/internal/testenv"
-	"github.com/keytrail/keytrail/query"
-	"github.com/keytrail/keytrail/queryaudit"
+	"github.com/keytrail/keytrail/query/api"
+	"github.com/keytrail/keytrail/query/auditlog"
+	"github.com/keytrail/keytrail/query/auth"
+	"github.com/keytrail/keytrail/query/chreader"
 )
 
 // Options tune a test server.
@@ -60,7 +60,7 @@ func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
 	}
 	rec := &Recorder{}
 	srv, err := api.New(api.Config{
-		Reader:   query.NewReader(db.Conn, opts.Now),
+		Reader:   chreader.NewReader(db.Conn, opts.Now),
 		Ready:    func(context.Context) error { return nil },
 		Auth:     authn,
 		Recorder: rec,
@@ -124,11 +124,11 @@ func (s *Server) Get(t testing.TB, path string, params url.Values, token string)
 // Recorder keeps query audit records in memory.
 type Recorder struct {
 	mu      sync.Mutex
-	records []queryaudit.Record
+	records []auditlog.Record
 }
 
 // Record implements api.QueryRecorder.
-func (r *Recorder) Record(_ context.Context, rec queryaudit.Record) error {
+func (r *Recorder) Record(_ context.Context, rec auditlog.Record) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.records = append(r.records, rec)
@@ -136,8 +136,8 @@ func (r *Recorder) Record(_ context.Context, rec queryaudit.Record) error {
 }
 
 // All returns the records so far.
-func (r *Recorder) All() []queryaudit.Record {
+func (r *Recorder) All() []auditlog.Record {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]queryaudit.Record(nil), r.records...)
+	return append([]auditlog.Record(nil), r.records...)
 }

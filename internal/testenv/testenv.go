@@ -17,9 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/ingest/broker"
+	"github.com/keytrail/keytrail/internal/storage"
 	"github.com/keytrail/keytrail/migrations"
-	"github.com/keytrail/keytrail/storage"
 )
 
 // ClickHouseAddr is where the test ClickHouse listens (native protocol).

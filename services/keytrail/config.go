@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keytrail/keytrail/storage"
+	"github.com/keytrail/keytrail/internal/storage"
 )
 
 // Config is everything the keytrail binary can be told. Each flag has an environment

@@ -32,16 +32,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/keytrail/keytrail/alerting"
-	"github.com/keytrail/keytrail/api"
-	"github.com/keytrail/keytrail/broker"
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/ingest"
+	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/internal/storage"
 	"github.com/keytrail/keytrail/migrations"
-	"github.com/keytrail/keytrail/query"
-	"github.com/keytrail/keytrail/queryaudit"
-	"github.com/keytrail/keytrail/storage"
+	"github.com/keytrail/keytrail/query/alerting"
+	"github.com/keytrail/keytrail/query/api"
+	"github.com/keytrail/keytrail/query/auditlog"
+	"github.com/keytrail/keytrail/query/chreader"
 )
 
 func main() {
@@ -115,7 +115,7 @@ type Main struct {
 	nats     *server.Server
 	nc       *nats.Conn
 	ch       driver.Conn
-	recorder *queryaudit.Recorder
+	recorder *auditlog.Recorder
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -207,11 +207,11 @@ func (m *Main) Start(parent context.Context) error {
 		if err != nil {
 			return err
 		}
-		if m.recorder, err = queryaudit.New(queryaudit.Config{Conn: m.ch, Logger: m.log}); err != nil {
+		if m.recorder, err = auditlog.New(auditlog.Config{Conn: m.ch, Logger: m.log}); err != nil {
 			return err
 		}
 		srv, err := api.New(api.Config{
-			Reader:   query.NewReader(m.ch, nil),
+			Reader:   chreader.NewReader(m.ch, nil),
 			Ready:    m.ready,
 			Auth:     authn,
 			Recorder: m.recorder,
@@ -263,7 +263,7 @@ func (m *Main) Start(parent context.Context) error {
 	// 5. The alert evaluator, beside the query API (one per deployment).
 	if cfg.runsQuery() && cfg.AlertInterval > 0 {
 		ev, err := alerting.New(alerting.Config{
-			Source: query.NewReader(m.ch, nil), JetStream: js, Prefix: cfg.SubjectPrefix,
+			Source: chreader.NewReader(m.ch, nil), JetStream: js, Prefix: cfg.SubjectPrefix,
 			Interval: cfg.AlertInterval, Window: cfg.AlertWindow,
 			NewCallers: alerting.NewCallerMode(cfg.AlertNewCallers),
 			WebhookURL: cfg.AlertWebhookURL, WebhookFormat: alerting.WebhookFormat(cfg.AlertWebhookFormat),

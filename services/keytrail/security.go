@@ -13,7 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/keytrail/keytrail/auth"
+	"github.com/keytrail/keytrail/query/auth"
 )
 
 // authenticator loads the tokens file or, without one, makes dev mode's ephemeral admin

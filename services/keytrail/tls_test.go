@@ -33,9 +33,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/keytrail/keytrail/auth"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/internal/testenv"
+	"github.com/keytrail/keytrail/query/auth"
 )
 
 // startKeytrailWith is startKeytrail with extra flags.

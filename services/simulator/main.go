@@ -23,7 +23,7 @@ import (
 
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/publisher"
-	"github.com/keytrail/keytrail/simulate"
+	"github.com/keytrail/keytrail/services/simulator/simulate"
 )
 
 const (

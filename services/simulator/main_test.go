@@ -14,7 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/keytrail/keytrail/broker"
+	"github.com/keytrail/keytrail/ingest/broker"
 )
 
 // syncBuffer is the simulator's log, read by the test while the simulator writes it.

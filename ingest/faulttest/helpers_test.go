@@ -1,0 +1,595 @@
+package faulttest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/ingest/broker"
+	"github.com/keytrail/keytrail/internal/storage"
+	"github.com/keytrail/keytrail/migrations"
+	"github.com/keytrail/keytrail/publisher"
+)
+
+// keytrailBin is the keytrail binary, built once by TestMain.
+var keytrailBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "keytrail-faulttest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "faulttest:", err)
+		os.Exit(1)
+	}
+	keytrailBin = filepath.Join(dir, "keytrail")
+	goCmd := "go"
+	if root := os.Getenv("GOROOT"); root != "" {
+		if _, err := os.Stat(filepath.Join(root, "bin", "go")); err == nil {
+			goCmd = filepath.Join(root, "bin", "go")
+		}
+	}
+	build := exec.Command(goCmd, "build", "-o", keytrailBin, "github.com/keytrail/keytrail/services/keytrail")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "faulttest: build keytrail:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// envInt and envDuration read a load setting (see doc.go), falling back to def.
+func envInt(t *testing.T, name string, def int) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		t.Fatalf("%s=%q: want a positive integer", name, s)
+	}
+	return n
+}
+
+func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		t.Fatalf("%s=%q: want a positive duration", name, s)
+	}
+	return d
+}
+
+// load is a deterministic set of n usage events. Event i is the same every time it is built,
+// so a retry or a redelivery carries the same content, and the exact totals the rollups must
+// reach are known in advance.
+type load struct {
+	run  string
+	n    int
+	base time.Time
+}
+
+func newLoad(run string, n int) load {
+	// In the past (not rejected as future), inside one day; 7 ms apart, so the events span
+	// many minutes, five-minute buckets and at least one hour boundary of the rollups.
+	base := time.Now().UTC().Add(-3 * time.Hour).Truncate(time.Hour).Add(-10 * time.Minute)
+	return load{run: run, n: n, base: base}
+}
+
+var (
+	loadProjects = []string{"acme", "globex", "initech"}
+	loadModels   = []string{"gpt-4o", "claude-sonnet"}
+)
+
+func (l load) event(i int) *keytrailv1.UsageEvent {
+	return &keytrailv1.UsageEvent{
+		EventId:         fmt.Sprintf("%s-%07d", l.run, i),
+		Time:            timestamppb.New(l.base.Add(time.Duration(i) * 7 * time.Millisecond)),
+		Project:         loadProjects[i%len(loadProjects)],
+		KeyId:           fmt.Sprintf("key_%03d", i%211),
+		Service:         fmt.Sprintf("svc-%02d", i%17),
+		GatewayInstance: "gw-1",
+		Method:          "POST",
+		Endpoint:        "/v1/chat/completions",
+		Model:           loadModels[i%len(loadModels)],
+		Provider:        "openai",
+		StatusCode:      l.status(i),
+		LatencyMs:       uint32(i % 900),
+		InputTokens:     uint64(i % 1000),
+		OutputTokens:    uint64(i % 300),
+		CostMicros:      l.cost(i),
+		ClientIp:        fmt.Sprintf("10.0.%d.%d", i%7, i%250),
+		RequestId:       fmt.Sprintf("req-%d", i),
+	}
+}
+
+func (l load) status(i int) uint32 {
+	if i%25 == 0 {
+		return 503
+	}
+	return 200
+}
+
+func (l load) cost(i int) int64 { return int64(i % 997) }
+
+// want is what storage must hold once every event of the load is stored exactly once.
+func (l load) want() totals {
+	w := totals{Rows: int64(l.n), Distinct: int64(l.n)}
+	for i := range l.n {
+		if l.status(i) >= 400 {
+			w.Errors++
+		}
+		w.Cost += l.cost(i)
+	}
+	w.Rollups = map[string]int64{}
+	for _, q := range rollupQueries {
+		switch q.measure {
+		case "requests":
+			w.Rollups[q.name] = w.Rows
+		case "errors":
+			w.Rollups[q.name] = w.Errors
+		case "cost":
+			w.Rollups[q.name] = w.Cost
+		}
+	}
+	return w
+}
+
+// totals is what storage holds: the raw table and every rollup fed by its materialized views.
+type totals struct {
+	Rows, Distinct, Errors, Cost int64
+	Rollups                      map[string]int64
+}
+
+func (t totals) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "usage_events count()=%d uniqExact(event_id)=%d errors=%d sum(cost_micros)=%d", t.Rows, t.Distinct, t.Errors, t.Cost)
+	for _, q := range rollupQueries {
+		fmt.Fprintf(&b, ", %s=%d", q.name, t.Rollups[q.name])
+	}
+	return b.String()
+}
+
+// rollupQueries read the totals of every rollup table the usage materialized views feed.
+var rollupQueries = func() []struct{ name, measure, sql string } {
+	var out []struct{ name, measure, sql string }
+	for _, r := range migrations.UsageRollups {
+		for _, m := range []struct{ measure, expr string }{{"requests", r.Requests}, {"errors", r.Errors}, {"cost", r.Cost}} {
+			if m.expr != "" {
+				out = append(out, struct{ name, measure, sql string }{r.Table + "." + m.measure, m.measure, "SELECT toInt64(" + m.expr + ") FROM " + r.Table})
+			}
+		}
+	}
+	// Every fault-test event has a client IP, so this rollup counts them all too.
+	return append(out, struct{ name, measure, sql string }{"key_client_ip_totals.requests", "requests", "SELECT toInt64(countMerge(requests)) FROM key_client_ip_totals"})
+}()
+
+func readTotals(ctx context.Context, conn driver.Conn) (totals, error) {
+	var t totals
+	if err := conn.QueryRow(ctx, `SELECT toInt64(count()), toInt64(uniqExact(event_id)), toInt64(countIf(status_code >= 400)), toInt64(sum(cost_micros)) FROM usage_events`).
+		Scan(&t.Rows, &t.Distinct, &t.Errors, &t.Cost); err != nil {
+		return t, fmt.Errorf("read usage_events totals: %w", err)
+	}
+	t.Rollups = map[string]int64{}
+	for _, q := range rollupQueries {
+		var v int64
+		if err := conn.QueryRow(ctx, q.sql).Scan(&v); err != nil {
+			return t, fmt.Errorf("%s: %w", q.sql, err)
+		}
+		t.Rollups[q.name] = v
+	}
+	return t, nil
+}
+
+// waitExactlyOnce waits until storage holds exactly the load, every rollup agreeing, and
+// returns the totals. It fails at once when there are more rows than events or two rows for
+// one id: rows are never deleted, so a duplicate can never go away by waiting.
+func waitExactlyOnce(t *testing.T, conn driver.Conn, l load, timeout time.Duration) totals {
+	t.Helper()
+	want := l.want()
+	deadline := time.Now().Add(timeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		got, err := readTotals(ctx, conn)
+		cancel()
+		switch {
+		case err != nil:
+		case got.Rows > want.Rows || got.Distinct != got.Rows:
+			t.Fatalf("duplicates stored: %v; want %v", got, want)
+		case fmt.Sprint(got) == fmt.Sprint(want):
+			return got
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				t.Fatalf("storage never held exactly the %d events after %s: %v", l.n, timeout, err)
+			}
+			t.Fatalf("storage never held exactly the %d events after %s:\n got %v\nwant %v\nmissing ids (first 10): %v",
+				l.n, timeout, got, want, missingIDs(conn, l, 10))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// missingIDs lists up to limit event ids of the load that storage does not hold.
+func missingIDs(conn driver.Conn, l load, limit int) []string {
+	rows, err := conn.Query(context.Background(), "SELECT event_id FROM usage_events")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	defer rows.Close()
+	have := make(map[string]bool, l.n)
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return []string{err.Error()}
+		}
+		have[id] = true
+	}
+	var missing []string
+	for i := 0; i < l.n && len(missing) < limit; i++ {
+		if id := l.event(i).EventId; !have[id] {
+			missing = append(missing, id)
+		}
+	}
+	return missing
+}
+
+// publishPaced publishes events [from, to) of the load at about perSecond events a second,
+// so the load overlaps the fault instead of landing before it.
+func publishPaced(ctx context.Context, p *publisher.Publisher, l load, from, to, perSecond int) error {
+	start := time.Now()
+	for i := from; i < to; {
+		due := min(to, from+int(time.Since(start).Seconds()*float64(perSecond)))
+		if i >= due {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			time.Sleep(2 * time.Millisecond) // pacing only
+			continue
+		}
+		for ; i < due; i++ {
+			if err := p.PublishUsage(ctx, l.event(i)); err != nil {
+				return fmt.Errorf("publish event %d: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// failures records the ids the publisher gave up on (Config.OnFailure).
+type failures struct {
+	mu  sync.Mutex
+	ids []string
+}
+
+func (f *failures) record(id string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ids = append(f.ids, id+": "+err.Error())
+}
+
+func (f *failures) list() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.ids...)
+}
+
+// newPublisher makes a gateway-side publisher on its own NATS connection, which reconnects
+// for ever. It is closed when the test ends.
+func newPublisher(t *testing.T, url string, streams broker.StreamConfig, tune func(*publisher.Config)) (*publisher.Publisher, *failures) {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.Name("faulttest-gateway"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &failures{}
+	cfg := publisher.Config{JetStream: js, Subjects: streams.Subjects, OnFailure: f.record}
+	if tune != nil {
+		tune(&cfg)
+	}
+	p, err := publisher.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = p.Close(ctx)
+		nc.Close()
+	})
+	return p, f
+}
+
+// flushPublisher waits until every accepted event is acknowledged or given up on.
+func flushPublisher(t *testing.T, p *publisher.Publisher, timeout time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := p.Flush(ctx); err != nil {
+		t.Fatalf("publisher flush: %v (stats %+v)", err, p.Stats())
+	}
+}
+
+// consumerInfo reads the ingester's durable consumer.
+func consumerInfo(ctx context.Context, js jetstream.JetStream, streams broker.StreamConfig) (*jetstream.ConsumerInfo, error) {
+	c, err := js.Consumer(ctx, streams.EventsStream, streams.Durable)
+	if err != nil {
+		return nil, err
+	}
+	return c.Info(ctx)
+}
+
+// waitDrained waits until the ingester has acknowledged every message of the events stream:
+// nothing left to deliver, nothing delivered and unacknowledged, nothing kept by the stream
+// (interest retention drops a message once it is acknowledged).
+func waitDrained(t *testing.T, js jetstream.JetStream, streams broker.StreamConfig, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		last = func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			info, err := consumerInfo(ctx, js, streams)
+			if err != nil {
+				return err
+			}
+			if info.NumPending != 0 || info.NumAckPending != 0 {
+				return fmt.Errorf("consumer: %d pending, %d awaiting ack", info.NumPending, info.NumAckPending)
+			}
+			s, err := js.Stream(ctx, streams.EventsStream)
+			if err != nil {
+				return err
+			}
+			if n := s.CachedInfo().State.Msgs; n != 0 {
+				return fmt.Errorf("events stream still holds %d messages", n)
+			}
+			return nil
+		}()
+		if last == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("events not all acknowledged after %s: %v", timeout, last)
+}
+
+// ingesterProcess runs `keytrail serve -role ingest` as a child process, so it can be killed
+// for real. Every run appends to one log file, shown when the test fails.
+type ingesterProcess struct {
+	t       *testing.T
+	args    []string
+	logPath string
+
+	cmd    *exec.Cmd
+	exited chan error
+	starts int
+}
+
+func newIngesterProcess(t *testing.T, natsURL, dsn string) *ingesterProcess {
+	t.Helper()
+	p := &ingesterProcess{
+		t: t,
+		args: []string{"serve", "-role", "ingest", "-nats-url", natsURL, "-clickhouse-dsn", dsn,
+			"-batch-size", "5000", "-flush-interval", "200ms", "-http-listen", "127.0.0.1:0"},
+		logPath: filepath.Join(t.TempDir(), "keytrail.log"),
+	}
+	t.Cleanup(func() {
+		if p.running() {
+			p.stop()
+		}
+		if t.Failed() {
+			t.Logf("ingester log (last 60 lines of %s):\n%s", p.logPath, p.logTail(60))
+		}
+	})
+	return p
+}
+
+func (p *ingesterProcess) running() bool { return p.cmd != nil }
+
+// start runs the binary and waits until it has bound its consumer and is ingesting.
+func (p *ingesterProcess) start() {
+	p.t.Helper()
+	logFile, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(keytrailBin, p.args...)
+	// Only the flags configure the child: a KEYTRAIL_* variable of the caller's shell (say
+	// KEYTRAIL_INGEST_SHARED_CONSUMER) must not change what is being tested.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "KEYTRAIL_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("start keytrail: %v", err)
+	}
+	p.cmd, p.exited = cmd, make(chan error, 1)
+	go func(c *exec.Cmd, exited chan<- error) { exited <- c.Wait() }(cmd, p.exited)
+	p.starts++
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(p.logs(), `msg="keytrail started"`) < p.starts {
+		select {
+		case err := <-p.exited:
+			p.cmd = nil
+			p.t.Fatalf("keytrail exited during start-up: %v\n%s", err, p.logTail(30))
+		default:
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("keytrail not started after 30s:\n%s", p.logTail(30))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// kill sends SIGKILL: no shutdown flush, no final ack, connections cut mid-write.
+func (p *ingesterProcess) kill() {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		p.t.Fatalf("kill keytrail: %v", err)
+	}
+	<-p.exited
+	p.cmd = nil
+}
+
+// stop asks the process to shut down (SIGTERM) and waits for it.
+func (p *ingesterProcess) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.exited
+	}
+	p.cmd = nil
+}
+
+// rss is the process's resident set size in bytes (VmRSS).
+func (p *ingesterProcess) rss() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, errors.New("no VmRSS in /proc status")
+}
+
+func (p *ingesterProcess) logs() string {
+	b, _ := os.ReadFile(p.logPath)
+	return string(b)
+}
+
+func (p *ingesterProcess) logTail(n int) string {
+	lines := strings.Split(strings.TrimRight(p.logs(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// clickHouseServer is a private ClickHouse started with deploy/clickhouse/local.sh in a
+// temporary directory on free ports, for tests that stop it. The shared test server is never
+// touched.
+type clickHouseServer struct {
+	t                              *testing.T
+	script, dir                    string
+	tcpPort, httpPort, interserver int
+}
+
+// startPrivateClickHouse starts the server and stops it when the test ends.
+func startPrivateClickHouse(t *testing.T) *clickHouseServer {
+	t.Helper()
+	script, err := filepath.Abs(filepath.Join("..", "..", "deploy", "clickhouse", "local.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &clickHouseServer{t: t, script: script, dir: t.TempDir()}
+	c.tcpPort, c.httpPort, c.interserver = freePorts(t)
+	t.Cleanup(func() { c.run("stop") })
+	c.start()
+	return c
+}
+
+// freePorts picks three consecutive free ports at random in 20000-29999, so parallel runs
+// and other instances (19000/18123 and friends) do not clash.
+func freePorts(t *testing.T) (int, int, int) {
+	t.Helper()
+	for range 50 {
+		base := 20000 + rand.IntN(9997)
+		ok := true
+		for p := base; p < base+3 && ok; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				continue
+			}
+			l.Close()
+		}
+		if ok {
+			return base, base + 1, base + 2
+		}
+	}
+	t.Fatal("no three free ports found")
+	return 0, 0, 0
+}
+
+func (c *clickHouseServer) DSN(database string) string {
+	return fmt.Sprintf("clickhouse://127.0.0.1:%d/%s?dial_timeout=2s", c.tcpPort, database)
+}
+
+func (c *clickHouseServer) start() {
+	c.t.Helper()
+	if out, err := c.run("start"); err != nil {
+		c.t.Fatalf("start private clickhouse: %v\n%s", err, out)
+	}
+}
+
+func (c *clickHouseServer) stop() {
+	c.t.Helper()
+	if out, err := c.run("stop"); err != nil {
+		c.t.Fatalf("stop private clickhouse: %v\n%s", err, out)
+	}
+}
+
+func (c *clickHouseServer) run(command string) (string, error) {
+	cmd := exec.Command(c.script, command)
+	cmd.Env = append(os.Environ(),
+		"KEYTRAIL_CH_DIR="+c.dir,
+		"KEYTRAIL_CH_TCP_PORT="+strconv.Itoa(c.tcpPort),
+		"KEYTRAIL_CH_HTTP_PORT="+strconv.Itoa(c.httpPort),
+		"KEYTRAIL_CH_INTERSERVER_PORT="+strconv.Itoa(c.interserver),
+	)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// openDatabase connects to database on the server (creating it) and applies the schema.
+func openDatabase(t *testing.T, dsn string) driver.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := storage.Open(ctx, storage.Config{DSN: dsn})
+	if err != nil {
+		t.Fatalf("open %s: %v", dsn, err)
+	}
+	if _, err := migrations.Apply(ctx, conn); err != nil {
+		t.Fatalf("apply migrations: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}

@@ -1,0 +1,145 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/keytrail/keytrail/event"
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query/chreader"
+)
+
+// queryService implements keytrailv1.QueryServiceServer over a chreader.Reader. Requests
+// arrive already checked against their proto constraints by the protovalidate interceptor.
+type queryService struct {
+	keytrailv1.UnimplementedQueryServiceServer
+	reader *chreader.Reader
+	log    *slog.Logger
+}
+
+func (s *queryService) ListKeyServices(ctx context.Context, req *keytrailv1.ListKeyServicesRequest) (*keytrailv1.ListKeyServicesResponse, error) {
+	page, err := s.reader.KeyServices(ctx, chreader.UsageRequest{
+		Value: req.GetKeyId(), Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, "ListKeyServices", err)
+	}
+	// A key belongs to one project; its rows say which.
+	for _, r := range page.Rows {
+		if err := mayRead(ctx, r.Project); err != nil {
+			return nil, err
+		}
+	}
+	return &keytrailv1.ListKeyServicesResponse{Services: usageRows(page.Rows), NextPageToken: page.NextPageToken}, nil
+}
+
+func (s *queryService) ListServiceKeys(ctx context.Context, req *keytrailv1.ListServiceKeysRequest) (*keytrailv1.ListServiceKeysResponse, error) {
+	page, err := s.reader.ServiceKeys(ctx, chreader.UsageRequest{
+		Value: req.GetService(), Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, "ListServiceKeys", err)
+	}
+	// A service name can appear in several projects: keep the rows the caller may read. A
+	// page may then hold fewer rows than page_size; next_page_token still continues it.
+	rows := page.Rows[:0]
+	for _, r := range page.Rows {
+		if caller(ctx).MayRead(r.Project) {
+			rows = append(rows, r)
+		}
+	}
+	return &keytrailv1.ListServiceKeysResponse{Keys: usageRows(rows), NextPageToken: page.NextPageToken}, nil
+}
+
+func (s *queryService) ListAuditEvents(ctx context.Context, req *keytrailv1.ListAuditEventsRequest) (*keytrailv1.ListAuditEventsResponse, error) {
+	project, allowed, err := scopedProject(ctx, req.GetProject(), false)
+	if err != nil {
+		return nil, err
+	}
+	page, err := s.reader.AuditEvents(ctx, chreader.AuditRequest{
+		Filter: chreader.AuditFilter{
+			Project: project, KeyID: req.GetKeyId(), Actor: req.GetActor(), Action: event.ActionName(req.GetAction()),
+		},
+		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
+	})
+	if err != nil {
+		return nil, s.toStatus(ctx, "ListAuditEvents", err)
+	}
+	events := page.Events
+	if allowed != nil {
+		events = events[:0]
+		for _, e := range page.Events {
+			if allowed(e.GetProject()) {
+				events = append(events, e)
+			}
+		}
+	}
+	return &keytrailv1.ListAuditEventsResponse{Events: events, NextPageToken: page.NextPageToken}, nil
+}
+
+// toStatus maps an error to what the caller may see. Input problems name the field; anything
+// else is logged in full for the operator and reported to the caller without internals.
+func (s *queryService) toStatus(ctx context.Context, method string, err error) error {
+	var invalid *chreader.InvalidError
+	switch {
+	case errors.As(err, &invalid):
+		return status.Error(codes.InvalidArgument, invalid.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "the query took too long")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "the request was cancelled")
+	}
+	s.log.ErrorContext(ctx, "query failed", "method", method, "error", err)
+	return status.Error(codes.Internal, "internal error while reading storage; the operator's log has the details")
+}
+
+func usageRows(rows []chreader.KeyServiceUsage) []*keytrailv1.KeyServiceUsage {
+	out := make([]*keytrailv1.KeyServiceUsage, len(rows))
+	for i, r := range rows {
+		out[i] = &keytrailv1.KeyServiceUsage{
+			Project:      r.Project,
+			KeyId:        r.KeyID,
+			Service:      r.Service,
+			FirstSeen:    timestamppb.New(r.FirstSeen),
+			LastSeen:     timestamppb.New(r.LastSeen),
+			RequestCount: int64(r.Requests),
+			ErrorCount:   int64(r.Errors),
+		}
+		if !r.LastSuccess.IsZero() {
+			out[i].LastSuccess = timestamppb.New(r.LastSuccess)
+		}
+	}
+	return out
+}
+
+func (s *queryService) VerifyAuditTrail(ctx context.Context, req *keytrailv1.VerifyAuditTrailRequest) (*keytrailv1.VerifyAuditTrailResponse, error) {
+	project, _, err := scopedProject(ctx, req.GetProject(), true)
+	if err != nil {
+		return nil, err
+	}
+	results, err := s.reader.VerifyAuditTrail(ctx, project, timeOrZero(req.GetStartTime()), timeOrZero(req.GetEndTime()))
+	if err != nil {
+		return nil, s.toStatus(ctx, "VerifyAuditTrail", err)
+	}
+	resp := &keytrailv1.VerifyAuditTrailResponse{Intact: true}
+	for _, v := range results {
+		pv := &keytrailv1.ChainVerification{
+			Project: v.Project, FirstChainSeq: v.FirstSeq, LastChainSeq: v.LastSeq,
+			RowsChecked: int64(v.Rows), Intact: v.Break == nil, HeadHash: v.HeadHash,
+		}
+		if v.Break != nil {
+			pv.FirstBreak = &keytrailv1.ChainBreak{ChainSeq: v.Break.Seq, EventId: v.Break.EventID, Problem: v.Break.Problem}
+			resp.Intact = false
+		}
+		resp.Projects = append(resp.Projects, pv)
+	}
+	return resp, nil
+}

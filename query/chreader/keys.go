@@ -1,0 +1,548 @@
+package chreader
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/keytrail/keytrail/event"
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query/keystate"
+)
+
+// Key state: the lifecycle events are read here and folded by package keystate; the use of
+// the key (last request, per service) is joined from the usage rollups.
+
+// earliestKeyAt is the oldest instant a key state can be asked for: no stored event is older
+// (event.ValidateUsage / ValidateLifecycle reject them), and it keeps every range start
+// (the Unix epoch) before it.
+var earliestKeyAt = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// MaxKeyAtAhead is how far past the server's clock `at` may lie. A state in the future would be
+// a prediction that ignores events not yet sent (and could change after being answered), so
+// it is refused; the allowance only absorbs callers whose clock runs slightly ahead.
+const MaxKeyAtAhead = time.Minute
+
+// resolveKeyAt applies the default (now) and bounds of an `at` parameter.
+func resolveKeyAt(at, now time.Time) (time.Time, error) {
+	if at.IsZero() {
+		return now.UTC(), nil
+	}
+	if at.Before(earliestKeyAt) {
+		return time.Time{}, &InvalidError{Field: "at", Reason: "must not be before " + earliestKeyAt.Format(time.RFC3339) + " (no event is older)"}
+	}
+	if at.After(now.Add(MaxKeyAtAhead)) {
+		return time.Time{}, &InvalidError{Field: "at", Reason: "must not be in the future"}
+	}
+	return at.UTC(), nil
+}
+
+const lifecycleStateColumns = "event_id, event_time_ms, project, key_id, action, new_key_id, actor, expires_at, budget_amount_micros, budget_period, scopes"
+
+// KeyLifecycle is every lifecycle event concerning one key at or before at: its own events
+// and rotations of other keys naming it as new_key_id, in folding order. The lifecycle table
+// holds one row per key action, so reading a key's whole history is cheap.
+func KeyLifecycle(keyID string, at time.Time) Query {
+	return Query{
+		SQL: "SELECT " + lifecycleStateColumns + "\nFROM lifecycle_events\nWHERE (key_id = ? OR new_key_id = ?) AND event_time_ms <= ?" +
+			"\nORDER BY event_time_ms, event_id",
+		Args: []any{keyID, keyID, at.UnixMilli()},
+	}
+}
+
+// ProjectLifecycle is every lifecycle event of a project (of all projects when project is
+// empty) at or before at that concerns a key after afterKey, in folding order. A rotation
+// concerns both its keys, hence the new_key_id condition: without it a key after the cursor
+// would lose the rotation that introduced it.
+func ProjectLifecycle(project, afterKey string, at time.Time) Query {
+	where := []string{"event_time_ms <= ?"}
+	args := []any{at.UnixMilli()}
+	if project != "" {
+		where = append(where, "project = ?")
+		args = append(args, project)
+	}
+	if afterKey != "" {
+		where = append(where, "(key_id > ? OR new_key_id > ?)")
+		args = append(args, afterKey, afterKey)
+	}
+	return Query{
+		SQL:  "SELECT " + lifecycleStateColumns + "\nFROM lifecycle_events\nWHERE " + strings.Join(where, "\n  AND ") + "\nORDER BY event_time_ms, event_id",
+		Args: args,
+	}
+}
+
+// KeyUseFilter narrows a last-used query; empty fields match everything.
+type KeyUseFilter struct {
+	Project string
+	KeyID   string
+	// AfterKey keeps only keys after it (the page cursor).
+	AfterKey string
+}
+
+func (f KeyUseFilter) conditions() ([]string, []any) {
+	var where []string
+	var args []any
+	if f.KeyID != "" {
+		where = append(where, "key_id = ?")
+		args = append(args, f.KeyID)
+	}
+	if f.Project != "" {
+		where = append(where, "project = ?")
+		args = append(args, f.Project)
+	}
+	if f.AfterKey != "" {
+		where = append(where, "key_id > ?")
+		args = append(args, f.AfterKey)
+	}
+	return where, args
+}
+
+// KeyLastUsedNow is the last request of each key x service over all history, from the all-time
+// rollup key_service_totals (one row per pair after merges, so this never scans history).
+// It includes every stored request, also one stamped a little ahead of the server's clock
+// (ingestion accepts up to an hour of skew).
+func KeyLastUsedNow(f KeyUseFilter) Query {
+	where, args := f.conditions()
+	sql := "SELECT key_id, service, any(project) AS key_project, maxMerge(last_seen_ms) AS last_used_ms\nFROM key_service_totals"
+	if len(where) > 0 {
+		sql += "\nWHERE " + strings.Join(where, " AND ")
+	}
+	sql += "\nGROUP BY key_id, service\nORDER BY key_id, service"
+	return Query{SQL: sql, Args: args}
+}
+
+// KeyLastUsedAt is the last request at or before at of each key x service. Exact to the
+// millisecond, the same way every range query is: the range [epoch, at + 1 ms) is split
+// into whole minutes, read from usage_key_minute, and the partial minute ending at at,
+// read from the raw usage_events (see splitRange). Cost: with a key_id filter it reads that
+// key's slice of the rollup (the sorting key starts with key_id); with only a project it
+// reads the rollup's rows for every minute with traffic before at, which is the price of an
+// arbitrary past instant.
+func KeyLastUsedAt(f KeyUseFilter, at time.Time) Query {
+	return KeyLastUsedIn(f, nil, Range{Start: time.Unix(0, 0).UTC(), End: time.UnixMilli(at.UnixMilli() + 1).UTC()})
+}
+
+// KeyLastUsedIn is the last request in r of each key x service, of the given services only
+// when services is not nil; exact to the millisecond (whole minutes from usage_key_minute,
+// partial minutes from usage_events).
+func KeyLastUsedIn(f KeyUseFilter, services []string, r Range) Query {
+	s := splitRange(r)
+	where, whereArgs := f.conditions()
+	if services != nil {
+		where = append(where, "has(?, service)")
+		whereArgs = append(whereArgs, services)
+	}
+	and := ""
+	if len(where) > 0 {
+		and = " AND " + strings.Join(where, " AND ")
+	}
+	var parts []string
+	var args []any
+	if s.hasRollup() {
+		parts = append(parts, `    SELECT key_id, service, any(project) AS project_any, maxMerge(last_seen_ms) AS last_ms
+    FROM usage_key_minute
+    WHERE minute >= toDateTime(?) AND minute < toDateTime(?)`+and+`
+    GROUP BY key_id, service`)
+		args = append(args, s.RollupFrom.Unix(), s.RollupTo.Unix())
+		args = append(args, whereArgs...)
+	}
+	if len(s.Edges) > 0 {
+		cond, condArgs := s.edgeCondition()
+		parts = append(parts, `    SELECT key_id, service, any(project) AS project_any, max(event_time_ms) AS last_ms
+    FROM usage_events
+    WHERE `+cond+and+`
+    GROUP BY key_id, service`)
+		args = append(args, condArgs...)
+		args = append(args, whereArgs...)
+	}
+	sql := `SELECT key_id, service, any(project_any) AS key_project, max(last_ms) AS last_used_ms
+FROM
+(
+` + strings.Join(parts, "\n    UNION ALL\n") + `
+)
+GROUP BY key_id, service
+ORDER BY key_id, service`
+	return Query{SQL: sql, Args: args}
+}
+
+// KeyServiceSpans is, per service, the first and last request with a key over all history,
+// from key_service_totals (one row per pair after merges).
+func KeyServiceSpans(keyID string) Query {
+	return Query{
+		SQL: `SELECT service, any(project) AS key_project, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms
+FROM key_service_totals
+WHERE key_id = ?
+GROUP BY service
+ORDER BY service`,
+		Args: []any{keyID},
+	}
+}
+
+// lastUseSearch are the windows searched back from an instant for a service's last request
+// before it, newest first; 0 is "back to the beginning". A busy service is found in the
+// first hour, so a key's state at an instant reads an hour of its rollup instead of its whole
+// history before that instant (at 100M events a month, the hottest key has ~10^5 rollup rows
+// in 20 days).
+var lastUseSearch = []time.Duration{time.Hour, 24 * time.Hour, 31 * 24 * time.Hour, 0}
+
+// Key is a key's lifecycle state at an instant joined with its use up to that instant.
+type Key struct {
+	keystate.State
+	// LastUsedAt is the key's last request at or before AsOf; zero when it had none.
+	LastUsedAt time.Time
+	// Services is the last request of each service that used the key, by service name.
+	Services []ServiceUse
+}
+
+// ServiceUse is the last request of one service with a key.
+type ServiceUse struct {
+	Service    string
+	LastUsedAt time.Time
+}
+
+// KeyNotFoundError reports a key unknown at the instant asked about (no lifecycle event and
+// no request at or before it); the API maps it to NotFound.
+type KeyNotFoundError struct {
+	KeyID string
+	At    time.Time
+}
+
+func (e *KeyNotFoundError) Error() string {
+	return fmt.Sprintf("key %q is not known at %s", e.KeyID, e.At.Format(time.RFC3339Nano))
+}
+
+// KeyRequest is the input of Key.
+type KeyRequest struct {
+	KeyID string
+	// At is the instant to describe; zero means now.
+	At time.Time
+}
+
+// Key is the state of one key at an instant. A key with requests but no lifecycle event (as
+// of the instant) is returned with status KEY_STATUS_UNSPECIFIED: a key used but never
+// registered by a gateway is worth seeing, not hiding. A key with neither is a
+// *KeyNotFoundError.
+func (rd *Reader) Key(ctx context.Context, req KeyRequest) (Key, error) {
+	if req.KeyID == "" {
+		return Key{}, &InvalidError{Field: "key_id", Reason: "is required"}
+	}
+	at, err := resolveKeyAt(req.At, rd.now())
+	if err != nil {
+		return Key{}, err
+	}
+	events, err := rd.keyLifecycleEvents(ctx, KeyLifecycle(req.KeyID, at))
+	if err != nil {
+		return Key{}, err
+	}
+	uses, err := rd.keyLastUsed(ctx, KeyUseFilter{KeyID: req.KeyID}, at, req.At.IsZero())
+	if err != nil {
+		return Key{}, err
+	}
+	state, known := keystate.At(req.KeyID, events, at)
+	use, used := uses[req.KeyID]
+	if !known && !used {
+		return Key{}, &KeyNotFoundError{KeyID: req.KeyID, At: at}
+	}
+	if !known {
+		state = keystate.State{KeyID: req.KeyID, Project: use.project, AsOf: at}
+	}
+	return joinUse(state, use), nil
+}
+
+// KeysRequest is the input of Keys. Zero times mean "no filter", except At (zero is now).
+type KeysRequest struct {
+	Project string
+	// ProjectAllowed, when set, keeps only keys of the projects it accepts (the caller's
+	// read permissions). Applied with the other filters, so pages stay full.
+	ProjectAllowed func(project string) bool
+	// Status KEY_STATUS_UNSPECIFIED means any status.
+	Status        keytrailv1.KeyStatus
+	ExpiresBefore time.Time
+	UnusedSince   time.Time
+	UsedSince     time.Time
+	At            time.Time
+	PageSize      int32
+	PageToken     string
+}
+
+// KeysPage is one page of keys, ordered by key id.
+type KeysPage struct {
+	Keys          []Key
+	NextPageToken string
+}
+
+// Keys lists key states at an instant, filtered, ordered by key id and keyset-paginated.
+//
+// The states are folded in Go from every lifecycle event of the project (all projects when
+// none is given) for keys after the page cursor; the filters (status, expiry, use) are
+// applied after folding because status depends on time (a TTL passes without an event) and
+// cannot be expressed in SQL over the raw rows on 18.16 (no window functions). The lifecycle
+// table has one row per key action, so this is fine up to about 10^5 keys (~10^6 events,
+// tens of MB for one call); beyond that, narrow by project.
+//
+// Keys with requests but no lifecycle event are included with status
+// KEY_STATUS_UNSPECIFIED when no status filter is given: the inventory then shows keys in
+// use that no gateway ever registered.
+//
+// Use is joined from key_service_totals when At is unset (as of now), else from the minute
+// rollup plus the raw partial minute (exact as of At, see KeyLastUsedAt). When At is unset the
+// first page pins "now" in the page token, so every page describes the same instant.
+func (rd *Reader) Keys(ctx context.Context, req KeysRequest) (KeysPage, error) {
+	if _, ok := keytrailv1.KeyStatus_name[int32(req.Status)]; !ok {
+		return KeysPage{}, &InvalidError{Field: "status", Reason: "is not a key status"}
+	}
+	at, err := resolveKeyAt(req.At, rd.now())
+	if err != nil {
+		return KeysPage{}, err
+	}
+	limit, err := PageSize(req.PageSize)
+	if err != nil {
+		return KeysPage{}, err
+	}
+	filters := []string{"keys", req.Project, req.Status.String(), keyFilterStamp(req.ExpiresBefore), keyFilterStamp(req.UnusedSince), keyFilterStamp(req.UsedSince), keyFilterStamp(req.At)}
+	cursor, err := decodePageToken(req.PageToken, 2, filters...)
+	if err != nil {
+		return KeysPage{}, err
+	}
+	after := ""
+	if cursor != nil {
+		after = cursor[0]
+		pinned, perr := time.Parse(time.RFC3339Nano, cursor[1])
+		if perr == nil {
+			pinned, perr = resolveKeyAt(pinned, rd.now())
+		}
+		if perr != nil {
+			return KeysPage{}, &InvalidError{Field: "page_token", Reason: "is not a token this query issued"}
+		}
+		at = pinned // equal to req.At when it was given: the fingerprint covers it
+	}
+
+	events, err := rd.keyLifecycleEvents(ctx, ProjectLifecycle(req.Project, after, at))
+	if err != nil {
+		return KeysPage{}, err
+	}
+	uses, err := rd.keyLastUsed(ctx, KeyUseFilter{Project: req.Project, AfterKey: after}, at, req.At.IsZero())
+	if err != nil {
+		return KeysPage{}, err
+	}
+	keys := make(map[string]Key, len(uses))
+	for _, s := range keystate.AllAt(events, at) {
+		if s.KeyID > after {
+			keys[s.KeyID] = joinUse(s, uses[s.KeyID])
+		}
+	}
+	for id, use := range uses {
+		if _, ok := keys[id]; !ok {
+			keys[id] = joinUse(keystate.State{KeyID: id, Project: use.project, AsOf: at}, use)
+		}
+	}
+	ids := make([]string, 0, len(keys))
+	for id, k := range keys {
+		if req.matches(k) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	var page KeysPage
+	for _, id := range ids {
+		if len(page.Keys) == limit {
+			last := page.Keys[limit-1].KeyID
+			page.NextPageToken = encodePageToken([]string{last, at.Format(time.RFC3339Nano)}, filters...)
+			break
+		}
+		page.Keys = append(page.Keys, keys[id])
+	}
+	return page, nil
+}
+
+func (req KeysRequest) matches(k Key) bool {
+	if req.ProjectAllowed != nil && !req.ProjectAllowed(k.Project) {
+		return false
+	}
+	if req.Status != keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED && k.Status != req.Status {
+		return false
+	}
+	if !req.ExpiresBefore.IsZero() && (k.ExpiresAt.IsZero() || !k.ExpiresAt.Before(req.ExpiresBefore)) {
+		return false
+	}
+	if !req.UnusedSince.IsZero() && !k.LastUsedAt.IsZero() && !k.LastUsedAt.Before(req.UnusedSince) {
+		return false
+	}
+	if !req.UsedSince.IsZero() && (k.LastUsedAt.IsZero() || k.LastUsedAt.Before(req.UsedSince)) {
+		return false
+	}
+	return true
+}
+
+func keyFilterStamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// keyUse is the use of one key, as read from a last-used query.
+type keyUse struct {
+	project  string
+	last     time.Time
+	services []ServiceUse
+}
+
+func joinUse(s keystate.State, use keyUse) Key {
+	return Key{State: s, LastUsedAt: use.last, Services: use.services}
+}
+
+// keyLifecycleEvents runs a lifecycle query and converts its rows for folding.
+func (rd *Reader) keyLifecycleEvents(ctx context.Context, q Query) ([]keystate.Event, error) {
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return nil, fmt.Errorf("query key lifecycle: %w", err)
+	}
+	defer rows.Close()
+	var events []keystate.Event
+	for rows.Next() {
+		var (
+			id, project, key, action, newKey, actor, period string
+			timeMs                                          int64
+			expires                                         *time.Time
+			budget                                          *int64
+			scopes                                          []string
+		)
+		if err := rows.Scan(&id, &timeMs, &project, &key, &action, &newKey, &actor, &expires, &budget, &period, &scopes); err != nil {
+			return nil, fmt.Errorf("scan key lifecycle: %w", err)
+		}
+		// An action this build does not know stays ACTION_UNSPECIFIED: it still makes the key
+		// known and carries its fields, but changes no status.
+		a, _ := event.ParseAction(action)
+		e := keystate.Event{
+			ID: id, Time: time.UnixMilli(timeMs).UTC(), Project: project, KeyID: key,
+			Action: a, NewKeyID: newKey, Actor: actor, Scopes: scopes,
+		}
+		if expires != nil {
+			e.ExpiresAt = expires.UTC()
+		}
+		if budget != nil {
+			e.Budget = &keystate.Budget{AmountMicros: *budget, Period: event.ParseBudgetPeriod(period)}
+		}
+		events = append(events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read key lifecycle: %w", err)
+	}
+	return events, nil
+}
+
+// keyLastUsed reads the last request per key x service: from the all-time rollup when the
+// caller asked about now, exactly as of at otherwise.
+func (rd *Reader) keyLastUsed(ctx context.Context, f KeyUseFilter, at time.Time, now bool) (map[string]keyUse, error) {
+	uses := map[string]keyUse{}
+	if now {
+		return uses, rd.readLastUsed(ctx, KeyLastUsedNow(f), uses, nil)
+	}
+	if f.KeyID != "" && f.Project == "" && f.AfterKey == "" {
+		return uses, rd.oneKeyLastUsedAt(ctx, f.KeyID, at, uses)
+	}
+	return uses, rd.readLastUsed(ctx, KeyLastUsedAt(f, at), uses, nil)
+}
+
+// oneKeyLastUsedAt is KeyLastUsedAt for one key, without reading its whole history. The
+// all-time spans settle most services at once: one last used at or before at is the answer,
+// one first used after at has none. The others were used both before and after at; their last
+// request before at is searched back from at in growing windows (lastUseSearch), each service
+// until a window holds one of its requests: the newest window with a request holds the last.
+func (rd *Reader) oneKeyLastUsedAt(ctx context.Context, keyID string, at time.Time, uses map[string]keyUse) error {
+	atMs := at.UnixMilli()
+	q := KeyServiceSpans(keyID)
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query service spans: %w", err)
+	}
+	var open []string
+	for rows.Next() {
+		var (
+			service, project string
+			firstMs, lastMs  int64
+		)
+		if err := rows.Scan(&service, &project, &firstMs, &lastMs); err != nil {
+			rows.Close()
+			return fmt.Errorf("scan service spans: %w", err)
+		}
+		switch {
+		case lastMs <= atMs:
+			addLastUse(uses, keyID, service, project, lastMs)
+		case firstMs <= atMs:
+			open = append(open, service)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read service spans: %w", err)
+	}
+	// Windows end before cut = at + 1 ms: a request at the instant itself counts.
+	cut := time.UnixMilli(atMs + 1).UTC()
+	end := cut
+	for _, back := range lastUseSearch {
+		if len(open) == 0 {
+			break
+		}
+		start := time.Unix(0, 0).UTC()
+		if back > 0 {
+			start = cut.Add(-back)
+		}
+		if !start.Before(end) {
+			continue
+		}
+		found := map[string]bool{}
+		if err := rd.readLastUsed(ctx, KeyLastUsedIn(KeyUseFilter{KeyID: keyID}, open, Range{Start: start, End: end}), uses, found); err != nil {
+			return err
+		}
+		open = slices.DeleteFunc(open, func(s string) bool { return found[s] })
+		end = start
+	}
+	// Services in name order, as every last-used query returns them.
+	if u, ok := uses[keyID]; ok {
+		slices.SortFunc(u.services, func(a, b ServiceUse) int { return strings.Compare(a.Service, b.Service) })
+	}
+	return nil
+}
+
+func addLastUse(uses map[string]keyUse, key, service, project string, lastMs int64) {
+	last := time.UnixMilli(lastMs).UTC()
+	u := uses[key]
+	u.project = project
+	if last.After(u.last) {
+		u.last = last
+	}
+	u.services = append(u.services, ServiceUse{Service: service, LastUsedAt: last})
+	uses[key] = u
+}
+
+// readLastUsed runs a last-used query into uses, marking each service read in found (when
+// not nil).
+func (rd *Reader) readLastUsed(ctx context.Context, q Query, uses map[string]keyUse, found map[string]bool) error {
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return fmt.Errorf("query last used: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			key, service, project string
+			lastMs                int64
+		)
+		if err := rows.Scan(&key, &service, &project, &lastMs); err != nil {
+			return fmt.Errorf("scan last used: %w", err)
+		}
+		addLastUse(uses, key, service, project, lastMs)
+		if found != nil {
+			found[service] = true
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read last used: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,226 @@
+package chreader
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query/budget"
+)
+
+func TestSpendQuerySQL(t *testing.T) {
+	day := Range{Start: mustTime(t, "2026-03-01T00:00:00Z"), End: mustTime(t, "2026-03-03T00:00:00Z")}
+	tests := []struct {
+		name     string
+		spec     SpendSpec
+		after    *spendCursor
+		limit    int
+		wantSQL  string
+		wantArgs []any
+	}{
+		{
+			name:  "by key per day, first page",
+			spec:  SpendSpec{GroupBy: []Dimension{DimensionKey}, Bucket: budget.Day, Range: day},
+			limit: 101,
+			wantSQL: `SELECT toStartOfDay(day, 'UTC') AS bucket, key_id, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+FROM spend_daily
+WHERE day >= toDateTime(?)
+  AND day < toDateTime(?)
+GROUP BY bucket, key_id
+ORDER BY bucket, key_id
+LIMIT ?`,
+			wantArgs: []any{int64(1772323200), int64(1772496000), 101},
+		},
+		{
+			name: "key x model per month, every filter, after a cursor",
+			spec: SpendSpec{
+				GroupBy: []Dimension{DimensionKey, DimensionModel}, Bucket: budget.Month,
+				Range:  Range{Start: mustTime(t, "2026-02-01T00:00:00Z"), End: mustTime(t, "2026-05-01T00:00:00Z")},
+				Filter: SpendFilter{Project: "acme", KeyID: "key_a", Service: "billing", Model: "gpt-4o"},
+			},
+			after: &spendCursor{Bucket: mustTime(t, "2026-03-01T00:00:00Z"), Values: []string{"key_a", "claude"}},
+			limit: 3,
+			wantSQL: `SELECT toDateTime(toStartOfMonth(day, 'UTC'), 'UTC') AS bucket, key_id, model, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+FROM spend_daily
+WHERE day >= toDateTime(?)
+  AND day < toDateTime(?)
+  AND project = ?
+  AND key_id = ?
+  AND service = ?
+  AND model = ?
+  AND (bucket > toDateTime(?) OR (bucket = toDateTime(?) AND (key_id > ? OR (key_id = ? AND model > ?))))
+GROUP BY bucket, key_id, model
+ORDER BY bucket, key_id, model
+LIMIT ?`,
+			wantArgs: []any{int64(1769904000), int64(1777593600), "acme", "key_a", "billing", "gpt-4o",
+				int64(1772323200), int64(1772323200), "key_a", "key_a", "claude", 3},
+		},
+		{
+			name:  "by service per hour after a cursor",
+			spec:  SpendSpec{GroupBy: []Dimension{DimensionService}, Bucket: budget.Hour, Range: day, Filter: SpendFilter{Model: "gpt-4o"}},
+			after: &spendCursor{Bucket: mustTime(t, "2026-03-01T23:00:00Z"), Values: []string{"billing"}},
+			limit: 11,
+			wantSQL: `SELECT toStartOfHour(hour, 'UTC') AS bucket, service, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+FROM spend_hourly
+WHERE hour >= toDateTime(?)
+  AND hour < toDateTime(?)
+  AND model = ?
+  AND (bucket > toDateTime(?) OR (bucket = toDateTime(?) AND service > ?))
+GROUP BY bucket, service
+ORDER BY bucket, service
+LIMIT ?`,
+			wantArgs: []any{int64(1772323200), int64(1772496000), "gpt-4o", int64(1772406000), int64(1772406000), "billing", 11},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := SpendQuery(tt.spec, tt.after, tt.limit)
+			if got.SQL != tt.wantSQL {
+				t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, tt.wantSQL)
+			}
+			if !reflect.DeepEqual(got.Args, tt.wantArgs) {
+				t.Errorf("args %#v\nwant %#v", got.Args, tt.wantArgs)
+			}
+		})
+	}
+}
+
+func TestSpendTotalsSQL(t *testing.T) {
+	spec := SpendSpec{
+		GroupBy: []Dimension{DimensionProject, DimensionService}, Bucket: budget.Day,
+		Range:  Range{Start: mustTime(t, "2026-03-01T00:00:00Z"), End: mustTime(t, "2026-03-03T00:00:00Z")},
+		Filter: SpendFilter{Project: "acme", Service: "billing"},
+	}
+	got := SpendTotals(spec)
+	wantSQL := `SELECT sum(requests) AS request_count, sum(total_cost_micros) AS cost_micros
+FROM spend_daily
+WHERE day >= toDateTime(?)
+  AND day < toDateTime(?)
+  AND project = ?
+  AND service = ?`
+	wantArgs := []any{int64(1772323200), int64(1772496000), "acme", "billing"}
+	if got.SQL != wantSQL {
+		t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
+	}
+	if !reflect.DeepEqual(got.Args, wantArgs) {
+		t.Errorf("args %#v\nwant %#v", got.Args, wantArgs)
+	}
+}
+
+func TestResolveSpendDefaultsAndWidening(t *testing.T) {
+	now := mustTime(t, "2026-03-02T12:34:56.789Z")
+	tests := []struct {
+		name       string
+		req        SpendRequest
+		wantGroup  []Dimension
+		wantBucket budget.Period
+		wantRange  [2]string
+	}{
+		{
+			name:      "all defaults: by key per day over the last 30 days, widened to whole days",
+			req:       SpendRequest{},
+			wantGroup: []Dimension{DimensionKey}, wantBucket: budget.Day,
+			wantRange: [2]string{"2026-01-31T00:00:00Z", "2026-03-03T00:00:00Z"},
+		},
+		{
+			name: "end given: start defaults to 30 days before it",
+			req: SpendRequest{
+				GroupBy:     []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_MODEL, keytrailv1.SpendDimension_SPEND_DIMENSION_KEY},
+				Granularity: keytrailv1.Granularity_GRANULARITY_HOUR,
+				End:         mustTime(t, "2026-02-10T10:00:00Z"),
+			},
+			wantGroup: []Dimension{DimensionModel, DimensionKey}, wantBucket: budget.Hour,
+			wantRange: [2]string{"2026-01-11T10:00:00Z", "2026-02-10T10:00:00Z"},
+		},
+		{
+			name: "month buckets cover whole months",
+			req: SpendRequest{
+				GroupBy:     []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_PROJECT},
+				Granularity: keytrailv1.Granularity_GRANULARITY_MONTH,
+				Start:       mustTime(t, "2026-02-15T00:00:00Z"), End: mustTime(t, "2026-04-15T00:00:00Z"),
+			},
+			wantGroup: []Dimension{DimensionProject}, wantBucket: budget.Month,
+			wantRange: [2]string{"2026-02-01T00:00:00Z", "2026-05-01T00:00:00Z"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := resolveSpend(tt.req, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(s.GroupBy, tt.wantGroup) || s.Bucket != tt.wantBucket {
+				t.Errorf("group %v bucket %s, want %v %s", s.GroupBy, s.Bucket, tt.wantGroup, tt.wantBucket)
+			}
+			if !s.Range.Start.Equal(mustTime(t, tt.wantRange[0])) || !s.Range.End.Equal(mustTime(t, tt.wantRange[1])) {
+				t.Errorf("range [%s, %s), want [%s, %s)", s.Range.Start, s.Range.End, tt.wantRange[0], tt.wantRange[1])
+			}
+		})
+	}
+}
+
+func TestResolveSpendRejectsBadInputNamingTheField(t *testing.T) {
+	now := mustTime(t, "2026-03-02T12:00:00Z")
+	key, svc, model := keytrailv1.SpendDimension_SPEND_DIMENSION_KEY, keytrailv1.SpendDimension_SPEND_DIMENSION_SERVICE, keytrailv1.SpendDimension_SPEND_DIMENSION_MODEL
+	tests := []struct {
+		name string
+		req  SpendRequest
+		want string
+	}{
+		{"three dimensions", SpendRequest{GroupBy: []keytrailv1.SpendDimension{key, svc, model}}, "group_by: at most 2 dimensions"},
+		{"unspecified dimension", SpendRequest{GroupBy: []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_UNSPECIFIED}}, "group_by: SPEND_DIMENSION_UNSPECIFIED is not a dimension"},
+		{"unknown dimension", SpendRequest{GroupBy: []keytrailv1.SpendDimension{42}}, "group_by: 42 is not a dimension"},
+		{"repeated dimension", SpendRequest{GroupBy: []keytrailv1.SpendDimension{key, key}}, "group_by: SPEND_DIMENSION_KEY is repeated"},
+		{"unknown granularity", SpendRequest{Granularity: 9}, "granularity: 9 is not a granularity"},
+		{"reversed range", SpendRequest{Start: now, End: now.Add(-time.Hour)}, "end_time: must be after start_time"},
+		{"empty range", SpendRequest{Start: now, End: now}, "end_time: must be after start_time"},
+		{"start after the default end", SpendRequest{Start: now.Add(time.Hour)}, "end_time: must be after start_time"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := resolveSpend(tt.req, now)
+			var invalid *InvalidError
+			if !errors.As(err, &invalid) || err.Error() != tt.want {
+				t.Errorf("error %v, want InvalidError %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSpendTokenFiltersBindTheQuestion(t *testing.T) {
+	now := mustTime(t, "2026-03-02T12:00:00Z")
+	base := SpendRequest{GroupBy: []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_KEY}, Filter: SpendFilter{Project: "acme"}}
+	fp := func(req SpendRequest) string {
+		s, err := resolveSpend(req, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fingerprint(spendTokenFilters(req, s)...)
+	}
+	same := base
+	same.GroupBy = nil // the default dimension is the same question
+	if fp(base) != fp(same) {
+		t.Error("default group_by and explicit key differ")
+	}
+	others := map[string]func(r *SpendRequest){
+		"project":     func(r *SpendRequest) { r.Filter.Project = "beta" },
+		"key_id":      func(r *SpendRequest) { r.Filter.KeyID = "key_a" },
+		"service":     func(r *SpendRequest) { r.Filter.Service = "billing" },
+		"model":       func(r *SpendRequest) { r.Filter.Model = "gpt-4o" },
+		"granularity": func(r *SpendRequest) { r.Granularity = keytrailv1.Granularity_GRANULARITY_MONTH },
+		"group_by": func(r *SpendRequest) {
+			r.GroupBy = []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_SERVICE}
+		},
+		"start_time": func(r *SpendRequest) { r.Start = now.Add(-48 * time.Hour) },
+		"end_time":   func(r *SpendRequest) { r.End = now },
+	}
+	for name, change := range others {
+		r := base
+		change(&r)
+		if fp(r) == fp(base) {
+			t.Errorf("changing %s keeps the fingerprint", name)
+		}
+	}
+}

@@ -1,0 +1,214 @@
+package chreader
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// KeyServiceUsage is the use of one key by one service over a range.
+type KeyServiceUsage struct {
+	Project   string
+	KeyID     string
+	Service   string
+	FirstSeen time.Time
+	LastSeen  time.Time
+	// LastSuccess is the last request with a status below 400; zero when there was none.
+	LastSuccess time.Time
+	Requests    uint64
+	Errors      uint64
+}
+
+// usageAxis is one way of slicing key x service usage: fix one column, list the other.
+type usageAxis struct {
+	rollup string // per-minute rollup sorted by the fixed column first
+	fixed  string
+	listed string
+}
+
+var (
+	servicesOfKey = usageAxis{rollup: "usage_key_minute", fixed: "key_id", listed: "service"}
+	keysOfService = usageAxis{rollup: "usage_by_service_minute", fixed: "service", listed: "key_id"}
+)
+
+// KeyServices is "which services used this key in the range", ordered by service, starting
+// after the given service (keyset pagination), at most limit rows.
+func KeyServices(keyID string, r Range, afterService string, limit int) Query {
+	return usageQuery(servicesOfKey, keyID, r, afterService, limit)
+}
+
+// ServiceKeys is "which keys did this service use in the range", ordered by key id.
+func ServiceKeys(service string, r Range, afterKey string, limit int) Query {
+	return usageQuery(keysOfService, service, r, afterKey, limit)
+}
+
+func usageQuery(axis usageAxis, fixedValue string, r Range, after string, limit int) Query {
+	s := splitRange(r)
+	var parts []string
+	var args []any
+	if s.hasRollup() {
+		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
+    FROM %[3]s
+    WHERE %[1]s = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND %[2]s > ?
+    GROUP BY %[2]s`, axis.fixed, axis.listed, axis.rollup))
+		args = append(args, fixedValue, s.RollupFrom.Unix(), s.RollupTo.Unix(), after)
+	}
+	if len(s.Edges) > 0 {
+		cond, condArgs := s.edgeCondition()
+		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count, maxIf(event_time_ms, status_code < 400) AS success_ms
+    FROM usage_events
+    WHERE %[1]s = ? AND %[2]s > ? AND %[3]s
+    GROUP BY %[2]s`, axis.fixed, axis.listed, cond))
+		args = append(args, fixedValue, after)
+		args = append(args, condArgs...)
+	}
+	sql := fmt.Sprintf(`SELECT %[1]s, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
+FROM
+(
+%[2]s
+)
+GROUP BY %[1]s
+ORDER BY %[1]s
+LIMIT ?`, axis.listed, strings.Join(parts, "\n    UNION ALL\n"))
+	args = append(args, limit)
+	return Query{SQL: sql, Args: args}
+}
+
+// UsageAllHistory answers a usage list over all history from the all-time totals table,
+// which holds one row per key x service after merges: the cheapest read there is. Used when
+// the caller gives no time range. The table is sorted by key, so the keys of a service
+// scan it whole; it is small (one row per pair ever seen).
+func UsageAllHistory(byKey bool, fixedValue, after string, limit int) Query {
+	axis := keysOfService
+	if byKey {
+		axis = servicesOfKey
+	}
+	return Query{
+		SQL: fmt.Sprintf(`SELECT %[2]s, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
+FROM key_service_totals
+WHERE %[1]s = ? AND %[2]s > ?
+GROUP BY %[2]s
+ORDER BY %[2]s
+LIMIT ?`, axis.fixed, axis.listed),
+		Args: []any{fixedValue, after, limit},
+	}
+}
+
+// Reader runs queries against ClickHouse.
+type Reader struct {
+	conn driver.Conn
+	now  func() time.Time
+	// maxAnomalyScanRows is MaxAnomalyScanRows; tests lower it.
+	maxAnomalyScanRows int
+}
+
+// NewReader creates a Reader; now is the clock for default range ends (time.Now when nil).
+func NewReader(conn driver.Conn, now func() time.Time) *Reader {
+	if now == nil {
+		now = time.Now
+	}
+	return &Reader{conn: conn, now: now, maxAnomalyScanRows: MaxAnomalyScanRows}
+}
+
+// UsageRequest is the input shared by the two usage lists.
+type UsageRequest struct {
+	Value      string // the key id or the service
+	Start, End time.Time
+	PageSize   int32
+	PageToken  string
+}
+
+// UsagePage is one page of a usage list.
+type UsagePage struct {
+	Rows          []KeyServiceUsage
+	NextPageToken string
+}
+
+// KeyServices lists the services that used a key.
+func (rd *Reader) KeyServices(ctx context.Context, req UsageRequest) (UsagePage, error) {
+	return rd.usage(ctx, servicesOfKey, req)
+}
+
+// ServiceKeys lists the keys a service used.
+func (rd *Reader) ServiceKeys(ctx context.Context, req UsageRequest) (UsagePage, error) {
+	return rd.usage(ctx, keysOfService, req)
+}
+
+func (rd *Reader) usage(ctx context.Context, axis usageAxis, req UsageRequest) (UsagePage, error) {
+	r, err := NewRange(req.Start, req.End, rd.now())
+	if err != nil {
+		return UsagePage{}, err
+	}
+	limit, err := PageSize(req.PageSize)
+	if err != nil {
+		return UsagePage{}, err
+	}
+	// The fingerprint pins the range as resolved, so a default "now" end is carried over
+	// from the first page instead of moving under the caller's feet.
+	filters := []string{axis.fixed, req.Value, r.Start.Format(time.RFC3339Nano)}
+	cursor, err := decodePageToken(req.PageToken, 2, filters...)
+	if err != nil {
+		return UsagePage{}, err
+	}
+	after := ""
+	if cursor != nil {
+		after = cursor[0]
+		end, perr := time.Parse(time.RFC3339Nano, cursor[1])
+		if perr != nil {
+			return UsagePage{}, &InvalidError{Field: "page_token", Reason: "is not a token this query issued"}
+		}
+		if req.End.IsZero() {
+			r.End = end
+		} else if !r.End.Equal(end) {
+			return UsagePage{}, &InvalidError{Field: "page_token", Reason: "was issued for different filters"}
+		}
+	}
+	q := usageQuery(axis, req.Value, r, after, limit+1)
+	if req.Start.IsZero() && req.End.IsZero() {
+		// No range: all history, from the all-time totals (the same answer, exact).
+		q = UsageAllHistory(axis == servicesOfKey, req.Value, after, limit+1)
+	}
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return UsagePage{}, fmt.Errorf("query %s usage: %w", axis.fixed, err)
+	}
+	defer rows.Close()
+	var page UsagePage
+	for rows.Next() {
+		var (
+			listed, project string
+			first, last     int64
+			requests, errs  uint64
+			success         int64
+		)
+		if err := rows.Scan(&listed, &project, &first, &last, &requests, &errs, &success); err != nil {
+			return UsagePage{}, fmt.Errorf("scan %s usage: %w", axis.fixed, err)
+		}
+		u := KeyServiceUsage{Project: project, FirstSeen: time.UnixMilli(first).UTC(), LastSeen: time.UnixMilli(last).UTC(), Requests: requests, Errors: errs}
+		if success > 0 {
+			u.LastSuccess = time.UnixMilli(success).UTC()
+		}
+		if axis == servicesOfKey {
+			u.KeyID, u.Service = req.Value, listed
+		} else {
+			u.KeyID, u.Service = listed, req.Value
+		}
+		page.Rows = append(page.Rows, u)
+	}
+	if err := rows.Err(); err != nil {
+		return UsagePage{}, fmt.Errorf("read %s usage: %w", axis.fixed, err)
+	}
+	if len(page.Rows) > limit {
+		page.Rows = page.Rows[:limit]
+		lastRow := page.Rows[limit-1]
+		next := lastRow.Service
+		if axis == keysOfService {
+			next = lastRow.KeyID
+		}
+		page.NextPageToken = encodePageToken([]string{next, r.End.Format(time.RFC3339Nano)}, filters...)
+	}
+	return page, nil
+}

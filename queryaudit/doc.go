@@ -1,8 +1,0 @@
-// Package queryaudit records every call to the query API (who, what, when, outcome) in
-// ClickHouse table query_audit_log.
-//
-// Guarantee: the API fails closed. A call is answered only once its record is queued; when
-// the queue is full because ClickHouse has been unreachable for a while, calls are refused
-// with Unavailable instead of going unrecorded. Queued records are written in batches and
-// retried until stored; Close flushes what is queued.
-package queryaudit
