@@ -9,7 +9,7 @@
 // message up to it has been stored by the Sink or dead-lettered. The consumer uses AckAll, so
 // one ack per flush covers the batch. If the process dies between the Sink write and the
 // ack, JetStream redelivers the batch; stopping those redeliveries from becoming duplicate
-// rows is the Sink's job (see the effectively-once notes in the README).
+// rows is the Sink's job (see the effectively-once notes in docs/guarantees.md).
 //
 // AckAll also means an ack covers deliveries this ingester never saw: those of an ingester
 // that was killed, or of a pull request lost in a NATS reconnect. So before its first fetch,

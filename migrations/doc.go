@@ -16,7 +16,7 @@
 // in a file that first drops what it creates (0005 does this): a re-run then starts over
 // instead of counting twice. A backfill must not race with ingestion (an insert between the
 // view's creation and the backfill's read would count twice), so such a file says so and the
-// README's upgrade notes repeat it; `keytrail serve` applies migrations before its ingester
+// upgrade notes in docs/operations.md repeat it; `keytrail serve` applies migrations before its ingester
 // starts.
 //
 // UsageRollups lists every rollup a materialized view fills from usage_events, with the

@@ -11,5 +11,5 @@
 //
 // What it does not protect against: someone able to rewrite the whole chain from the
 // altered row onwards with recomputed hashes. Anchoring the latest chain hash outside
-// ClickHouse (e.g. in a ticket or a signed log) closes that gap; see the README.
+// ClickHouse (e.g. in a ticket or a signed log) closes that gap; see docs/security.md.
 package auditchain
