@@ -12,19 +12,25 @@ import (
 )
 
 func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotationRequest) (*keytrailv1.GetRotationResponse, error) {
-	rep, err := s.reader.Rotation(ctx, chreader.RotationRequest{
-		OldKey: req.GetOldKeyId(), NewKey: req.GetNewKeyId(),
-		Quiet: req.GetQuietPeriod().AsDuration(), Bucket: req.GetBucket().AsDuration(),
+	// A key is (project, key_id): the reader looks for the old key only in the projects the
+	// caller may read, so a key id known elsewhere too is neither mixed in nor named. A
+	// project the caller names itself is refused by name.
+	rreq := chreader.RotationRequest{
+		OldKey: req.GetOldKeyId(), NewKey: req.GetNewKeyId(), Project: req.GetProject(),
+		Quiet: req.GetQuietPeriod().AsDuration(), Lookback: req.GetLookback().AsDuration(), Bucket: req.GetBucket().AsDuration(),
 		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
-	})
-	if err != nil {
-		return nil, s.toStatus(ctx, "GetRotation", err)
+		Accepted: req.GetAcceptPending(),
 	}
-	// The report shows both keys' traffic: the caller must be allowed to read both.
-	for _, project := range []string{rep.Project, rep.NewKeyProject} {
-		if err := mayRead(ctx, project); err != nil {
+	if rreq.Project != "" {
+		if err := mayRead(ctx, rreq.Project); err != nil {
 			return nil, err
 		}
+	} else if p := caller(ctx); !p.ReadsAllProjects() {
+		rreq.Projects = append([]string{}, p.Projects...)
+	}
+	rep, err := s.reader.Rotation(ctx, rreq)
+	if err != nil {
+		return nil, s.keyStatus(ctx, "GetRotation", err)
 	}
 	resp := &keytrailv1.GetRotationResponse{
 		Project:             rep.Project,
@@ -44,6 +50,9 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 		QuietPeriod:         durationpb.New(rep.Quiet),
 		Reasons:             rep.Reasons,
 		ServicesToChase:     rep.ServicesToChase,
+		LookbackStart:       timestamppb.New(rep.HistoryStart),
+		Lookback:            durationpb.New(rep.Lookback),
+		AcceptedPending:     rep.Accepted,
 		Verdict:             keytrailv1.RotationVerdict_ROTATION_VERDICT_NOT_YET,
 	}
 	if rep.Verdict == rotation.SafeToRevoke {
@@ -73,6 +82,17 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 			FirstSeen: timestamppb.New(a.FirstSeen), LastSeen: timestamppb.New(a.LastSeen),
 		})
 	}
+	for _, c := range rep.Callers {
+		pc := &keytrailv1.OldKeyCaller{
+			Service: c.Service, State: callerStateProto(c.State), Requests: int64(c.Requests),
+			LastSeen: optionalTime(c.LastSeen), LastSuccess: optionalTime(c.LastSuccess), Runs: int64(c.Runs),
+			ExpectedBy: optionalTime(c.ExpectedBy), NewKeyLastSuccess: optionalTime(c.NewLastSuccess), Evidence: c.Evidence,
+		}
+		if c.Rhythm > 0 {
+			pc.Rhythm = durationpb.New(c.Rhythm)
+		}
+		resp.OldKeyCallers = append(resp.OldKeyCallers, pc)
+	}
 	return resp, nil
 }
 
@@ -86,4 +106,20 @@ func migrationProto(m rotation.Migration) keytrailv1.ServiceMigration {
 		return keytrailv1.ServiceMigration_SERVICE_MIGRATION_NOT_STARTED
 	}
 	return keytrailv1.ServiceMigration_SERVICE_MIGRATION_UNSPECIFIED
+}
+
+func callerStateProto(c rotation.CallerState) keytrailv1.CallerState {
+	switch c {
+	case rotation.CallerMoved:
+		return keytrailv1.CallerState_CALLER_STATE_MOVED
+	case rotation.CallerPending:
+		return keytrailv1.CallerState_CALLER_STATE_PENDING
+	case rotation.CallerOverdue:
+		return keytrailv1.CallerState_CALLER_STATE_OVERDUE
+	case rotation.CallerAccepted:
+		return keytrailv1.CallerState_CALLER_STATE_ACCEPTED
+	case rotation.CallerFailing:
+		return keytrailv1.CallerState_CALLER_STATE_FAILING
+	}
+	return keytrailv1.CallerState_CALLER_STATE_UNSPECIFIED
 }

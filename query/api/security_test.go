@@ -276,8 +276,8 @@ func TestProjectReaderCannotReadOtherProjects(t *testing.T) {
 				_, err := client.ListKeyServices(acme, &keytrailv1.ListKeyServicesRequest{KeyId: "key_globex_1"})
 				return err
 			}},
-			{"/v1/rotations/key_globex_1", nil, func() error {
-				_, err := client.GetRotation(acme, &keytrailv1.GetRotationRequest{OldKeyId: "key_globex_1"})
+			{"/v1/rotations/key_globex_1", url.Values{"project": {"globex"}}, func() error {
+				_, err := client.GetRotation(acme, &keytrailv1.GetRotationRequest{OldKeyId: "key_globex_1", Project: "globex"})
 				return err
 			}},
 			{"/v1/keys/key_globex_1", nil, func() error {
@@ -311,16 +311,33 @@ func TestProjectReaderCannotReadOtherProjects(t *testing.T) {
 		}
 	})
 
-	t.Run("a rotation report does not carry another project's new key", func(t *testing.T) {
+	t.Run("a rotation looks for keys in the reader's projects only, and names no other", func(t *testing.T) {
+		// key_globex_1 exists only in globex: for acme's reader it is not known.
 		for _, c := range []struct {
 			path   string
 			params url.Values
 		}{
-			{"/v1/rotations/key_acme_1", url.Values{"new_key_id": {"key_globex_1"}}},
+			{"/v1/rotations/key_globex_1", nil},
 			{"/v1/rotations/no_such_key", url.Values{"new_key_id": {"key_globex_1"}}},
 		} {
 			code, body := s.get(t, c.path, c.params, bearer(tokAcme))
-			wantREST(t, "GET "+c.path+"?"+c.params.Encode(), code, body, http.StatusForbidden, codes.PermissionDenied, denied)
+			wantREST(t, "GET "+c.path+"?"+c.params.Encode(), code, body, http.StatusNotFound, codes.NotFound, " is not known at ")
+			if strings.Contains(string(body), `project \"globex\"`) || strings.Contains(string(body), "globex\"") {
+				t.Errorf("GET %s names the other project: %s", c.path, body)
+			}
+		}
+		_, err := client.GetRotation(acme, &keytrailv1.GetRotationRequest{OldKeyId: "key_globex_1"})
+		wantGRPC(t, "gRPC rotation of key_globex_1", err, codes.NotFound, `key "key_globex_1" is not known at `)
+		// The new key is read within the old key's project: globex's key_globex_1 (one
+		// request) adds nothing to acme's report.
+		var got struct {
+			Project        string `json:"project"`
+			NewKeyRequests string `json:"new_key_requests"`
+			OldKeyRequests string `json:"old_key_requests"`
+		}
+		getJSON(t, s, "/v1/rotations/key_acme_1", url.Values{"new_key_id": {"key_globex_1"}}, tokAcme, &got)
+		if got.Project != "acme" || got.NewKeyRequests != "0" || got.OldKeyRequests != "1" {
+			t.Errorf("acme's key_acme_1 against key_globex_1: %+v", got)
 		}
 	})
 

@@ -1,6 +1,7 @@
 package chreader
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strings"
@@ -16,10 +17,20 @@ import (
 // RotationRequest asks how far a double-key roll has come.
 type RotationRequest struct {
 	OldKey string
+	// Project is the old key's project. Empty: the one project (among Projects) where the
+	// old key is known; several are an InvalidError naming them.
+	Project string
+	// Projects, when not nil, are the only projects the key is looked for in (the caller's
+	// readable ones): a key known only elsewhere is not found.
+	Projects []string
 	// NewKey defaults to the new_key_id of the old key's latest rotation event.
 	NewKey string
 	// Quiet defaults to DefaultQuietPeriod.
 	Quiet time.Duration
+	// Lookback defaults to DefaultLookback.
+	Lookback time.Duration
+	// Accepted are services the caller accepts losing the old key (accept_pending).
+	Accepted []string
 	// Start defaults to the rotation (or End-24h without one), End to now.
 	Start, End time.Time
 	// Bucket is the series width; default: the window in at most 60 whole minutes.
@@ -28,6 +39,9 @@ type RotationRequest struct {
 
 // DefaultQuietPeriod is how long the old key must have served no successful request.
 const DefaultQuietPeriod = 15 * time.Minute
+
+// DefaultLookback is how far before the window the old key's callers are looked for.
+const DefaultLookback = 7 * 24 * time.Hour
 
 // ShareBucket is one point of the traffic-shift series.
 type ShareBucket struct {
@@ -44,12 +58,9 @@ type AfterRevocation struct {
 	FirstSeen, LastSeen time.Time
 }
 
-// RotationReport is everything GetRotation answers.
+// RotationReport is everything GetRotation answers. Both keys are read within Project.
 type RotationReport struct {
-	Project string
-	// NewKeyProject is the new key's project as its usage shows it ("" without usage); the
-	// API checks the caller may read it too, since the report shows the new key's traffic.
-	NewKeyProject   string
+	Project         string
 	OldKey, NewKey  string
 	RotatedAt       time.Time
 	RotatedBy       string
@@ -57,15 +68,16 @@ type RotationReport struct {
 	OldKeyRevokedAt time.Time
 	Window          Range
 	Quiet           time.Duration
+	Lookback        time.Duration
 	Bucket          time.Duration
 	Series          []ShareBucket
+	// AfterRevocation covers the window from the later of the revocation and its start.
 	AfterRevocation []AfterRevocation
 	rotation.Result
 }
 
 // keyLifecycle is the part of a key's lifecycle a rotation report needs.
 type keyLifecycle struct {
-	Project   string
 	RotatedAt time.Time
 	RotatedBy string
 	NewKey    string
@@ -74,51 +86,167 @@ type keyLifecycle struct {
 	RevokedAt time.Time
 }
 
-// RotationSeries counts requests on both keys per bucket of width seconds, buckets numbered
-// from the window's first minute. Read from the per-minute rollup, so buckets are whole
-// minutes (the totals in the report are exact; the series is for plotting).
-func RotationSeries(oldKey, newKey string, from, to time.Time, width time.Duration) Query {
+// KeyProjects lists the projects in which a key id is known (a lifecycle event or a request),
+// only among projects when it is not nil. A key is (project, key_id): nothing makes key ids
+// unique across projects.
+func KeyProjects(keyID string, projects []string) Query {
+	filter := ""
+	args := []any{keyID}
+	if projects != nil {
+		filter = " AND has(?, project)"
+		args = append(args, projects)
+	}
+	args = append(args, args...)
+	return Query{
+		SQL: `SELECT project
+FROM
+(
+    SELECT project FROM lifecycle_events WHERE key_id = ?` + filter + `
+    UNION ALL
+    SELECT project FROM key_service_totals WHERE key_id = ?` + filter + `
+)
+GROUP BY project
+ORDER BY project`,
+		Args: args,
+	}
+}
+
+// RotationLifecycle is KeyLifecycle within one project.
+func RotationLifecycle(project, keyID string, at time.Time) Query {
+	return Query{
+		SQL: "SELECT " + lifecycleStateColumns + "\nFROM lifecycle_events\nWHERE project = ? AND (key_id = ? OR new_key_id = ?) AND event_time_ms <= ?" +
+			"\nORDER BY event_time_ms, event_id",
+		Args: []any{project, keyID, keyID, at.UnixMilli()},
+	}
+}
+
+// RotationUse is each service's use of the given keys in one project over r: requests,
+// first and last seen, last success, exact to the millisecond (whole minutes from
+// usage_key_minute, the partial minutes at the edges from usage_events).
+func RotationUse(project string, keys []string, r Range, limit int) Query {
+	in := "key_id IN (?" + strings.Repeat(", ?", len(keys)-1) + ") AND project = ?"
+	keyArgs := append(anySlice(keys), project)
+	s := splitRange(r)
+	var parts []string
+	var args []any
+	if s.hasRollup() {
+		parts = append(parts, `    SELECT key_id, service, countMerge(requests) AS request_count, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, maxIfMerge(last_success_ms) AS success_ms
+    FROM usage_key_minute
+    WHERE `+in+` AND minute >= toDateTime(?) AND minute < toDateTime(?)
+    GROUP BY key_id, service`)
+		args = append(append(args, keyArgs...), s.RollupFrom.Unix(), s.RollupTo.Unix())
+	}
+	if len(s.Edges) > 0 {
+		cond, condArgs := s.edgeCondition()
+		parts = append(parts, `    SELECT key_id, service, count() AS request_count, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, maxIf(event_time_ms, status_code < 400) AS success_ms
+    FROM usage_events
+    WHERE `+in+` AND `+cond+`
+    GROUP BY key_id, service`)
+		args = append(append(args, keyArgs...), condArgs...)
+	}
+	return Query{
+		SQL: `SELECT key_id, service, sum(request_count) AS requests, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, max(success_ms) AS last_success_ms
+FROM
+(
+` + strings.Join(parts, "\n    UNION ALL\n") + `
+)
+GROUP BY key_id, service
+ORDER BY key_id, service
+LIMIT ?`,
+		Args: append(args, limit),
+	}
+}
+
+// CallerHistory is, per service, the old key's use in one project over r and the shape of
+// its successful calls: the largest gap between them and the number of gaps longer than
+// quiet (a new run starts after each). Successes are taken per minute (the last of each
+// minute), so the gaps are exact to about a minute; the range edges are read from
+// usage_events like RotationUse's. The gaps are computed in ClickHouse, so a busy service
+// sends one row, not its minutes: at 100M events a month the busiest key has about 10k
+// minutes a week per service.
+func CallerHistory(project, keyID string, r Range, quiet time.Duration, limit int) Query {
+	s := splitRange(r)
+	var parts []string
+	args := []any{quiet.Milliseconds()}
+	if s.hasRollup() {
+		parts = append(parts, `        SELECT service, minute, countMerge(requests) AS request_count, maxMerge(last_seen_ms) AS seen_ms, maxIfMerge(last_success_ms) AS success_ms
+        FROM usage_key_minute
+        WHERE key_id = ? AND project = ? AND minute >= toDateTime(?) AND minute < toDateTime(?)
+        GROUP BY service, minute`)
+		args = append(args, keyID, project, s.RollupFrom.Unix(), s.RollupTo.Unix())
+	}
+	if len(s.Edges) > 0 {
+		cond, condArgs := s.edgeCondition()
+		parts = append(parts, `        SELECT service, toStartOfMinute(event_time) AS minute, count() AS request_count, max(event_time_ms) AS seen_ms, maxIf(event_time_ms, status_code < 400) AS success_ms
+        FROM usage_events
+        WHERE key_id = ? AND project = ? AND `+cond+`
+        GROUP BY service, minute`)
+		args = append(append(args, keyID, project), condArgs...)
+	}
+	return Query{
+		SQL: `SELECT service, requests, last_seen_ms, last_success_ms, arrayReduce('max', gaps) AS largest_gap_ms, toUInt64(arrayCount(gap -> gap > ?, gaps)) AS long_gaps
+FROM
+(
+    SELECT service, sum(request_count) AS requests, max(seen_ms) AS last_seen_ms, max(success_ms) AS last_success_ms,
+        arrayDifference(arraySort(groupArrayIf(success_ms, success_ms > 0))) AS gaps
+    FROM
+    (
+` + strings.Join(parts, "\n        UNION ALL\n") + `
+    )
+    GROUP BY service
+)
+ORDER BY service
+LIMIT ?`,
+		Args: append(args, limit),
+	}
+}
+
+// RotationSeries counts requests on both keys of one project per bucket of width seconds,
+// buckets numbered from the window's first minute. Read from the per-minute rollup, so
+// buckets are whole minutes (the totals in the report are exact; the series is for
+// plotting).
+func RotationSeries(project, oldKey, newKey string, from, to time.Time, width time.Duration) Query {
 	return Query{
 		SQL: `SELECT intDiv(toUInt32(minute) - ?, ?) AS bucket, key_id, countMerge(requests) AS requests
 FROM usage_key_minute
-WHERE key_id IN (?, ?) AND minute >= toDateTime(?) AND minute < toDateTime(?)
+WHERE key_id IN (?, ?) AND project = ? AND minute >= toDateTime(?) AND minute < toDateTime(?)
 GROUP BY bucket, key_id
 ORDER BY bucket, key_id`,
-		Args: []any{from.Unix(), int64(width / time.Second), oldKey, newKey, from.Unix(), to.Unix()},
+		Args: []any{from.Unix(), int64(width / time.Second), oldKey, newKey, project, from.Unix(), to.Unix()},
 	}
 }
 
-// RequestsAfter groups the old key's requests in [from, to) by service and status code.
-func RequestsAfter(keyID string, from, to time.Time) Query {
+// RequestsAfter groups a key's requests in one project in [from, to) by service and status
+// code.
+func RequestsAfter(project, keyID string, from, to time.Time) Query {
 	return Query{
 		SQL: `SELECT service, status_code, count() AS request_count, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms
 FROM usage_events
-WHERE key_id = ? AND event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?
+WHERE key_id = ? AND project = ? AND event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?
 GROUP BY service, status_code
 ORDER BY service, status_code`,
-		Args: []any{keyID, floorSec(from.UnixMilli()), floorSec(to.UnixMilli()), from.UnixMilli(), to.UnixMilli()},
+		Args: []any{keyID, project, floorSec(from.UnixMilli()), floorSec(to.UnixMilli()), from.UnixMilli(), to.UnixMilli()},
 	}
 }
 
-// Rotation gathers the facts of a double-key roll and judges it.
+// Rotation gathers the facts of a double-key roll within the old key's project and judges it.
 func (rd *Reader) Rotation(ctx context.Context, req RotationRequest) (RotationReport, error) {
 	end := req.End
 	if end.IsZero() {
 		end = rd.now()
 	}
 	end = end.UTC()
-	quiet := req.Quiet
-	if quiet == 0 {
-		quiet = DefaultQuietPeriod
-	}
-	old, err := rd.keyLifecycle(ctx, req.OldKey, end)
+	quiet := cmp.Or(req.Quiet, DefaultQuietPeriod)
+	lookback := cmp.Or(req.Lookback, DefaultLookback)
+	project, err := rd.rotationProject(ctx, req, end)
 	if err != nil {
 		return RotationReport{}, err
 	}
-	newKey := req.NewKey
-	if newKey == "" {
-		newKey = old.NewKey
+	old, err := rd.keyLifecycle(ctx, project, req.OldKey, end)
+	if err != nil {
+		return RotationReport{}, err
 	}
+	newKey := cmp.Or(req.NewKey, old.NewKey)
 	if newKey == "" {
 		return RotationReport{}, &InvalidError{Field: "new_key_id", Reason: fmt.Sprintf("%s has no ACTION_ROTATED event; pass new_key_id", req.OldKey)}
 	}
@@ -138,63 +266,109 @@ func (rd *Reader) Rotation(ctx context.Context, req RotationRequest) (RotationRe
 		return RotationReport{}, err
 	}
 	rep := RotationReport{
-		Project: old.Project, OldKey: req.OldKey, NewKey: newKey,
+		Project: project, OldKey: req.OldKey, NewKey: newKey,
 		RotatedAt: old.RotatedAt, RotatedBy: old.RotatedBy,
 		OldKeyStatus: old.Status, OldKeyRevokedAt: old.RevokedAt,
-		Window: window, Quiet: quiet,
+		Window: window, Quiet: quiet, Lookback: lookback,
 	}
+	facts := rotation.Facts{
+		OldKey: req.OldKey, NewKey: newKey, Start: window.Start, End: end, Quiet: quiet, Lookback: lookback,
+		OldKeyStatus: old.Status, RevokedAt: old.RevokedAt, Accepted: req.Accepted,
+	}
+	// The quiet rule looks at the quiet period wherever it lies; the window lists only at
+	// its part within the window.
+	history := Range{Start: rotation.HistoryStart(window.Start, end, quiet, lookback), End: end}
+	quietInWindow := Range{Start: later(window.Start, end.Add(-quiet)), End: end}
 
-	// The four reads below are independent: run them at once, so the answer takes the time
-	// of the slowest instead of the sum (each is a narrow read, mostly waiting on one
-	// ClickHouse thread; at 100M events the sum was most of the answer's p99).
-	facts := rotation.Facts{OldKey: req.OldKey, NewKey: newKey, End: end, Quiet: quiet}
-	var project string
+	// The reads below are independent: run them at once, so the answer takes the time of
+	// the slowest instead of the sum (each is a narrow read of one key's range, mostly
+	// waiting on one ClickHouse thread).
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) {
-		facts.OldInWindow, project, err = rd.allServices(gctx, req.OldKey, window)
+	g.Go(func() error {
+		use, err := rd.rotationUse(gctx, project, []string{req.OldKey, newKey}, window)
+		facts.OldInWindow, facts.NewInWindow = use[req.OldKey], use[newKey]
+		return err
+	})
+	g.Go(func() error {
+		use, err := rd.rotationUse(gctx, project, []string{req.OldKey}, quietInWindow)
+		facts.OldInQuiet = use[req.OldKey]
 		return err
 	})
 	g.Go(func() (err error) {
-		facts.NewInWindow, rep.NewKeyProject, err = rd.allServices(gctx, newKey, window)
+		facts.OldHistory, err = rd.callerHistory(gctx, project, req.OldKey, history, quiet)
+		return err
+	})
+	g.Go(func() error {
+		use, err := rd.rotationUse(gctx, project, []string{newKey}, history)
+		facts.NewHistory = use[newKey]
 		return err
 	})
 	g.Go(func() (err error) {
-		facts.OldInQuiet, _, err = rd.allServices(gctx, req.OldKey, Range{Start: end.Add(-quiet), End: end})
+		rep.Bucket, rep.Series, err = rd.rotationSeries(gctx, project, req.OldKey, newKey, window, req.Bucket)
 		return err
 	})
-	g.Go(func() (err error) {
-		rep.Bucket, rep.Series, err = rd.rotationSeries(gctx, req.OldKey, newKey, window, req.Bucket)
-		return err
-	})
+	if !old.RevokedAt.IsZero() {
+		g.Go(func() (err error) {
+			rep.AfterRevocation, err = rd.requestsAfter(gctx, project, req.OldKey, later(old.RevokedAt, window.Start), end)
+			return err
+		})
+	}
 	if err := g.Wait(); err != nil {
 		return RotationReport{}, err
 	}
-	if rep.Project == "" {
-		// A key known only from usage (no lifecycle event yet) still has a project.
-		rep.Project = project
-	}
 	rep.Result = rotation.Analyze(facts)
 
-	if !old.RevokedAt.IsZero() {
-		if rep.AfterRevocation, err = rd.requestsAfter(ctx, req.OldKey, old.RevokedAt, end); err != nil {
-			return RotationReport{}, err
-		}
-		var failing uint64
-		for _, a := range rep.AfterRevocation {
-			failing += a.Requests
-		}
-		if failing > 0 {
-			rep.Reasons = append(rep.Reasons, fmt.Sprintf("%d requests reached %s after it was %s at %s (see requests_after_revocation)",
-				failing, req.OldKey, old.Status, old.RevokedAt.UTC().Format(time.RFC3339Nano)))
-		}
+	var failing uint64
+	for _, a := range rep.AfterRevocation {
+		failing += a.Requests
+	}
+	if failing > 0 {
+		rep.Reasons = append(rep.Reasons, fmt.Sprintf("%d requests reached %s in the window after it was %s at %s (see requests_after_revocation)",
+			failing, req.OldKey, old.Status, old.RevokedAt.UTC().Format(time.RFC3339Nano)))
 	}
 	return rep, nil
 }
 
+// rotationProject resolves the old key's project among those the request allows.
+func (rd *Reader) rotationProject(ctx context.Context, req RotationRequest, end time.Time) (string, error) {
+	allowed := req.Projects
+	if req.Project != "" {
+		allowed = []string{req.Project}
+	}
+	notFound := &KeyNotFoundError{KeyID: req.OldKey, At: end}
+	if allowed != nil && len(allowed) == 0 {
+		return "", notFound
+	}
+	q := KeyProjects(req.OldKey, allowed)
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return "", fmt.Errorf("query projects of %s: %w", req.OldKey, err)
+	}
+	defer rows.Close()
+	var projects []string
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return "", fmt.Errorf("scan projects of %s: %w", req.OldKey, err)
+		}
+		projects = append(projects, p)
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("read projects of %s: %w", req.OldKey, err)
+	}
+	switch len(projects) {
+	case 0:
+		return "", notFound
+	case 1:
+		return projects[0], nil
+	}
+	return "", &InvalidError{Field: "project", Reason: fmt.Sprintf("key %q exists in projects %s; pass one of them", req.OldKey, strings.Join(projects, ", "))}
+}
+
 // keyLifecycle is the old key's state at end (package keystate: an expiry that has passed
-// counts even without an ACTION_EXPIRED event) and its latest rotation.
-func (rd *Reader) keyLifecycle(ctx context.Context, keyID string, end time.Time) (keyLifecycle, error) {
-	events, err := rd.keyLifecycleEvents(ctx, KeyLifecycle(keyID, end))
+// counts even without an ACTION_EXPIRED event) and its latest rotation, within its project.
+func (rd *Reader) keyLifecycle(ctx context.Context, project, keyID string, end time.Time) (keyLifecycle, error) {
+	events, err := rd.keyLifecycleEvents(ctx, RotationLifecycle(project, keyID, end))
 	if err != nil {
 		return keyLifecycle{}, err
 	}
@@ -203,7 +377,6 @@ func (rd *Reader) keyLifecycle(ctx context.Context, keyID string, end time.Time)
 	if !known {
 		return kl, nil
 	}
-	kl.Project = state.Project
 	if state.Status != keytrailv1.KeyStatus_KEY_STATUS_ACTIVE && state.Status != keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED {
 		kl.Status = strings.ToLower(strings.TrimPrefix(state.Status.String(), "KEY_STATUS_"))
 		kl.RevokedAt = state.StatusSince
@@ -219,39 +392,93 @@ func (rd *Reader) keyLifecycle(ctx context.Context, keyID string, end time.Time)
 // maxServicesPerKey bounds one key's service list in a rotation report.
 const maxServicesPerKey = 10_000
 
-// allServices is every service's use of a key over r, and the key's project.
-func (rd *Reader) allServices(ctx context.Context, keyID string, r Range) ([]rotation.ServiceUse, string, error) {
-	q := usageQuery(servicesOfKey, keyID, r, "", maxServicesPerKey+1)
+// rotationUse is every service's use of each key over r, by key.
+func (rd *Reader) rotationUse(ctx context.Context, project string, keys []string, r Range) (map[string][]rotation.ServiceUse, error) {
+	limit := len(keys)*maxServicesPerKey + 1
+	q := RotationUse(project, keys, r, limit)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
-		return nil, "", fmt.Errorf("query services of %s: %w", keyID, err)
+		return nil, fmt.Errorf("query services of %v: %w", keys, err)
 	}
 	defer rows.Close()
-	var out []rotation.ServiceUse
-	var keyProject string
+	out := map[string][]rotation.ServiceUse{}
+	n := 0
 	for rows.Next() {
 		var (
-			service, project    string
-			first, last, succ   int64
-			requests, errorsCnt uint64
+			key, service      string
+			requests          uint64
+			first, last, succ int64
 		)
-		if err := rows.Scan(&service, &project, &first, &last, &requests, &errorsCnt, &succ); err != nil {
-			return nil, "", fmt.Errorf("scan services of %s: %w", keyID, err)
+		if err := rows.Scan(&key, &service, &requests, &first, &last, &succ); err != nil {
+			return nil, fmt.Errorf("scan services of %v: %w", keys, err)
 		}
-		keyProject = project
-		u := rotation.ServiceUse{Service: service, Requests: requests, FirstSeen: time.UnixMilli(first).UTC(), LastSeen: time.UnixMilli(last).UTC()}
-		if succ > 0 {
-			u.LastSuccess = time.UnixMilli(succ).UTC()
-		}
-		out = append(out, u)
+		out[key] = append(out[key], rotation.ServiceUse{
+			Service: service, Requests: requests, FirstSeen: time.UnixMilli(first).UTC(), LastSeen: time.UnixMilli(last).UTC(), LastSuccess: msOrZero(succ),
+		})
+		n++
 	}
 	if err := rows.Err(); err != nil {
-		return nil, "", fmt.Errorf("read services of %s: %w", keyID, err)
+		return nil, fmt.Errorf("read services of %v: %w", keys, err)
+	}
+	if n >= limit {
+		return nil, fmt.Errorf("keys %v have more than %d services each in the range", keys, maxServicesPerKey)
+	}
+	return out, nil
+}
+
+// callerHistory is every service's calls on the old key over r, with their rhythm.
+func (rd *Reader) callerHistory(ctx context.Context, project, keyID string, r Range, quiet time.Duration) ([]rotation.Calls, error) {
+	q := CallerHistory(project, keyID, r, quiet, maxServicesPerKey+1)
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return nil, fmt.Errorf("query callers of %s: %w", keyID, err)
+	}
+	defer rows.Close()
+	var out []rotation.Calls
+	for rows.Next() {
+		var (
+			service                  string
+			requests, longGaps       uint64
+			lastSeen, succ, largestG int64
+		)
+		if err := rows.Scan(&service, &requests, &lastSeen, &succ, &largestG, &longGaps); err != nil {
+			return nil, fmt.Errorf("scan callers of %s: %w", keyID, err)
+		}
+		c := rotation.Calls{Service: service, Requests: requests, LastSeen: time.UnixMilli(lastSeen).UTC(), LastSuccess: msOrZero(succ)}
+		if succ > 0 {
+			c.Runs, c.LargestGap = int(longGaps)+1, time.Duration(largestG)*time.Millisecond
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read callers of %s: %w", keyID, err)
 	}
 	if len(out) > maxServicesPerKey {
-		return nil, "", fmt.Errorf("key %s has more than %d services in the window", keyID, maxServicesPerKey)
+		return nil, fmt.Errorf("key %s has more than %d services in the history", keyID, maxServicesPerKey)
 	}
-	return out, keyProject, nil
+	return out, nil
+}
+
+func msOrZero(ms int64) time.Time {
+	if ms <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+func anySlice(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
 }
 
 // maxSeriesBuckets bounds the series; wider windows get wider buckets.
@@ -269,7 +496,7 @@ func seriesWidth(window Range, requested time.Duration) time.Duration {
 	return max(width, time.Minute)
 }
 
-func (rd *Reader) rotationSeries(ctx context.Context, oldKey, newKey string, window Range, requested time.Duration) (time.Duration, []ShareBucket, error) {
+func (rd *Reader) rotationSeries(ctx context.Context, project, oldKey, newKey string, window Range, requested time.Duration) (time.Duration, []ShareBucket, error) {
 	width := seriesWidth(window, requested)
 	from := window.Start.Truncate(time.Minute)
 	to := window.End.Truncate(time.Minute)
@@ -284,7 +511,7 @@ func (rd *Reader) rotationSeries(ctx context.Context, oldKey, newKey string, win
 	for i := range series {
 		series[i].Start = from.Add(time.Duration(i) * width)
 	}
-	q := RotationSeries(oldKey, newKey, from, to, width)
+	q := RotationSeries(project, oldKey, newKey, from, to, width)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return 0, nil, fmt.Errorf("query rotation series: %w", err)
@@ -311,11 +538,11 @@ func (rd *Reader) rotationSeries(ctx context.Context, oldKey, newKey string, win
 	return width, series, rows.Err()
 }
 
-func (rd *Reader) requestsAfter(ctx context.Context, keyID string, from, to time.Time) ([]AfterRevocation, error) {
+func (rd *Reader) requestsAfter(ctx context.Context, project, keyID string, from, to time.Time) ([]AfterRevocation, error) {
 	if !from.Before(to) {
 		return nil, nil
 	}
-	q := RequestsAfter(keyID, from, to)
+	q := RequestsAfter(project, keyID, from, to)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return nil, fmt.Errorf("query requests after revocation: %w", err)

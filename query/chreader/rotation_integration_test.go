@@ -3,6 +3,7 @@ package chreader_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -46,6 +47,25 @@ func lines(r chreader.RotationReport) []serviceLine {
 	var out []serviceLine
 	for _, s := range r.Services {
 		out = append(out, serviceLine{s.Service, s.OldRequests, s.NewRequests, s.OldLastSeen, s.OldLastSuccess, s.NewFirstSeen, s.NewLastSeen, s.Migration})
+	}
+	return out
+}
+
+type callerLine struct {
+	Service        string
+	State          rotation.CallerState
+	Requests       uint64
+	LastSuccess    time.Time
+	Runs           int
+	Rhythm         time.Duration
+	ExpectedBy     time.Time
+	NewLastSuccess time.Time
+}
+
+func callerLines(r chreader.RotationReport) []callerLine {
+	var out []callerLine
+	for _, c := range r.Callers {
+		out = append(out, callerLine{c.Service, c.State, c.Requests, c.LastSuccess, c.Runs, c.Rhythm, c.ExpectedBy, c.NewLastSuccess})
 	}
 	return out
 }
@@ -100,12 +120,23 @@ func TestRotationInProgressWithAServiceThatFlippedBack(t *testing.T) {
 		t.Errorf("verdict %v chase %v not-on-new %v last success %v", rep.Verdict, rep.ServicesToChase, rep.ServicesNotOnNewKey, rep.OldLastSuccess)
 	}
 	wantReasons := []string{
-		"key_old served 1 requests to 1 services in the last 15m0s, the last success at 2026-11-01T11:55:00Z: search",
+		"key_old served successful requests to 1 services in the 15m0s before the window end, the last at 2026-11-01T11:55:00Z: search",
+		"reports has not moved to key_new: called key_old in one run since 2026-10-25T10:00:00Z, last success 2026-11-01T11:00:00Z; no rhythm to learn, so it is given the whole lookback (7d); expected again by 2026-11-08T11:15:00Z",
+		"search has not moved to key_new: calls key_old about every 1h35m (the largest gap over 2 runs since 2026-10-25T10:00:00Z), last success 2026-11-01T11:55:00Z; expected again by 2026-11-01T13:45:00Z",
 		"still using both keys within the quiet period: search",
 		"never used key_new in the window: reports",
 	}
 	if !reflect.DeepEqual(rep.Reasons, wantReasons) {
 		t.Errorf("reasons\n got %q\nwant %q", rep.Reasons, wantReasons)
+	}
+	// The history reaches the lookback before the rotation: billing's use at -150m counts.
+	wantCallers := []callerLine{
+		{"billing", rotation.CallerMoved, 3, ago(100 * time.Minute), 2, 0, time.Time{}, ago(30 * time.Minute)},
+		{"reports", rotation.CallerPending, 1, ago(60 * time.Minute), 1, 0, ago(60*time.Minute - 7*24*time.Hour - 15*time.Minute), time.Time{}},
+		{"search", rotation.CallerPending, 2, ago(5 * time.Minute), 2, 95 * time.Minute, ago(-105 * time.Minute), ago(80 * time.Minute)},
+	}
+	if got := callerLines(rep); !reflect.DeepEqual(got, wantCallers) || !rep.HistoryStart.Equal(ago(2*time.Hour+7*24*time.Hour)) {
+		t.Errorf("callers since %v\n got %+v\nwant %+v", rep.HistoryStart, got, wantCallers)
 	}
 	// 120 minutes in at most 60 buckets: 2-minute buckets, and they add up to the totals.
 	if rep.Bucket != 2*time.Minute || len(rep.Series) != 60 || !rep.Series[0].Start.Equal(ago(2*time.Hour)) {
@@ -145,13 +176,23 @@ func TestRotationSafeWhileAForgottenJobFailsOnTheDisabledKey(t *testing.T) {
 	if !reflect.DeepEqual(rep.AfterRevocation, wantAfter) {
 		t.Errorf("after revocation %+v", rep.AfterRevocation)
 	}
+	// The cron job succeeded before the key was disabled and failed since: the key already
+	// does not work for it, so it does not block, but it is to chase.
 	wantReasons := []string{
-		"no successful request on key_old since 2026-11-01T11:45:00Z (quiet period 15m0s)",
+		"no successful request on key_old in the 15m0s before the window end",
+		"nightly-report-cron: its requests on key_old since it was disabled at 2026-11-01T11:30:00Z failed (the last at 2026-11-01T11:50:00Z, the last success at 2026-11-01T11:00:00Z); revoking changes nothing for it",
 		"never used key_new in the window: nightly-report-cron",
-		"2 requests reached key_old after it was disabled at 2026-11-01T11:30:00Z (see requests_after_revocation)",
+		"2 requests reached key_old in the window after it was disabled at 2026-11-01T11:30:00Z (see requests_after_revocation)",
 	}
 	if !reflect.DeepEqual(rep.Reasons, wantReasons) || !reflect.DeepEqual(rep.ServicesToChase, []string{"nightly-report-cron"}) {
 		t.Errorf("reasons %q chase %v", rep.Reasons, rep.ServicesToChase)
+	}
+	wantCallers := []callerLine{
+		{"billing", rotation.CallerMoved, 1, ago(100 * time.Minute), 1, 0, time.Time{}, ago(20 * time.Minute)},
+		{"nightly-report-cron", rotation.CallerFailing, 3, ago(60 * time.Minute), 1, 0, time.Time{}, time.Time{}},
+	}
+	if got := callerLines(rep); !reflect.DeepEqual(got, wantCallers) {
+		t.Errorf("callers\n got %+v\nwant %+v", got, wantCallers)
 	}
 	// A 70-minute quiet period reaches the cron job's last success: not yet.
 	rep, err = rd.Rotation(context.Background(), chreader.RotationRequest{OldKey: "key_old", Quiet: 70 * time.Minute})
@@ -162,10 +203,200 @@ func TestRotationSafeWhileAForgottenJobFailsOnTheDisabledKey(t *testing.T) {
 
 func TestRotationWithoutRotationEventNeedsTheNewKey(t *testing.T) {
 	db := testenv.ClickHouse(t)
+	testenv.Insert(t, db, use("u1", "key_lonely", "billing", ago(time.Hour), 200))
 	rd := chreader.NewReader(db.Conn, func() time.Time { return rotationEnd })
 	_, err := rd.Rotation(context.Background(), chreader.RotationRequest{OldKey: "key_lonely"})
 	var inv *chreader.InvalidError
 	if !errors.As(err, &inv) || inv.Field != "new_key_id" {
 		t.Fatalf("got %v, want an InvalidError naming new_key_id", err)
+	}
+	// A key id nothing is known about is not found, even with a new key: a typo in a
+	// rotation script must not come back SAFE_TO_REVOKE.
+	_, err = rd.Rotation(context.Background(), chreader.RotationRequest{OldKey: "key_typo", NewKey: "key_lonely"})
+	var nf *chreader.KeyNotFoundError
+	if !errors.As(err, &nf) || nf.KeyID != "key_typo" {
+		t.Fatalf("got %v, want a KeyNotFoundError for key_typo", err)
+	}
+}
+
+func TestRotationListsHonourTheWindow(t *testing.T) {
+	db := testenv.ClickHouse(t)
+	testenv.Insert(t, db,
+		rotated(ago(2*time.Hour)),
+		lifecycle("l-dis", "key_old", keytrailv1.Action_ACTION_DISABLED, "bob", ago(60*time.Minute)),
+		// early still succeeded after the disable (a gateway's cache), before start_time.
+		use("u1", "key_old", "early", ago(20*time.Minute), 200),
+		use("u2", "key_new", "billing", ago(5*time.Minute), 200),
+		use("u3", "key_old", "cron", ago(50*time.Minute), 401),
+		use("u4", "key_old", "cron", ago(5*time.Minute), 401),
+	)
+	rd := chreader.NewReader(db.Conn, func() time.Time { return rotationEnd })
+
+	t.Run("a quiet period reaching before start_time lists nothing from before it, but the verdict sees it", func(t *testing.T) {
+		rep, err := rd.Rotation(context.Background(), chreader.RotationRequest{OldKey: "key_old", Start: ago(10 * time.Minute), Quiet: 30 * time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []serviceLine{
+			{"billing", 0, 1, time.Time{}, time.Time{}, ago(5 * time.Minute), ago(5 * time.Minute), rotation.Moved},
+			{"cron", 1, 0, ago(5 * time.Minute), time.Time{}, time.Time{}, time.Time{}, rotation.NotStarted},
+		}
+		if got := lines(rep); !reflect.DeepEqual(got, want) {
+			t.Errorf("services\n got %+v\nwant %+v", got, want)
+		}
+		if rep.OldRequests != 1 || rep.NewRequests != 1 || !rep.OldLastSuccess.IsZero() || !reflect.DeepEqual(rep.ServicesNotOnNewKey, []string{"cron"}) {
+			t.Errorf("totals old %d new %d, last success %v, not on new %v", rep.OldRequests, rep.NewRequests, rep.OldLastSuccess, rep.ServicesNotOnNewKey)
+		}
+		if rep.Verdict != rotation.NotYet || len(rep.Reasons) == 0 ||
+			rep.Reasons[0] != "key_old served successful requests to 1 services in the 30m0s before the window end, the last at 2026-11-01T11:40:00Z: early" {
+			t.Errorf("verdict %v reasons %q", rep.Verdict, rep.Reasons)
+		}
+		wantAfter := []chreader.AfterRevocation{{Service: "cron", StatusCode: 401, Requests: 1, FirstSeen: ago(5 * time.Minute), LastSeen: ago(5 * time.Minute)}}
+		if !reflect.DeepEqual(rep.AfterRevocation, wantAfter) {
+			t.Errorf("after revocation %+v", rep.AfterRevocation)
+		}
+	})
+
+	t.Run("requests after revocation start at start_time when it is later", func(t *testing.T) {
+		rep, err := rd.Rotation(context.Background(), chreader.RotationRequest{OldKey: "key_old", Start: ago(30 * time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantAfter := []chreader.AfterRevocation{
+			{Service: "cron", StatusCode: 401, Requests: 1, FirstSeen: ago(5 * time.Minute), LastSeen: ago(5 * time.Minute)},
+			{Service: "early", StatusCode: 200, Requests: 1, FirstSeen: ago(20 * time.Minute), LastSeen: ago(20 * time.Minute)},
+		}
+		if !reflect.DeepEqual(rep.AfterRevocation, wantAfter) {
+			t.Errorf("after revocation %+v", rep.AfterRevocation)
+		}
+		if n := len(rep.Reasons); n == 0 || rep.Reasons[n-1] != "2 requests reached key_old in the window after it was disabled at 2026-11-01T11:00:00Z (see requests_after_revocation)" {
+			t.Errorf("reasons %q", rep.Reasons)
+		}
+		// Without start_time the window starts at the rotation, before the revocation.
+		rep, err = rd.Rotation(context.Background(), chreader.RotationRequest{OldKey: "key_old"})
+		if err != nil || len(rep.AfterRevocation) != 2 || rep.AfterRevocation[0].Requests != 2 || !rep.AfterRevocation[0].FirstSeen.Equal(ago(50*time.Minute)) {
+			t.Errorf("default window: %+v %v", rep.AfterRevocation, err)
+		}
+	})
+}
+
+func TestRotationLearnsEachCallersRhythm(t *testing.T) {
+	db := testenv.ClickHouse(t)
+	events := []any{rotated(ago(2 * time.Hour))}
+	n := 0
+	add := func(service string, at time.Time, status uint32) {
+		n++
+		events = append(events, use(fmt.Sprint("u", n), "key_old", service, at, status))
+	}
+	// hourly: on the hour for eight days, each run a success and a failure 20 s later; the
+	// last run at 12:00:10, in the partial minute the window ends in (read from the raw rows).
+	for k := 1; k <= 8*24; k++ {
+		add("hourly", ago(time.Duration(k)*time.Hour), 200)
+		add("hourly", ago(time.Duration(k)*time.Hour-20*time.Second), 500)
+	}
+	add("hourly", rotationEnd.Add(10*time.Second), 200)
+	// burst: five consecutive minutes three days ago, one run.
+	for m := range 5 {
+		add("burst", ago(72*time.Hour-time.Duration(m)*time.Minute), 200)
+	}
+	// daily: 03:00 every day until two days ago; missed its last two runs. The history
+	// starts 7 days before the rotation (2026-10-25T10:00:00Z): five of its runs are in it.
+	for d := 2; d <= 8; d++ {
+		add("daily", ago(time.Duration(d)*24*time.Hour+9*time.Hour), 200)
+	}
+	// broken: only failures.
+	add("broken", ago(3*time.Hour), 401)
+	add("broken", ago(time.Hour), 401)
+	testenv.Insert(t, db, events...)
+
+	rd := chreader.NewReader(db.Conn, func() time.Time { return rotationEnd })
+	end := rotationEnd.Add(30 * time.Second)
+	rep, err := rd.Rotation(context.Background(), chreader.RotationRequest{OldKey: "key_old", End: end})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// hourly: 170 runs from 2026-10-25T10:00:00Z on and the one at 12:00:10, whose gap to
+	// the one before is 1h0m10s.
+	want := []callerLine{
+		{"broken", rotation.CallerFailing, 2, time.Time{}, 0, 0, time.Time{}, time.Time{}},
+		{"burst", rotation.CallerPending, 5, ago(72*time.Hour - 4*time.Minute), 1, 0, ago(72*time.Hour - 4*time.Minute - 7*24*time.Hour - 15*time.Minute), time.Time{}},
+		{"daily", rotation.CallerOverdue, 5, ago(57 * time.Hour), 5, 24 * time.Hour, ago(57*time.Hour - 24*time.Hour - 15*time.Minute), time.Time{}},
+		{"hourly", rotation.CallerPending, 341, rotationEnd.Add(10 * time.Second), 171, time.Hour + 10*time.Second, rotationEnd.Add(10*time.Second + time.Hour + 10*time.Second + 15*time.Minute), time.Time{}},
+	}
+	if got := callerLines(rep); !reflect.DeepEqual(got, want) {
+		t.Errorf("callers\n got %+v\nwant %+v", got, want)
+	}
+	if rep.Verdict != rotation.NotYet || !reflect.DeepEqual(rep.ServicesToChase, []string{"broken", "burst", "hourly"}) {
+		t.Errorf("verdict %v chase %v", rep.Verdict, rep.ServicesToChase)
+	}
+}
+
+func TestRotationKeyIsProjectAndKeyID(t *testing.T) {
+	db := testenv.ClickHouse(t)
+	in := func(project string, e interface{ GetProject() string }) any {
+		switch e := e.(type) {
+		case *keytrailv1.UsageEvent:
+			e.Project = project
+		case *keytrailv1.LifecycleEvent:
+			e.Project = project
+		}
+		return e
+	}
+	rotTo := func(id, project, newKey string) any {
+		e := lifecycle(id, "default", keytrailv1.Action_ACTION_ROTATED, "alice", ago(2*time.Hour))
+		e.NewKeyId = newKey
+		return in(project, e)
+	}
+	testenv.Insert(t, db,
+		rotTo("r-alpha", "alpha", "alpha_v2"),
+		in("alpha", use("a1", "default", "alpha-app", ago(100*time.Minute), 200)),
+		in("alpha", use("a2", "alpha_v2", "alpha-app", ago(90*time.Minute), 200)),
+		rotTo("r-beta", "beta", "beta_v2"),
+		in("beta", use("b1", "default", "beta-app", ago(10*time.Minute), 200)),
+		in("beta", use("b2", "default", "beta-app", ago(5*time.Minute), 200)),
+		// gamma knows the key only from a request.
+		in("gamma", use("g1", "default", "gamma-app", ago(3*time.Hour), 200)),
+	)
+	rd := chreader.NewReader(db.Conn, func() time.Time { return rotationEnd })
+	ctx := context.Background()
+
+	_, err := rd.Rotation(ctx, chreader.RotationRequest{OldKey: "default"})
+	var inv *chreader.InvalidError
+	if !errors.As(err, &inv) || inv.Error() != `project: key "default" exists in projects alpha, beta, gamma; pass one of them` {
+		t.Errorf("no project: %v", err)
+	}
+	_, err = rd.Rotation(ctx, chreader.RotationRequest{OldKey: "default", Projects: []string{"alpha", "beta"}})
+	if !errors.As(err, &inv) || inv.Error() != `project: key "default" exists in projects alpha, beta; pass one of them` {
+		t.Errorf("readable alpha and beta: %v", err)
+	}
+	for _, req := range []chreader.RotationRequest{
+		{OldKey: "default", Project: "alpha"},
+		{OldKey: "default", Projects: []string{"alpha", "delta"}},
+	} {
+		rep, err := rd.Rotation(ctx, req)
+		if err != nil {
+			t.Fatalf("%+v: %v", req, err)
+		}
+		want := []serviceLine{{"alpha-app", 1, 1, ago(100 * time.Minute), ago(100 * time.Minute), ago(90 * time.Minute), ago(90 * time.Minute), rotation.Moved}}
+		if rep.Project != "alpha" || rep.NewKey != "alpha_v2" || rep.Verdict != rotation.SafeToRevoke || !reflect.DeepEqual(lines(rep), want) ||
+			len(rep.Callers) != 1 || rep.Callers[0].State != rotation.CallerMoved {
+			t.Errorf("%+v: project %s new %s verdict %v services %+v callers %+v", req, rep.Project, rep.NewKey, rep.Verdict, lines(rep), rep.Callers)
+		}
+	}
+	rep, err := rd.Rotation(ctx, chreader.RotationRequest{OldKey: "default", Project: "beta"})
+	if err != nil || rep.Project != "beta" || rep.NewKey != "beta_v2" || rep.OldRequests != 2 || rep.Verdict != rotation.NotYet ||
+		!reflect.DeepEqual(rep.ServicesToChase, []string{"beta-app"}) {
+		t.Errorf("beta: %v project %s new %s old requests %d verdict %v chase %v", err, rep.Project, rep.NewKey, rep.OldRequests, rep.Verdict, rep.ServicesToChase)
+	}
+	// A project where the key is not known, or no readable project with it: not found.
+	for _, req := range []chreader.RotationRequest{
+		{OldKey: "default", Project: "delta"},
+		{OldKey: "default", Projects: []string{"delta"}},
+		{OldKey: "default", Projects: []string{}},
+	} {
+		var nf *chreader.KeyNotFoundError
+		if _, err := rd.Rotation(ctx, req); !errors.As(err, &nf) {
+			t.Errorf("%+v: %v, want KeyNotFoundError", req, err)
+		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query/rotation"
 )
 
 // Exit codes of `keytrail rotation check`, for rotation tooling.
@@ -40,7 +41,7 @@ func (e *exitCodeError) Unwrap() error { return e.err }
 
 func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "check" {
-		return &exitCodeError{exitUsage, errors.New("usage: keytrail rotation check --old KEY [--new KEY] [--quiet 15m] [--json] [--wait [--timeout 1h] [--interval 15s]]")}
+		return &exitCodeError{exitUsage, errors.New("usage: keytrail rotation check --old KEY [--project P] [--new KEY] [--quiet 15m] [--lookback 168h] [--accept-pending SERVICE]... [--json] [--wait [--timeout 1h] [--interval 15s]]")}
 	}
 	fs := flag.NewFlagSet("keytrail rotation check", flag.ContinueOnError)
 	fs.SetOutput(stdout)
@@ -48,8 +49,18 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	token := fs.String("token", env("token", ""), "API bearer token (env KEYTRAIL_TOKEN)")
 	caFile := fs.String("ca-file", env("ca-file", ""), "verify the server's TLS certificate with these CAs; empty means plaintext (env KEYTRAIL_CA_FILE)")
 	oldKey := fs.String("old", "", "the key being replaced (required)")
+	project := fs.String("project", "", "the old key's project; required when the key id exists in several projects you may read")
 	newKey := fs.String("new", "", "the replacement; default: from the old key's rotation event")
 	quiet := fs.Duration("quiet", 15*time.Minute, "how long the old key must have served no successful request")
+	lookback := fs.Duration("lookback", 7*24*time.Hour, "how far before the rotation the old key's callers and their rhythm are looked for")
+	var accepted []string
+	fs.Func("accept-pending", "accept that this service loses the old key although it has not moved (repeatable; recorded in the query audit log)", func(v string) error {
+		if v == "" {
+			return errors.New("needs a service name")
+		}
+		accepted = append(accepted, v)
+		return nil
+	})
 	asJSON := fs.Bool("json", false, "print the full answer as JSON")
 	wait := fs.Bool("wait", false, "poll until safe to revoke or --timeout")
 	timeout := fs.Duration("timeout", time.Hour, "with --wait: give up after this long (exit 3)")
@@ -77,7 +88,10 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	defer conn.Close()
 	client := keytrailv1.NewQueryServiceClient(conn)
-	req := &keytrailv1.GetRotationRequest{OldKeyId: *oldKey, NewKeyId: *newKey, QuietPeriod: durationpb.New(*quiet)}
+	req := &keytrailv1.GetRotationRequest{
+		OldKeyId: *oldKey, Project: *project, NewKeyId: *newKey, AcceptPending: accepted,
+		QuietPeriod: durationpb.New(*quiet), Lookback: durationpb.New(*lookback),
+	}
 
 	deadline := time.Now().Add(*timeout)
 	for {
@@ -155,9 +169,27 @@ func printRotation(w io.Writer, r *keytrailv1.GetRotationResponse) {
 		}
 		tw.Flush()
 	}
+	if len(r.GetOldKeyCallers()) > 0 {
+		fmt.Fprintf(w, "\nCallers of the old key since %s:\n", ts(r.GetLookbackStart().AsTime()))
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SERVICE\tSTATE\tRUNS\tRHYTHM\tLAST SUCCESS\tEXPECTED BY")
+		for _, c := range r.GetOldKeyCallers() {
+			rhythm := "-"
+			if c.GetRhythm() != nil {
+				rhythm = rotation.Approx(c.GetRhythm().AsDuration())
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", c.GetService(), callerStateName(c.GetState()), c.GetRuns(), rhythm,
+				optTS(c.GetLastSuccess() != nil, c.GetLastSuccess().AsTime()),
+				optTS(c.GetExpectedBy() != nil, c.GetExpectedBy().AsTime()))
+		}
+		tw.Flush()
+	}
 	fmt.Fprintf(w, "\nVerdict: %s\n", verdictName(r.GetVerdict()))
 	for _, reason := range r.GetReasons() {
 		fmt.Fprintf(w, "  - %s\n", reason)
+	}
+	if len(r.GetAcceptedPending()) > 0 {
+		fmt.Fprintf(w, "Accepted: %s\n", strings.Join(r.GetAcceptedPending(), ", "))
 	}
 	if len(r.GetServicesToChase()) > 0 {
 		fmt.Fprintf(w, "Chase: %s\n", strings.Join(r.GetServicesToChase(), ", "))
@@ -166,6 +198,10 @@ func printRotation(w io.Writer, r *keytrailv1.GetRotationResponse) {
 
 func verdictName(v keytrailv1.RotationVerdict) string {
 	return strings.TrimPrefix(v.String(), "ROTATION_VERDICT_")
+}
+
+func callerStateName(c keytrailv1.CallerState) string {
+	return strings.ToLower(strings.TrimPrefix(c.String(), "CALLER_STATE_"))
 }
 
 func migrationName(m keytrailv1.ServiceMigration) string {

@@ -80,6 +80,73 @@ func (ServiceMigration) EnumDescriptor() ([]byte, []int) {
 	return file_keytrail_v1_rotation_proto_rawDescGZIP(), []int{0}
 }
 
+// CallerState says where one service seen on the old key over the history stands.
+type CallerState int32
+
+const (
+	CallerState_CALLER_STATE_UNSPECIFIED CallerState = 0
+	// Succeeded on the new key after its last success on the old key.
+	CallerState_CALLER_STATE_MOVED CallerState = 1
+	// Has not moved, and its next call (expected_by) is still due: blocks SAFE_TO_REVOKE.
+	CallerState_CALLER_STATE_PENDING CallerState = 2
+	// Has not moved, but expected_by passed without a successful call: taken as no longer
+	// calling; does not block (the reasons list it).
+	CallerState_CALLER_STATE_OVERDUE CallerState = 3
+	// Has not moved; the caller accepted it with accept_pending: does not block.
+	CallerState_CALLER_STATE_ACCEPTED CallerState = 4
+	// Gets nothing from the old key: every request in the history failed (status >= 400), or
+	// every one since the old key was revoked did. Revoking changes nothing for it; it does
+	// not block, but is in services_to_chase.
+	CallerState_CALLER_STATE_FAILING CallerState = 5
+)
+
+// Enum value maps for CallerState.
+var (
+	CallerState_name = map[int32]string{
+		0: "CALLER_STATE_UNSPECIFIED",
+		1: "CALLER_STATE_MOVED",
+		2: "CALLER_STATE_PENDING",
+		3: "CALLER_STATE_OVERDUE",
+		4: "CALLER_STATE_ACCEPTED",
+		5: "CALLER_STATE_FAILING",
+	}
+	CallerState_value = map[string]int32{
+		"CALLER_STATE_UNSPECIFIED": 0,
+		"CALLER_STATE_MOVED":       1,
+		"CALLER_STATE_PENDING":     2,
+		"CALLER_STATE_OVERDUE":     3,
+		"CALLER_STATE_ACCEPTED":    4,
+		"CALLER_STATE_FAILING":     5,
+	}
+)
+
+func (x CallerState) Enum() *CallerState {
+	p := new(CallerState)
+	*p = x
+	return p
+}
+
+func (x CallerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CallerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_keytrail_v1_rotation_proto_enumTypes[1].Descriptor()
+}
+
+func (CallerState) Type() protoreflect.EnumType {
+	return &file_keytrail_v1_rotation_proto_enumTypes[1]
+}
+
+func (x CallerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CallerState.Descriptor instead.
+func (CallerState) EnumDescriptor() ([]byte, []int) {
+	return file_keytrail_v1_rotation_proto_rawDescGZIP(), []int{1}
+}
+
 type RotationVerdict int32
 
 const (
@@ -113,11 +180,11 @@ func (x RotationVerdict) String() string {
 }
 
 func (RotationVerdict) Descriptor() protoreflect.EnumDescriptor {
-	return file_keytrail_v1_rotation_proto_enumTypes[1].Descriptor()
+	return file_keytrail_v1_rotation_proto_enumTypes[2].Descriptor()
 }
 
 func (RotationVerdict) Type() protoreflect.EnumType {
-	return &file_keytrail_v1_rotation_proto_enumTypes[1]
+	return &file_keytrail_v1_rotation_proto_enumTypes[2]
 }
 
 func (x RotationVerdict) Number() protoreflect.EnumNumber {
@@ -126,18 +193,32 @@ func (x RotationVerdict) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RotationVerdict.Descriptor instead.
 func (RotationVerdict) EnumDescriptor() ([]byte, []int) {
-	return file_keytrail_v1_rotation_proto_rawDescGZIP(), []int{1}
+	return file_keytrail_v1_rotation_proto_rawDescGZIP(), []int{2}
 }
 
 type GetRotationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key being replaced.
 	OldKeyId string `protobuf:"bytes,1,opt,name=old_key_id,json=oldKeyId,proto3" json:"old_key_id,omitempty"`
+	// The old key's project. A key is (project, key_id): when old_key_id exists in several
+	// projects the caller may read, project is required (400 naming them otherwise). Both keys
+	// are read within this project only.
+	Project string `protobuf:"bytes,7,opt,name=project,proto3" json:"project,omitempty"`
+	// Services the caller accepts losing the old key although they have not moved: they do not
+	// block SAFE_TO_REVOKE (neither by their expected next call nor by calls in the quiet
+	// period). The answer lists them in accepted_pending and reasons; the call, with this
+	// field, is in the query audit log. At most 10 (declared early so the audit log's bounded
+	// copy of the request keeps them).
+	AcceptPending []string `protobuf:"bytes,9,rep,name=accept_pending,json=acceptPending,proto3" json:"accept_pending,omitempty"`
 	// The replacement; taken from the latest ACTION_ROTATED event of old_key_id when empty.
 	NewKeyId string `protobuf:"bytes,2,opt,name=new_key_id,json=newKeyId,proto3" json:"new_key_id,omitempty"`
-	// How long the old key must have had no successful request for SAFE_TO_REVOKE.
-	// Default 15 minutes; at most 30 days.
+	// How long the old key must have had no successful request for SAFE_TO_REVOKE, and the
+	// slack added to each service's expected next call. Default 15 minutes; at most 30 days.
 	QuietPeriod *durationpb.Duration `protobuf:"bytes,3,opt,name=quiet_period,json=quietPeriod,proto3" json:"quiet_period,omitempty"`
+	// How far before the window the history of the old key's callers starts (their rhythm is
+	// learned from it; every service seen in it must have moved, stopped or been accepted).
+	// Default 7 days; at most 30 days.
+	Lookback *durationpb.Duration `protobuf:"bytes,8,opt,name=lookback,proto3" json:"lookback,omitempty"`
 	// Window of the comparison. Default: from the rotation (or 24 hours back when no rotation
 	// event exists) to now.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
@@ -185,6 +266,20 @@ func (x *GetRotationRequest) GetOldKeyId() string {
 	return ""
 }
 
+func (x *GetRotationRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *GetRotationRequest) GetAcceptPending() []string {
+	if x != nil {
+		return x.AcceptPending
+	}
+	return nil
+}
+
 func (x *GetRotationRequest) GetNewKeyId() string {
 	if x != nil {
 		return x.NewKeyId
@@ -195,6 +290,13 @@ func (x *GetRotationRequest) GetNewKeyId() string {
 func (x *GetRotationRequest) GetQuietPeriod() *durationpb.Duration {
 	if x != nil {
 		return x.QuietPeriod
+	}
+	return nil
+}
+
+func (x *GetRotationRequest) GetLookback() *durationpb.Duration {
+	if x != nil {
+		return x.Lookback
 	}
 	return nil
 }
@@ -467,6 +569,134 @@ func (x *RequestsAfterRevocation) GetLastSeen() *timestamppb.Timestamp {
 	return nil
 }
 
+// One service seen on the old key from lookback_start to window_end.
+type OldKeyCaller struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Service string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	State   CallerState            `protobuf:"varint,2,opt,name=state,proto3,enum=keytrail.v1.CallerState" json:"state,omitempty"`
+	// Requests on the old key from lookback_start to window_end.
+	Requests int64                  `protobuf:"varint,3,opt,name=requests,proto3" json:"requests,omitempty"`
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	// Last request on the old key that did not fail (status below 400).
+	LastSuccess *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	// Groups of successful calls: a gap longer than quiet_period starts a new one.
+	Runs int64 `protobuf:"varint,6,opt,name=runs,proto3" json:"runs,omitempty"`
+	// The largest gap between its successful calls (exact to about a minute), when it called
+	// in at least two runs.
+	Rhythm *durationpb.Duration `protobuf:"bytes,7,opt,name=rhythm,proto3" json:"rhythm,omitempty"`
+	// When its next successful call is due at the latest: last_success + rhythm (the whole
+	// lookback without one) + quiet_period. Set for PENDING, OVERDUE and ACCEPTED.
+	ExpectedBy *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expected_by,json=expectedBy,proto3" json:"expected_by,omitempty"`
+	// Last success on the new key from lookback_start to window_end.
+	NewKeyLastSuccess *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=new_key_last_success,json=newKeyLastSuccess,proto3" json:"new_key_last_success,omitempty"`
+	// The judgement in one sentence.
+	Evidence      string `protobuf:"bytes,10,opt,name=evidence,proto3" json:"evidence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OldKeyCaller) Reset() {
+	*x = OldKeyCaller{}
+	mi := &file_keytrail_v1_rotation_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OldKeyCaller) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OldKeyCaller) ProtoMessage() {}
+
+func (x *OldKeyCaller) ProtoReflect() protoreflect.Message {
+	mi := &file_keytrail_v1_rotation_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OldKeyCaller.ProtoReflect.Descriptor instead.
+func (*OldKeyCaller) Descriptor() ([]byte, []int) {
+	return file_keytrail_v1_rotation_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *OldKeyCaller) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *OldKeyCaller) GetState() CallerState {
+	if x != nil {
+		return x.State
+	}
+	return CallerState_CALLER_STATE_UNSPECIFIED
+}
+
+func (x *OldKeyCaller) GetRequests() int64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *OldKeyCaller) GetLastSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSeen
+	}
+	return nil
+}
+
+func (x *OldKeyCaller) GetLastSuccess() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return nil
+}
+
+func (x *OldKeyCaller) GetRuns() int64 {
+	if x != nil {
+		return x.Runs
+	}
+	return 0
+}
+
+func (x *OldKeyCaller) GetRhythm() *durationpb.Duration {
+	if x != nil {
+		return x.Rhythm
+	}
+	return nil
+}
+
+func (x *OldKeyCaller) GetExpectedBy() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpectedBy
+	}
+	return nil
+}
+
+func (x *OldKeyCaller) GetNewKeyLastSuccess() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NewKeyLastSuccess
+	}
+	return nil
+}
+
+func (x *OldKeyCaller) GetEvidence() string {
+	if x != nil {
+		return x.Evidence
+	}
+	return ""
+}
+
+// Ranges: the window is [window_start, window_end); the history is [lookback_start,
+// window_end). Each field says which it covers.
 type GetRotationResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Project  string                 `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
@@ -475,34 +705,51 @@ type GetRotationResponse struct {
 	// The ACTION_ROTATED event, when there is one.
 	RotatedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=rotated_at,json=rotatedAt,proto3" json:"rotated_at,omitempty"`
 	RotatedBy string                 `protobuf:"bytes,5,opt,name=rotated_by,json=rotatedBy,proto3" json:"rotated_by,omitempty"`
-	// When the old key stopped being valid (disabled, expired, deleted), if it has.
+	// When the old key stopped being valid (disabled, expired, deleted) as of window_end, if it has.
 	OldKeyRevokedAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=old_key_revoked_at,json=oldKeyRevokedAt,proto3" json:"old_key_revoked_at,omitempty"`
 	OldKeyStatus    string                 `protobuf:"bytes,7,opt,name=old_key_status,json=oldKeyStatus,proto3" json:"old_key_status,omitempty"`
 	WindowStart     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=window_start,json=windowStart,proto3" json:"window_start,omitempty"`
 	WindowEnd       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=window_end,json=windowEnd,proto3" json:"window_end,omitempty"`
-	OldKeyRequests  int64                  `protobuf:"varint,10,opt,name=old_key_requests,json=oldKeyRequests,proto3" json:"old_key_requests,omitempty"`
-	NewKeyRequests  int64                  `protobuf:"varint,11,opt,name=new_key_requests,json=newKeyRequests,proto3" json:"new_key_requests,omitempty"`
-	NewKeyShare     float64                `protobuf:"fixed64,12,opt,name=new_key_share,json=newKeyShare,proto3" json:"new_key_share,omitempty"`
-	Series          []*ShareBucket         `protobuf:"bytes,13,rep,name=series,proto3" json:"series,omitempty"`
-	// Every service seen on either key in the window, by service name.
+	// Requests on each key in the window.
+	OldKeyRequests int64   `protobuf:"varint,10,opt,name=old_key_requests,json=oldKeyRequests,proto3" json:"old_key_requests,omitempty"`
+	NewKeyRequests int64   `protobuf:"varint,11,opt,name=new_key_requests,json=newKeyRequests,proto3" json:"new_key_requests,omitempty"`
+	NewKeyShare    float64 `protobuf:"fixed64,12,opt,name=new_key_share,json=newKeyShare,proto3" json:"new_key_share,omitempty"`
+	// The window in buckets (whole minutes).
+	Series []*ShareBucket `protobuf:"bytes,13,rep,name=series,proto3" json:"series,omitempty"`
+	// Every service with a request on either key in the window, by service name; counts and
+	// times cover the window only.
 	Services []*RotationService `protobuf:"bytes,14,rep,name=services,proto3" json:"services,omitempty"`
-	// Services seen on the old key that never appeared on the new key in the window.
-	ServicesNotOnNewKey     []string                   `protobuf:"bytes,15,rep,name=services_not_on_new_key,json=servicesNotOnNewKey,proto3" json:"services_not_on_new_key,omitempty"`
+	// Services with requests on the old key in the window and none on the new key in it.
+	ServicesNotOnNewKey []string `protobuf:"bytes,15,rep,name=services_not_on_new_key,json=servicesNotOnNewKey,proto3" json:"services_not_on_new_key,omitempty"`
+	// Requests on the old key in the window after it stopped being valid (from the later of
+	// old_key_revoked_at and window_start), by service and status code.
 	RequestsAfterRevocation []*RequestsAfterRevocation `protobuf:"bytes,16,rep,name=requests_after_revocation,json=requestsAfterRevocation,proto3" json:"requests_after_revocation,omitempty"`
-	OldKeyLastSuccess       *timestamppb.Timestamp     `protobuf:"bytes,17,opt,name=old_key_last_success,json=oldKeyLastSuccess,proto3" json:"old_key_last_success,omitempty"`
-	QuietPeriod             *durationpb.Duration       `protobuf:"bytes,18,opt,name=quiet_period,json=quietPeriod,proto3" json:"quiet_period,omitempty"`
-	Verdict                 RotationVerdict            `protobuf:"varint,19,opt,name=verdict,proto3,enum=keytrail.v1.RotationVerdict" json:"verdict,omitempty"`
-	// Why the verdict is NOT_YET (or the evidence for SAFE_TO_REVOKE).
+	// Last success on the old key in the window.
+	OldKeyLastSuccess *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=old_key_last_success,json=oldKeyLastSuccess,proto3" json:"old_key_last_success,omitempty"`
+	QuietPeriod       *durationpb.Duration   `protobuf:"bytes,18,opt,name=quiet_period,json=quietPeriod,proto3" json:"quiet_period,omitempty"`
+	Verdict           RotationVerdict        `protobuf:"varint,19,opt,name=verdict,proto3,enum=keytrail.v1.RotationVerdict" json:"verdict,omitempty"`
+	// Why the verdict is NOT_YET (or the evidence for SAFE_TO_REVOKE), then the evidence on
+	// overdue, failing and accepted callers and on the window.
 	Reasons []string `protobuf:"bytes,20,rep,name=reasons,proto3" json:"reasons,omitempty"`
-	// Services whose owners must still move off the old key.
+	// Services whose owners must still move off the old key: the PENDING and FAILING
+	// old_key_callers. With SAFE_TO_REVOKE it holds FAILING ones only.
 	ServicesToChase []string `protobuf:"bytes,21,rep,name=services_to_chase,json=servicesToChase,proto3" json:"services_to_chase,omitempty"`
+	// Start of the history: lookback before window_start (or the start of the quiet period
+	// when that reaches further back).
+	LookbackStart *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=lookback_start,json=lookbackStart,proto3" json:"lookback_start,omitempty"`
+	Lookback      *durationpb.Duration   `protobuf:"bytes,23,opt,name=lookback,proto3" json:"lookback,omitempty"`
+	// Every service with a request on the old key from lookback_start to window_end, by
+	// service name, with its state.
+	OldKeyCallers []*OldKeyCaller `protobuf:"bytes,24,rep,name=old_key_callers,json=oldKeyCallers,proto3" json:"old_key_callers,omitempty"`
+	// The services of accept_pending that were accepted (CALLER_STATE_ACCEPTED).
+	AcceptedPending []string `protobuf:"bytes,25,rep,name=accepted_pending,json=acceptedPending,proto3" json:"accepted_pending,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetRotationResponse) Reset() {
 	*x = GetRotationResponse{}
-	mi := &file_keytrail_v1_rotation_proto_msgTypes[4]
+	mi := &file_keytrail_v1_rotation_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +761,7 @@ func (x *GetRotationResponse) String() string {
 func (*GetRotationResponse) ProtoMessage() {}
 
 func (x *GetRotationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keytrail_v1_rotation_proto_msgTypes[4]
+	mi := &file_keytrail_v1_rotation_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +774,7 @@ func (x *GetRotationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRotationResponse.ProtoReflect.Descriptor instead.
 func (*GetRotationResponse) Descriptor() ([]byte, []int) {
-	return file_keytrail_v1_rotation_proto_rawDescGZIP(), []int{4}
+	return file_keytrail_v1_rotation_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetRotationResponse) GetProject() string {
@@ -677,18 +924,50 @@ func (x *GetRotationResponse) GetServicesToChase() []string {
 	return nil
 }
 
+func (x *GetRotationResponse) GetLookbackStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LookbackStart
+	}
+	return nil
+}
+
+func (x *GetRotationResponse) GetLookback() *durationpb.Duration {
+	if x != nil {
+		return x.Lookback
+	}
+	return nil
+}
+
+func (x *GetRotationResponse) GetOldKeyCallers() []*OldKeyCaller {
+	if x != nil {
+		return x.OldKeyCallers
+	}
+	return nil
+}
+
+func (x *GetRotationResponse) GetAcceptedPending() []string {
+	if x != nil {
+		return x.AcceptedPending
+	}
+	return nil
+}
+
 var File_keytrail_v1_rotation_proto protoreflect.FileDescriptor
 
 const file_keytrail_v1_rotation_proto_rawDesc = "" +
 	"\n" +
-	"\x1akeytrail/v1/rotation.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x03\n" +
+	"\x1akeytrail/v1/rotation.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x05\n" +
 	"\x12GetRotationRequest\x12(\n" +
 	"\n" +
 	"old_key_id\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\boldKeyId\x12&\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\boldKeyId\x12\"\n" +
+	"\aproject\x18\a \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\aproject\x128\n" +
+	"\x0eaccept_pending\x18\t \x03(\tB\x11\xbaH\x0e\x92\x01\v\x10\n" +
+	"\"\ar\x05\x10\x01\x18\x80\x02R\racceptPending\x12&\n" +
 	"\n" +
 	"new_key_id\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\bnewKeyId\x12M\n" +
-	"\fquiet_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\x9a\x9e\x012\x00R\vquietPeriod\x129\n" +
+	"\fquiet_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\x9a\x9e\x012\x00R\vquietPeriod\x12F\n" +
+	"\blookback\x18\b \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\x9a\x9e\x012\x00R\blookback\x129\n" +
 	"\n" +
 	"start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12B\n" +
@@ -716,7 +995,21 @@ const file_keytrail_v1_rotation_proto_rawDesc = "" +
 	"\brequests\x18\x03 \x01(\x03R\brequests\x129\n" +
 	"\n" +
 	"first_seen\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x127\n" +
-	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\"\xb3\b\n" +
+	"\tlast_seen\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\"\xd9\x03\n" +
+	"\fOldKeyCaller\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12.\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x18.keytrail.v1.CallerStateR\x05state\x12\x1a\n" +
+	"\brequests\x18\x03 \x01(\x03R\brequests\x127\n" +
+	"\tlast_seen\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12=\n" +
+	"\flast_success\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\x12\x12\n" +
+	"\x04runs\x18\x06 \x01(\x03R\x04runs\x121\n" +
+	"\x06rhythm\x18\a \x01(\v2\x19.google.protobuf.DurationR\x06rhythm\x12;\n" +
+	"\vexpected_by\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expectedBy\x12K\n" +
+	"\x14new_key_last_success\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x11newKeyLastSuccess\x12\x1a\n" +
+	"\bevidence\x18\n" +
+	" \x01(\tR\bevidence\"\x9b\n" +
+	"\n" +
 	"\x13GetRotationResponse\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1c\n" +
 	"\n" +
@@ -744,12 +1037,23 @@ const file_keytrail_v1_rotation_proto_rawDesc = "" +
 	"\fquiet_period\x18\x12 \x01(\v2\x19.google.protobuf.DurationR\vquietPeriod\x126\n" +
 	"\averdict\x18\x13 \x01(\x0e2\x1c.keytrail.v1.RotationVerdictR\averdict\x12\x18\n" +
 	"\areasons\x18\x14 \x03(\tR\areasons\x12*\n" +
-	"\x11services_to_chase\x18\x15 \x03(\tR\x0fservicesToChase*\x92\x01\n" +
+	"\x11services_to_chase\x18\x15 \x03(\tR\x0fservicesToChase\x12A\n" +
+	"\x0elookback_start\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\rlookbackStart\x125\n" +
+	"\blookback\x18\x17 \x01(\v2\x19.google.protobuf.DurationR\blookback\x12A\n" +
+	"\x0fold_key_callers\x18\x18 \x03(\v2\x19.keytrail.v1.OldKeyCallerR\roldKeyCallers\x12)\n" +
+	"\x10accepted_pending\x18\x19 \x03(\tR\x0facceptedPending*\x92\x01\n" +
 	"\x10ServiceMigration\x12!\n" +
 	"\x1dSERVICE_MIGRATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SERVICE_MIGRATION_MOVED\x10\x01\x12\x1b\n" +
 	"\x17SERVICE_MIGRATION_MIXED\x10\x02\x12!\n" +
-	"\x1dSERVICE_MIGRATION_NOT_STARTED\x10\x03*v\n" +
+	"\x1dSERVICE_MIGRATION_NOT_STARTED\x10\x03*\xac\x01\n" +
+	"\vCallerState\x12\x1c\n" +
+	"\x18CALLER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12CALLER_STATE_MOVED\x10\x01\x12\x18\n" +
+	"\x14CALLER_STATE_PENDING\x10\x02\x12\x18\n" +
+	"\x14CALLER_STATE_OVERDUE\x10\x03\x12\x19\n" +
+	"\x15CALLER_STATE_ACCEPTED\x10\x04\x12\x18\n" +
+	"\x14CALLER_STATE_FAILING\x10\x05*v\n" +
 	"\x0fRotationVerdict\x12 \n" +
 	"\x1cROTATION_VERDICT_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fROTATION_VERDICT_SAFE_TO_REVOKE\x10\x01\x12\x1c\n" +
@@ -767,47 +1071,59 @@ func file_keytrail_v1_rotation_proto_rawDescGZIP() []byte {
 	return file_keytrail_v1_rotation_proto_rawDescData
 }
 
-var file_keytrail_v1_rotation_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_keytrail_v1_rotation_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_keytrail_v1_rotation_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_keytrail_v1_rotation_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_keytrail_v1_rotation_proto_goTypes = []any{
 	(ServiceMigration)(0),           // 0: keytrail.v1.ServiceMigration
-	(RotationVerdict)(0),            // 1: keytrail.v1.RotationVerdict
-	(*GetRotationRequest)(nil),      // 2: keytrail.v1.GetRotationRequest
-	(*RotationService)(nil),         // 3: keytrail.v1.RotationService
-	(*ShareBucket)(nil),             // 4: keytrail.v1.ShareBucket
-	(*RequestsAfterRevocation)(nil), // 5: keytrail.v1.RequestsAfterRevocation
-	(*GetRotationResponse)(nil),     // 6: keytrail.v1.GetRotationResponse
-	(*durationpb.Duration)(nil),     // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
+	(CallerState)(0),                // 1: keytrail.v1.CallerState
+	(RotationVerdict)(0),            // 2: keytrail.v1.RotationVerdict
+	(*GetRotationRequest)(nil),      // 3: keytrail.v1.GetRotationRequest
+	(*RotationService)(nil),         // 4: keytrail.v1.RotationService
+	(*ShareBucket)(nil),             // 5: keytrail.v1.ShareBucket
+	(*RequestsAfterRevocation)(nil), // 6: keytrail.v1.RequestsAfterRevocation
+	(*OldKeyCaller)(nil),            // 7: keytrail.v1.OldKeyCaller
+	(*GetRotationResponse)(nil),     // 8: keytrail.v1.GetRotationResponse
+	(*durationpb.Duration)(nil),     // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 10: google.protobuf.Timestamp
 }
 var file_keytrail_v1_rotation_proto_depIdxs = []int32{
-	7,  // 0: keytrail.v1.GetRotationRequest.quiet_period:type_name -> google.protobuf.Duration
-	8,  // 1: keytrail.v1.GetRotationRequest.start_time:type_name -> google.protobuf.Timestamp
-	8,  // 2: keytrail.v1.GetRotationRequest.end_time:type_name -> google.protobuf.Timestamp
-	7,  // 3: keytrail.v1.GetRotationRequest.bucket:type_name -> google.protobuf.Duration
-	8,  // 4: keytrail.v1.RotationService.old_key_last_seen:type_name -> google.protobuf.Timestamp
-	8,  // 5: keytrail.v1.RotationService.old_key_last_success:type_name -> google.protobuf.Timestamp
-	8,  // 6: keytrail.v1.RotationService.new_key_first_seen:type_name -> google.protobuf.Timestamp
-	8,  // 7: keytrail.v1.RotationService.new_key_last_seen:type_name -> google.protobuf.Timestamp
-	0,  // 8: keytrail.v1.RotationService.migration:type_name -> keytrail.v1.ServiceMigration
-	8,  // 9: keytrail.v1.ShareBucket.start:type_name -> google.protobuf.Timestamp
-	8,  // 10: keytrail.v1.RequestsAfterRevocation.first_seen:type_name -> google.protobuf.Timestamp
-	8,  // 11: keytrail.v1.RequestsAfterRevocation.last_seen:type_name -> google.protobuf.Timestamp
-	8,  // 12: keytrail.v1.GetRotationResponse.rotated_at:type_name -> google.protobuf.Timestamp
-	8,  // 13: keytrail.v1.GetRotationResponse.old_key_revoked_at:type_name -> google.protobuf.Timestamp
-	8,  // 14: keytrail.v1.GetRotationResponse.window_start:type_name -> google.protobuf.Timestamp
-	8,  // 15: keytrail.v1.GetRotationResponse.window_end:type_name -> google.protobuf.Timestamp
-	4,  // 16: keytrail.v1.GetRotationResponse.series:type_name -> keytrail.v1.ShareBucket
-	3,  // 17: keytrail.v1.GetRotationResponse.services:type_name -> keytrail.v1.RotationService
-	5,  // 18: keytrail.v1.GetRotationResponse.requests_after_revocation:type_name -> keytrail.v1.RequestsAfterRevocation
-	8,  // 19: keytrail.v1.GetRotationResponse.old_key_last_success:type_name -> google.protobuf.Timestamp
-	7,  // 20: keytrail.v1.GetRotationResponse.quiet_period:type_name -> google.protobuf.Duration
-	1,  // 21: keytrail.v1.GetRotationResponse.verdict:type_name -> keytrail.v1.RotationVerdict
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	9,  // 0: keytrail.v1.GetRotationRequest.quiet_period:type_name -> google.protobuf.Duration
+	9,  // 1: keytrail.v1.GetRotationRequest.lookback:type_name -> google.protobuf.Duration
+	10, // 2: keytrail.v1.GetRotationRequest.start_time:type_name -> google.protobuf.Timestamp
+	10, // 3: keytrail.v1.GetRotationRequest.end_time:type_name -> google.protobuf.Timestamp
+	9,  // 4: keytrail.v1.GetRotationRequest.bucket:type_name -> google.protobuf.Duration
+	10, // 5: keytrail.v1.RotationService.old_key_last_seen:type_name -> google.protobuf.Timestamp
+	10, // 6: keytrail.v1.RotationService.old_key_last_success:type_name -> google.protobuf.Timestamp
+	10, // 7: keytrail.v1.RotationService.new_key_first_seen:type_name -> google.protobuf.Timestamp
+	10, // 8: keytrail.v1.RotationService.new_key_last_seen:type_name -> google.protobuf.Timestamp
+	0,  // 9: keytrail.v1.RotationService.migration:type_name -> keytrail.v1.ServiceMigration
+	10, // 10: keytrail.v1.ShareBucket.start:type_name -> google.protobuf.Timestamp
+	10, // 11: keytrail.v1.RequestsAfterRevocation.first_seen:type_name -> google.protobuf.Timestamp
+	10, // 12: keytrail.v1.RequestsAfterRevocation.last_seen:type_name -> google.protobuf.Timestamp
+	1,  // 13: keytrail.v1.OldKeyCaller.state:type_name -> keytrail.v1.CallerState
+	10, // 14: keytrail.v1.OldKeyCaller.last_seen:type_name -> google.protobuf.Timestamp
+	10, // 15: keytrail.v1.OldKeyCaller.last_success:type_name -> google.protobuf.Timestamp
+	9,  // 16: keytrail.v1.OldKeyCaller.rhythm:type_name -> google.protobuf.Duration
+	10, // 17: keytrail.v1.OldKeyCaller.expected_by:type_name -> google.protobuf.Timestamp
+	10, // 18: keytrail.v1.OldKeyCaller.new_key_last_success:type_name -> google.protobuf.Timestamp
+	10, // 19: keytrail.v1.GetRotationResponse.rotated_at:type_name -> google.protobuf.Timestamp
+	10, // 20: keytrail.v1.GetRotationResponse.old_key_revoked_at:type_name -> google.protobuf.Timestamp
+	10, // 21: keytrail.v1.GetRotationResponse.window_start:type_name -> google.protobuf.Timestamp
+	10, // 22: keytrail.v1.GetRotationResponse.window_end:type_name -> google.protobuf.Timestamp
+	5,  // 23: keytrail.v1.GetRotationResponse.series:type_name -> keytrail.v1.ShareBucket
+	4,  // 24: keytrail.v1.GetRotationResponse.services:type_name -> keytrail.v1.RotationService
+	6,  // 25: keytrail.v1.GetRotationResponse.requests_after_revocation:type_name -> keytrail.v1.RequestsAfterRevocation
+	10, // 26: keytrail.v1.GetRotationResponse.old_key_last_success:type_name -> google.protobuf.Timestamp
+	9,  // 27: keytrail.v1.GetRotationResponse.quiet_period:type_name -> google.protobuf.Duration
+	2,  // 28: keytrail.v1.GetRotationResponse.verdict:type_name -> keytrail.v1.RotationVerdict
+	10, // 29: keytrail.v1.GetRotationResponse.lookback_start:type_name -> google.protobuf.Timestamp
+	9,  // 30: keytrail.v1.GetRotationResponse.lookback:type_name -> google.protobuf.Duration
+	7,  // 31: keytrail.v1.GetRotationResponse.old_key_callers:type_name -> keytrail.v1.OldKeyCaller
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_keytrail_v1_rotation_proto_init() }
@@ -820,8 +1136,8 @@ func file_keytrail_v1_rotation_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keytrail_v1_rotation_proto_rawDesc), len(file_keytrail_v1_rotation_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   5,
+			NumEnums:      3,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
