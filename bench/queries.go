@@ -303,7 +303,7 @@ FROM usage_events WHERE service = ? GROUP BY key_id ORDER BY key_id LIMIT 101`, 
 			raw: func(ctx context.Context, i int) error {
 				return rawRotation(ctx, conn, max(i, 0)%rotatedKeys, hs)
 			},
-			rawNote: "raw: the old key's lifecycle, then per key x service counts, last success and the 60-bucket series from usage_events since the rotation",
+			rawNote: "raw: the old key's lifecycle, its callers' gaps over the 7 days before the rotation, then per key x service counts, last success and the 60-bucket series from usage_events since the rotation",
 		},
 		{
 			name: "spend by key per day, 30 days", p99Limit: 100,
@@ -403,6 +403,13 @@ func rawRotation(ctx context.Context, conn driver.Conn, i int, hs history) error
 	now := time.Now()
 	from := time.UnixMilli(rotatedMs).UTC()
 	quietFrom := now.Add(-chreader.DefaultQuietPeriod).UnixMilli()
+	// The old key's callers over the lookback before the rotation: per service, the largest
+	// gap between successes (the API reads the same from usage_key_minute).
+	if err := readAll(ctx, conn, `SELECT service, count(), max(event_time_ms), maxIf(event_time_ms, status_code < 400),
+    arrayReduce('max', arrayDifference(arraySort(groupArrayIf(event_time_ms, status_code < 400))))
+FROM usage_events WHERE key_id = ? AND event_time >= toDateTime(?) GROUP BY service`, old, from.Add(-chreader.DefaultLookback).Unix()); err != nil {
+		return err
+	}
 	if err := readAll(ctx, conn, `SELECT key_id, service, count(), countIf(event_time_ms >= ?), min(event_time_ms), max(event_time_ms), maxIf(event_time_ms, status_code < 400)
 FROM usage_events WHERE key_id IN (?, ?) AND event_time >= toDateTime(?) AND event_time_ms >= ?
 GROUP BY key_id, service`, quietFrom, old, newKey, from.Unix(), rotatedMs); err != nil {

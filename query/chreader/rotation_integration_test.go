@@ -308,6 +308,9 @@ func TestRotationLearnsEachCallersRhythm(t *testing.T) {
 	add("broken", ago(3*time.Hour), 401)
 	add("broken", ago(time.Hour), 401)
 	testenv.Insert(t, db, events...)
+	// A second insert: daily's last minute now has a cell in another part (unmerged), which
+	// must not add a run or change its rhythm.
+	testenv.Insert(t, db, use("u-again", "key_old", "daily", ago(57*time.Hour-20*time.Second), 200))
 
 	rd := chreader.NewReader(db.Conn, func() time.Time { return rotationEnd })
 	end := rotationEnd.Add(30 * time.Second)
@@ -320,7 +323,7 @@ func TestRotationLearnsEachCallersRhythm(t *testing.T) {
 	want := []callerLine{
 		{"broken", rotation.CallerFailing, 2, time.Time{}, 0, 0, time.Time{}, time.Time{}},
 		{"burst", rotation.CallerPending, 5, ago(72*time.Hour - 4*time.Minute), 1, 0, ago(72*time.Hour - 4*time.Minute - 7*24*time.Hour - 15*time.Minute), time.Time{}},
-		{"daily", rotation.CallerOverdue, 5, ago(57 * time.Hour), 5, 24 * time.Hour, ago(57*time.Hour - 24*time.Hour - 15*time.Minute), time.Time{}},
+		{"daily", rotation.CallerOverdue, 6, ago(57*time.Hour - 20*time.Second), 5, 24 * time.Hour, ago(57*time.Hour - 20*time.Second - 24*time.Hour - 15*time.Minute), time.Time{}},
 		{"hourly", rotation.CallerPending, 341, rotationEnd.Add(10 * time.Second), 171, time.Hour + 10*time.Second, rotationEnd.Add(10*time.Second + time.Hour + 10*time.Second + 15*time.Minute), time.Time{}},
 	}
 	if got := callerLines(rep); !reflect.DeepEqual(got, want) {

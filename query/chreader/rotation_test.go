@@ -135,7 +135,7 @@ LIMIT ?`,
 			wantArgs: []any{"key_new", "acme", int64(1793527230), int64(1793527250), int64(1793527230000), int64(1793527250000), 10001},
 		},
 		{
-			name: "caller history: gaps between successful minutes, runs split by the quiet period",
+			name: "caller history: gaps between successes, runs split by the quiet period",
 			got:  CallerHistory("acme", "key_old", Range{from, from.Add(2*time.Hour + 15*time.Second)}, 15*time.Minute, 10001),
 			wantSQL: `SELECT service, requests, last_seen_ms, last_success_ms, arrayReduce('max', gaps) AS largest_gap_ms, toUInt64(arrayCount(gap -> gap > ?, gaps)) AS long_gaps
 FROM
@@ -144,15 +144,13 @@ FROM
         arrayDifference(arraySort(groupArrayIf(success_ms, success_ms > 0))) AS gaps
     FROM
     (
-        SELECT service, minute, countMerge(requests) AS request_count, maxMerge(last_seen_ms) AS seen_ms, maxIfMerge(last_success_ms) AS success_ms
+        SELECT service, finalizeAggregation(requests) AS request_count, finalizeAggregation(last_seen_ms) AS seen_ms, finalizeAggregation(last_success_ms) AS success_ms
         FROM usage_key_minute
         WHERE key_id = ? AND project = ? AND minute >= toDateTime(?) AND minute < toDateTime(?)
-        GROUP BY service, minute
         UNION ALL
-        SELECT service, toStartOfMinute(event_time) AS minute, count() AS request_count, max(event_time_ms) AS seen_ms, maxIf(event_time_ms, status_code < 400) AS success_ms
+        SELECT service, toUInt64(1) AS request_count, event_time_ms AS seen_ms, if(status_code < 400, event_time_ms, toInt64(0)) AS success_ms
         FROM usage_events
         WHERE key_id = ? AND project = ? AND ((event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?) OR (event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?))
-        GROUP BY service, minute
     )
     GROUP BY service
 )

@@ -71,6 +71,9 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	if *oldKey == "" {
 		return &exitCodeError{exitUsage, errors.New("--old is required")}
 	}
+	if *lookback <= 0 {
+		return &exitCodeError{exitUsage, fmt.Errorf("--lookback %s must be positive", *lookback)}
+	}
 	if *wait && (*interval <= 0 || *timeout <= 0) {
 		return &exitCodeError{exitUsage, errors.New("--interval and --timeout must be positive")}
 	}

@@ -126,6 +126,9 @@ func TestRotationCheckCLI(t *testing.T) {
 		if code := exitCode(run(context.Background(), []string{"rotation", "check", "-old", "key_old", "-accept-pending", ""}, &out)); code != exitUsage {
 			t.Errorf("empty --accept-pending: exit %d", code)
 		}
+		if code := exitCode(run(context.Background(), []string{"rotation", "check", "-old", "key_old", "-lookback", "0s"}, &out)); code != exitUsage {
+			t.Errorf("--lookback 0s: exit %d", code)
+		}
 	})
 }
 
@@ -176,6 +179,10 @@ func TestRotationCheckWaitsForEachCallersRhythm(t *testing.T) {
 	for _, ago := range []time.Duration{6 * day, 5*day + 20*time.Hour, 3 * day, 26 * time.Hour} {
 		call("key_adhoc", "adhoc-report", now.Add(-ago))
 	}
+	// key_shared exists in acme and in globex.
+	rotate("key_shared", "key_shared_v2")
+	call("key_shared_v2", "billing", now.Add(-time.Hour))
+	events = append(events, &keytrailv1.UsageEvent{EventId: "globex-shared", Time: timestamppb.New(now.Add(-time.Hour)), Project: "globex", KeyId: "key_shared", Service: "globex-app", StatusCode: 200})
 	testenv.Insert(t, db, events...)
 
 	check := func(t *testing.T, wantExit int, wantBlock []string, args ...string) string {
@@ -263,5 +270,18 @@ WHERE method = '/keytrail.v1.QueryService/GetRotation' AND code = 'OK' AND posit
 			"  - adhoc-report has not moved to key_adhoc_v2: called key_adhoc in one run since " + stamp(start) + ", last success " + stamp(last) + "; no rhythm to learn, so it is given the whole lookback (30h); expected again by " + stamp(last.Add(30*time.Hour+15*time.Minute)),
 			"Chase: adhoc-report",
 		}, "-old", "key_adhoc", "-lookback", "30h")
+	})
+
+	t.Run("a key id in two projects needs --project", func(t *testing.T) {
+		var out bytes.Buffer
+		err := run(context.Background(), []string{"rotation", "check", "-addr", m.GRPCAddr, "-token", m.AdminToken, "-old", "key_shared"}, &out)
+		if exitCode(err) != exitError || !strings.Contains(err.Error(), `project: key "key_shared" exists in projects acme, globex; pass one of them`) {
+			t.Errorf("without --project: exit %d (%v)", exitCode(err), err)
+		}
+		out.Reset()
+		err = run(context.Background(), []string{"rotation", "check", "-addr", m.GRPCAddr, "-token", m.AdminToken, "-old", "key_shared", "-project", "acme"}, &out)
+		if exitCode(err) != exitSafe || !strings.Contains(out.String(), "Rotation key_shared -> key_shared_v2 (project acme)") || strings.Contains(out.String(), "globex-app") {
+			t.Errorf("--project acme: exit %d (%v)\n%s", exitCode(err), err, out.String())
+		}
 	})
 }
