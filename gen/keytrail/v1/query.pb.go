@@ -819,7 +819,7 @@ var File_keytrail_v1_query_proto protoreflect.FileDescriptor
 
 const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x17keytrail/v1/query.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkeytrail/v1/anomalies.proto\x1a\x18keytrail/v1/events.proto\x1a\x16keytrail/v1/keys.proto\x1a\x1akeytrail/v1/rotation.proto\x1a\x17keytrail/v1/spend.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xd5\x02\n" +
+	"\x17keytrail/v1/query.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkeytrail/v1/anomalies.proto\x1a\x18keytrail/v1/events.proto\x1a\x16keytrail/v1/keys.proto\x1a\x1akeytrail/v1/rotation.proto\x1a\x17keytrail/v1/spend.proto\x1a\x17keytrail/v1/usage.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xd5\x02\n" +
 	"\x0fKeyServiceUsage\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x15\n" +
 	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x18\n" +
@@ -901,7 +901,8 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\thead_hash\x18\a \x01(\tR\bheadHash\"n\n" +
 	"\x18VerifyAuditTrailResponse\x12:\n" +
 	"\bprojects\x18\x01 \x03(\v2\x1e.keytrail.v1.ChainVerificationR\bprojects\x12\x16\n" +
-	"\x06intact\x18\x02 \x01(\bR\x06intact2\xdd\t\n" +
+	"\x06intact\x18\x02 \x01(\bR\x06intact2\xd0\n" +
+	"\n" +
 	"\fQueryService\x12\x80\x01\n" +
 	"\x0fListKeyServices\x12#.keytrail.v1.ListKeyServicesRequest\x1a$.keytrail.v1.ListKeyServicesResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/keys/{key_id}/services\x12\x81\x01\n" +
 	"\x0fListServiceKeys\x12#.keytrail.v1.ListServiceKeysRequest\x1a$.keytrail.v1.ListServiceKeysResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/services/{service}/keys\x12v\n" +
@@ -914,7 +915,8 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\bGetSpend\x12\x1c.keytrail.v1.GetSpendRequest\x1a\x1d.keytrail.v1.GetSpendResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/spend\x12e\n" +
 	"\vListBudgets\x12\x1f.keytrail.v1.ListBudgetsRequest\x1a .keytrail.v1.ListBudgetsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/budgets\x12m\n" +
 	"\rListAnomalies\x12!.keytrail.v1.ListAnomaliesRequest\x1a\".keytrail.v1.ListAnomaliesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/anomalies\x12r\n" +
-	"\x0eListNewCallers\x12\".keytrail.v1.ListNewCallersRequest\x1a#.keytrail.v1.ListNewCallersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/new-callersB\xb5\x02\x92A\xf8\x01\x12\xf5\x01\n" +
+	"\x0eListNewCallers\x12\".keytrail.v1.ListNewCallersRequest\x1a#.keytrail.v1.ListNewCallersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/new-callers\x12q\n" +
+	"\vGetKeyUsage\x12\x1f.keytrail.v1.GetKeyUsageRequest\x1a .keytrail.v1.GetKeyUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/keys/{key_id}/usageB\xb5\x02\x92A\xf8\x01\x12\xf5\x01\n" +
 	"\bkeytrail\x12\xe4\x01API-key audit and usage analytics. Times are RFC 3339; omitted start_time means the beginning of history, omitted end_time means now. Lists are paginated with page_size (default 100, at most 1000) and the opaque next_page_token.2\x02v1Z7github.com/keytrail/keytrail/gen/keytrail/v1;keytrailv1b\x06proto3"
 
 var (
@@ -952,13 +954,15 @@ var file_keytrail_v1_query_proto_goTypes = []any{
 	(*ListBudgetsRequest)(nil),       // 18: keytrail.v1.ListBudgetsRequest
 	(*ListAnomaliesRequest)(nil),     // 19: keytrail.v1.ListAnomaliesRequest
 	(*ListNewCallersRequest)(nil),    // 20: keytrail.v1.ListNewCallersRequest
-	(*GetRotationResponse)(nil),      // 21: keytrail.v1.GetRotationResponse
-	(*GetKeyResponse)(nil),           // 22: keytrail.v1.GetKeyResponse
-	(*ListKeysResponse)(nil),         // 23: keytrail.v1.ListKeysResponse
-	(*GetSpendResponse)(nil),         // 24: keytrail.v1.GetSpendResponse
-	(*ListBudgetsResponse)(nil),      // 25: keytrail.v1.ListBudgetsResponse
-	(*ListAnomaliesResponse)(nil),    // 26: keytrail.v1.ListAnomaliesResponse
-	(*ListNewCallersResponse)(nil),   // 27: keytrail.v1.ListNewCallersResponse
+	(*GetKeyUsageRequest)(nil),       // 21: keytrail.v1.GetKeyUsageRequest
+	(*GetRotationResponse)(nil),      // 22: keytrail.v1.GetRotationResponse
+	(*GetKeyResponse)(nil),           // 23: keytrail.v1.GetKeyResponse
+	(*ListKeysResponse)(nil),         // 24: keytrail.v1.ListKeysResponse
+	(*GetSpendResponse)(nil),         // 25: keytrail.v1.GetSpendResponse
+	(*ListBudgetsResponse)(nil),      // 26: keytrail.v1.ListBudgetsResponse
+	(*ListAnomaliesResponse)(nil),    // 27: keytrail.v1.ListAnomaliesResponse
+	(*ListNewCallersResponse)(nil),   // 28: keytrail.v1.ListNewCallersResponse
+	(*GetKeyUsageResponse)(nil),      // 29: keytrail.v1.GetKeyUsageResponse
 }
 var file_keytrail_v1_query_proto_depIdxs = []int32{
 	11, // 0: keytrail.v1.KeyServiceUsage.first_seen:type_name -> google.protobuf.Timestamp
@@ -989,19 +993,21 @@ var file_keytrail_v1_query_proto_depIdxs = []int32{
 	18, // 25: keytrail.v1.QueryService.ListBudgets:input_type -> keytrail.v1.ListBudgetsRequest
 	19, // 26: keytrail.v1.QueryService.ListAnomalies:input_type -> keytrail.v1.ListAnomaliesRequest
 	20, // 27: keytrail.v1.QueryService.ListNewCallers:input_type -> keytrail.v1.ListNewCallersRequest
-	2,  // 28: keytrail.v1.QueryService.ListKeyServices:output_type -> keytrail.v1.ListKeyServicesResponse
-	4,  // 29: keytrail.v1.QueryService.ListServiceKeys:output_type -> keytrail.v1.ListServiceKeysResponse
-	6,  // 30: keytrail.v1.QueryService.ListAuditEvents:output_type -> keytrail.v1.ListAuditEventsResponse
-	10, // 31: keytrail.v1.QueryService.VerifyAuditTrail:output_type -> keytrail.v1.VerifyAuditTrailResponse
-	21, // 32: keytrail.v1.QueryService.GetRotation:output_type -> keytrail.v1.GetRotationResponse
-	22, // 33: keytrail.v1.QueryService.GetKey:output_type -> keytrail.v1.GetKeyResponse
-	23, // 34: keytrail.v1.QueryService.ListKeys:output_type -> keytrail.v1.ListKeysResponse
-	24, // 35: keytrail.v1.QueryService.GetSpend:output_type -> keytrail.v1.GetSpendResponse
-	25, // 36: keytrail.v1.QueryService.ListBudgets:output_type -> keytrail.v1.ListBudgetsResponse
-	26, // 37: keytrail.v1.QueryService.ListAnomalies:output_type -> keytrail.v1.ListAnomaliesResponse
-	27, // 38: keytrail.v1.QueryService.ListNewCallers:output_type -> keytrail.v1.ListNewCallersResponse
-	28, // [28:39] is the sub-list for method output_type
-	17, // [17:28] is the sub-list for method input_type
+	21, // 28: keytrail.v1.QueryService.GetKeyUsage:input_type -> keytrail.v1.GetKeyUsageRequest
+	2,  // 29: keytrail.v1.QueryService.ListKeyServices:output_type -> keytrail.v1.ListKeyServicesResponse
+	4,  // 30: keytrail.v1.QueryService.ListServiceKeys:output_type -> keytrail.v1.ListServiceKeysResponse
+	6,  // 31: keytrail.v1.QueryService.ListAuditEvents:output_type -> keytrail.v1.ListAuditEventsResponse
+	10, // 32: keytrail.v1.QueryService.VerifyAuditTrail:output_type -> keytrail.v1.VerifyAuditTrailResponse
+	22, // 33: keytrail.v1.QueryService.GetRotation:output_type -> keytrail.v1.GetRotationResponse
+	23, // 34: keytrail.v1.QueryService.GetKey:output_type -> keytrail.v1.GetKeyResponse
+	24, // 35: keytrail.v1.QueryService.ListKeys:output_type -> keytrail.v1.ListKeysResponse
+	25, // 36: keytrail.v1.QueryService.GetSpend:output_type -> keytrail.v1.GetSpendResponse
+	26, // 37: keytrail.v1.QueryService.ListBudgets:output_type -> keytrail.v1.ListBudgetsResponse
+	27, // 38: keytrail.v1.QueryService.ListAnomalies:output_type -> keytrail.v1.ListAnomaliesResponse
+	28, // 39: keytrail.v1.QueryService.ListNewCallers:output_type -> keytrail.v1.ListNewCallersResponse
+	29, // 40: keytrail.v1.QueryService.GetKeyUsage:output_type -> keytrail.v1.GetKeyUsageResponse
+	29, // [29:41] is the sub-list for method output_type
+	17, // [17:29] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name
@@ -1017,6 +1023,7 @@ func file_keytrail_v1_query_proto_init() {
 	file_keytrail_v1_keys_proto_init()
 	file_keytrail_v1_rotation_proto_init()
 	file_keytrail_v1_spend_proto_init()
+	file_keytrail_v1_usage_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -33,6 +33,7 @@ const (
 	QueryService_ListBudgets_FullMethodName      = "/keytrail.v1.QueryService/ListBudgets"
 	QueryService_ListAnomalies_FullMethodName    = "/keytrail.v1.QueryService/ListAnomalies"
 	QueryService_ListNewCallers_FullMethodName   = "/keytrail.v1.QueryService/ListNewCallers"
+	QueryService_GetKeyUsage_FullMethodName      = "/keytrail.v1.QueryService/GetKeyUsage"
 )
 
 // QueryServiceClient is the client API for QueryService service.
@@ -63,6 +64,8 @@ type QueryServiceClient interface {
 	ListAnomalies(ctx context.Context, in *ListAnomaliesRequest, opts ...grpc.CallOption) (*ListAnomaliesResponse, error)
 	// Services and client IPs seen on a key for the first time within the range.
 	ListNewCallers(ctx context.Context, in *ListNewCallersRequest, opts ...grpc.CallOption) (*ListNewCallersResponse, error)
+	// A key's requests, errors and cost per service over time, in 5-minute multiples.
+	GetKeyUsage(ctx context.Context, in *GetKeyUsageRequest, opts ...grpc.CallOption) (*GetKeyUsageResponse, error)
 }
 
 type queryServiceClient struct {
@@ -183,6 +186,16 @@ func (c *queryServiceClient) ListNewCallers(ctx context.Context, in *ListNewCall
 	return out, nil
 }
 
+func (c *queryServiceClient) GetKeyUsage(ctx context.Context, in *GetKeyUsageRequest, opts ...grpc.CallOption) (*GetKeyUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetKeyUsageResponse)
+	err := c.cc.Invoke(ctx, QueryService_GetKeyUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QueryServiceServer is the server API for QueryService service.
 // All implementations must embed UnimplementedQueryServiceServer
 // for forward compatibility.
@@ -211,6 +224,8 @@ type QueryServiceServer interface {
 	ListAnomalies(context.Context, *ListAnomaliesRequest) (*ListAnomaliesResponse, error)
 	// Services and client IPs seen on a key for the first time within the range.
 	ListNewCallers(context.Context, *ListNewCallersRequest) (*ListNewCallersResponse, error)
+	// A key's requests, errors and cost per service over time, in 5-minute multiples.
+	GetKeyUsage(context.Context, *GetKeyUsageRequest) (*GetKeyUsageResponse, error)
 	mustEmbedUnimplementedQueryServiceServer()
 }
 
@@ -253,6 +268,9 @@ func (UnimplementedQueryServiceServer) ListAnomalies(context.Context, *ListAnoma
 }
 func (UnimplementedQueryServiceServer) ListNewCallers(context.Context, *ListNewCallersRequest) (*ListNewCallersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNewCallers not implemented")
+}
+func (UnimplementedQueryServiceServer) GetKeyUsage(context.Context, *GetKeyUsageRequest) (*GetKeyUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetKeyUsage not implemented")
 }
 func (UnimplementedQueryServiceServer) mustEmbedUnimplementedQueryServiceServer() {}
 func (UnimplementedQueryServiceServer) testEmbeddedByValue()                      {}
@@ -473,6 +491,24 @@ func _QueryService_ListNewCallers_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _QueryService_GetKeyUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetKeyUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServiceServer).GetKeyUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: QueryService_GetKeyUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServiceServer).GetKeyUsage(ctx, req.(*GetKeyUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // QueryService_ServiceDesc is the grpc.ServiceDesc for QueryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -523,6 +559,10 @@ var QueryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListNewCallers",
 			Handler:    _QueryService_ListNewCallers_Handler,
+		},
+		{
+			MethodName: "GetKeyUsage",
+			Handler:    _QueryService_GetKeyUsage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
