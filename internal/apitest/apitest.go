@@ -30,6 +30,8 @@ type Options struct {
 	Now func() time.Time
 	// Tokens adds credentials: token value -> entry (SHA256 is filled in).
 	Tokens map[string]auth.Entry
+	// Console serves the web console under /ui/ too.
+	Console bool
 }
 
 // Server is a running API.
@@ -65,6 +67,7 @@ func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
 		Auth:     authn,
 		Recorder: rec,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Console:  opts.Console,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ import (
 	"github.com/keytrail/keytrail/gen/openapi"
 	"github.com/keytrail/keytrail/query/auth"
 	"github.com/keytrail/keytrail/query/chreader"
+	"github.com/keytrail/keytrail/query/console"
 )
 
 // OpenAPIPath is where the REST API's OpenAPI document is served.
@@ -58,6 +59,9 @@ type Config struct {
 	// Gatherer backs /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
 	Logger   *slog.Logger
+	// Console serves the web console under /ui/ (and redirects / there): static files,
+	// public like /openapi.json; the API calls the page makes carry the credentials.
+	Console bool
 }
 
 // Validate reports every problem with the configuration at once.
@@ -185,6 +189,9 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		_, _ = w.Write(openapi.Spec)
 	})
 	MountOps(mux, s.cfg.Ready, s.cfg.Gatherer, s.log)
+	if s.cfg.Console {
+		console.Mount(mux)
+	}
 	return mux, nil
 }
 

@@ -218,6 +218,7 @@ func (m *Main) Start(parent context.Context) error {
 			TLS:      tlsConfig,
 			Gatherer: m.registry,
 			Logger:   m.log,
+			Console:  true,
 		})
 		if err != nil {
 			return err

@@ -1,0 +1,81 @@
+// Formatting shared by every page. Times are always UTC; the exact instant, to the
+// millisecond, is in the element's title (shown on hover).
+
+export const int = (v) => (v === undefined || v === null || v === "" ? "0" : Number(v).toLocaleString("en-US"));
+
+// money turns exact micro-units (an int64, a string in JSON) into a decimal string without
+// going through a float: "16890000" -> "16.89".
+export function money(micros) {
+  let s = String(micros ?? "0");
+  const neg = s.startsWith("-");
+  if (neg) s = s.slice(1);
+  s = s.padStart(7, "0");
+  const whole = s.slice(0, -6).replace(/^0+(?=\d)/, "");
+  let frac = s.slice(-6).replace(/0+$/, "");
+  if (frac.length < 2) frac = frac.padEnd(2, "0");
+  return (neg ? "-" : "") + Number(whole).toLocaleString("en-US") + "." + frac;
+}
+
+export const pct = (x, digits = 1) => (Number(x) * 100).toFixed(digits) + "%";
+
+// exact is an RFC 3339 time with at least millisecond digits, as given by the API (which may
+// carry more).
+export function exact(iso) {
+  if (!iso) return "";
+  const m = /^(.*T\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$/.exec(iso);
+  if (!m) return iso;
+  const frac = (m[2] || ".").slice(1).padEnd(3, "0");
+  return m[1] + "." + frac + m[3];
+}
+
+// utc is the shown form: "2026-11-22 10:31:05".
+export function utc(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  if (isNaN(d)) return iso;
+  return d.toISOString().slice(0, 19).replace("T", " ");
+}
+
+export const dur = (s) => {
+  // protojson durations: "900s", "0.5s".
+  const secs = parseFloat(String(s || "0"));
+  if (secs % 86400 === 0 && secs) return secs / 86400 + "d";
+  if (secs % 3600 === 0 && secs) return secs / 3600 + "h";
+  if (secs % 60 === 0 && secs) return secs / 60 + "m";
+  return secs + "s";
+};
+
+export const enumLabel = (v, prefix) => String(v || "").replace(prefix, "").toLowerCase().replace(/_/g, " ");
+
+// Ranges the pages offer: the last N before now.
+export const RANGES = {
+  "30m": 30 * 60e3,
+  "1h": 3600e3,
+  "6h": 6 * 3600e3,
+  "24h": 24 * 3600e3,
+  "7d": 7 * 86400e3,
+  "30d": 30 * 86400e3,
+};
+
+export function lastRange(name, now = Date.now()) {
+  const ms = RANGES[name] ?? RANGES["24h"];
+  return { start: new Date(now - ms).toISOString(), end: new Date(now).toISOString() };
+}
+
+// parseUTC reads what a person types for an instant: RFC 3339, or "2026-11-22 10:31[:05[.123]]"
+// taken as UTC. It returns an RFC 3339 string, "" for empty input, or null when unreadable.
+export function parseUTC(v) {
+  const s = (v || "").trim();
+  if (!s) return "";
+  const m = /^(\d{4}-\d\d-\d\d)(?:[T ](\d\d:\d\d(?::\d\d(?:\.\d+)?)?))?(Z|[+-]\d\d:\d\d)?$/i.exec(s);
+  if (!m) return null;
+  const d = new Date(m[1] + "T" + (m[2] || "00:00") + (m[2] && m[2].length === 5 ? ":00" : "") + (m[3] || "Z"));
+  return isNaN(d) ? null : d.toISOString();
+}
+
+// shownUTC is an instant in the form parseUTC reads back, to the millisecond when it has any.
+export function shownUTC(iso) {
+  if (!iso) return "";
+  const s = new Date(iso).toISOString().replace("T", " ").replace("Z", "");
+  return s.endsWith(".000") ? s.slice(0, 19) : s;
+}

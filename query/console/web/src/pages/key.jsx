@@ -1,0 +1,257 @@
+// Key: the key's state now or at a chosen instant, its lifecycle timeline, the services
+// using it, their usage over time and the callers new to it.
+import { useMemo, useState } from "preact/hooks";
+import { api } from "../api.js";
+import { enumLabel, int, lastRange, money, parseUTC, shownUTC, utc } from "../format.js";
+import { Badge, Chart, href, KeyLink, navigate, Section, Select, Table, Time, toSeconds, useData } from "../ui.jsx";
+import { statusKind, statusText } from "./search.jsx";
+
+export const RANGE_OPTIONS = [
+  ["1h", "last hour"],
+  ["6h", "last 6 hours"],
+  ["24h", "last 24 hours"],
+  ["7d", "last 7 days"],
+  ["30d", "last 30 days"],
+];
+
+const METRICS = [
+  ["requests", "requests"],
+  ["errors", "errors (status ≥ 400)"],
+  ["cost_micros", "cost"],
+];
+
+export const budgetText = (b) =>
+  b && b.amount_micros && b.amount_micros !== "0" ? money(b.amount_micros) + " per " + enumLabel(b.period, "BUDGET_PERIOD_") : "none";
+
+function Field({ label, children, test }) {
+  return (
+    <div class="kv">
+      <dt>{label}</dt>
+      <dd data-test={test}>{children}</dd>
+    </div>
+  );
+}
+
+function KeyState({ id, at, setAt }) {
+  const [draft, setDraft] = useState(shownUTC(at));
+  const [bad, setBad] = useState(false);
+  const state = useData((signal) => api("/v1/keys/" + encodeURIComponent(id), { at }, { signal }), [id, at]);
+  return (
+    <Section
+      title={at ? "State at " + utc(at) + " UTC" : "State now"}
+      what="the key's state"
+      state={state}
+      actions={
+        <form
+          class="inline"
+          onSubmit={(e) => {
+            e.preventDefault();
+            const t = parseUTC(draft);
+            setBad(t === null);
+            if (t !== null) setAt(t);
+          }}
+        >
+          <label class="field">
+            <span>{bad ? "not a time: YYYY-MM-DD HH:MM:SS.mmm" : "at (UTC), e.g. 2026-11-22 10:31:05.250"}</span>
+            <input size="24" placeholder="now" value={draft} data-test="key-at" onInput={(e) => setDraft(e.currentTarget.value)} />
+          </label>
+          <button type="submit">Show</button>
+          {at ? (
+            <button
+              type="button"
+              class="secondary"
+              onClick={() => {
+                setDraft("");
+                setAt("");
+              }}
+            >
+              Now
+            </button>
+          ) : null}
+        </form>
+      }
+    >
+      {({ key: k }) => (
+        <>
+          <dl class="kvs">
+            <Field label="status" test="key-status">
+              <Badge kind={statusKind(k.status)}>{statusText(k.status)}</Badge> <span class="muted">since</span> <Time t={k.status_since} />
+            </Field>
+            <Field label="project" test="key-project">{k.project}</Field>
+            <Field label="created">
+              <Time t={k.created_at} /> {k.created_by ? <span class="muted">by {k.created_by}</span> : null}
+            </Field>
+            <Field label="expires"><Time t={k.expires_at} empty="never" /></Field>
+            <Field label="scopes">{k.scopes?.length ? k.scopes.join(", ") : <span class="muted">none</span>}</Field>
+            <Field label="budget" test="key-budget">{budgetText(k.budget)}</Field>
+            <Field label="replaces"><KeyLink id={k.replaces_key_id} /></Field>
+            <Field label="replaced by"><KeyLink id={k.replaced_by_key_id} /></Field>
+            <Field label="last event"><Time t={k.last_event_at} /></Field>
+            <Field label="last used" test="key-last-used"><Time t={k.last_used_at} empty="never" /></Field>
+            <Field label="as of"><Time t={k.as_of} /></Field>
+          </dl>
+          <p class="links">
+            {k.replaced_by_key_id ? (
+              <a href={href("rotation", id)} data-test="key-rotation-link">Rotation {id} → {k.replaced_by_key_id}</a>
+            ) : null}
+            {k.replaces_key_id ? <a href={href("rotation", k.replaces_key_id)}>Rotation {k.replaces_key_id} → {id}</a> : null}
+            <a href={href("spend", "", { key: id, group: "service", gran: "hour", range: "24h" })}>Spend of this key</a>
+            <a href={href("audit", "", { key: id })}>Audit trail of this key</a>
+          </p>
+        </>
+      )}
+    </Section>
+  );
+}
+
+function changesText(e) {
+  const parts = (e.changes || []).map((c) => c.field + ": " + (c.before || "∅") + " → " + (c.after || "∅"));
+  if (e.new_key_id) parts.push("new key " + e.new_key_id);
+  if (e.expires_at) parts.push("expires " + utc(e.expires_at));
+  if (e.budget?.amount_micros && e.budget.amount_micros !== "0") parts.push("budget " + budgetText(e.budget));
+  if (e.action === "ACTION_CREATED" && e.scopes?.length) parts.push("scopes " + e.scopes.join(","));
+  return parts.join("; ");
+}
+
+export function ActionBadge({ action }) {
+  const kind = { ACTION_DISABLED: "bad", ACTION_DELETED: "bad", ACTION_EXPIRED: "warn", ACTION_ROTATED: "info", ACTION_CREATED: "ok", ACTION_ENABLED: "ok" }[action] || "muted";
+  return <Badge kind={kind}>{enumLabel(action, "ACTION_")}</Badge>;
+}
+
+export const actorText = (e) => (e.actor || "?") + (e.actor_type && e.actor_type !== "ACTOR_TYPE_UNSPECIFIED" ? " (" + enumLabel(e.actor_type, "ACTOR_TYPE_") + ")" : "");
+
+function Timeline({ id }) {
+  const state = useData((signal) => api("/v1/audit/events", { key_id: id, page_size: 200 }, { signal }), [id]);
+  return (
+    <Section title="Lifecycle timeline" what="the key's lifecycle events" state={state}>
+      {(d) => (
+        <Table head={["time (UTC)", "action", "actor", "changes", "reason"]} test="timeline" empty="No lifecycle event: this key is known from usage only.">
+          {d.events.map((e) => (
+            <tr data-action={e.action}>
+              <td><Time t={e.time} /></td>
+              <td><ActionBadge action={e.action} /></td>
+              <td>{actorText(e)}</td>
+              <td>{changesText(e)}</td>
+              <td>{e.reason}</td>
+            </tr>
+          ))}
+        </Table>
+      )}
+    </Section>
+  );
+}
+
+function Services({ id, range }) {
+  const state = useData(
+    (signal) => api("/v1/keys/" + encodeURIComponent(id) + "/services", { start_time: range.start, end_time: range.end, page_size: 1000 }, { signal }),
+    [id, range],
+  );
+  return (
+    <Section title="Services using it" what="the services of the key" state={state}>
+      {(d) => (
+        <Table head={["service", "first seen (UTC)", "last seen (UTC)", { text: "requests", cls: "num" }, { text: "errors", cls: "num" }, "last success (UTC)"]} test="key-services" empty="No service used this key in this range.">
+          {d.services.map((s) => (
+            <tr data-service={s.service}>
+              <td><a href={href("search", "", { service: s.service })}>{s.service}</a></td>
+              <td><Time t={s.first_seen} /></td>
+              <td><Time t={s.last_seen} /></td>
+              <td class="num" data-test="requests">{int(s.request_count)}</td>
+              <td class="num" data-test="errors">{int(s.error_count)}</td>
+              <td><Time t={s.last_success} empty="none" /></td>
+            </tr>
+          ))}
+        </Table>
+      )}
+    </Section>
+  );
+}
+
+function Usage({ id, range }) {
+  const [metric, setMetric] = useState("requests");
+  const state = useData((signal) => api("/v1/keys/" + encodeURIComponent(id) + "/usage", { start_time: range.start, end_time: range.end }, { signal }), [id, range]);
+  const chart = useMemo(() => {
+    const d = state.data;
+    if (!d) return null;
+    return {
+      xs: d.bucket_starts.map(toSeconds),
+      series: d.series.map((s) => ({ label: s.service, values: s[metric].map((v) => (metric === "cost_micros" ? Number(v) / 1e6 : Number(v))) })),
+    };
+  }, [state.data, metric]);
+  return (
+    <Section
+      title="Usage per service"
+      what="the key's usage series"
+      state={state}
+      actions={<Select label="metric" value={metric} options={METRICS} onChange={setMetric} test="usage-metric" />}
+    >
+      {(d) =>
+        d.series.length === 0 ? (
+          <p class="muted">No request in this range.</p>
+        ) : (
+          <>
+            <Chart xs={chart.xs} series={chart.series} test="usage-chart" yFmt={metric === "cost_micros" ? (v) => (v == null ? "—" : v.toFixed(2)) : undefined} />
+            <p class="muted">Buckets of {parseInt(d.bucket) / 60} minutes (UTC), from GET /v1/keys/{id}/usage.</p>
+          </>
+        )
+      }
+    </Section>
+  );
+}
+
+function NewCallers({ id, range }) {
+  const state = useData((signal) => api("/v1/new-callers", { key_id: id, start_time: range.start, end_time: range.end }, { signal }), [id, range]);
+  return (
+    <Section title="New callers" what="the key's new callers" state={state}>
+      {(d) => <NewCallerTable callers={d.callers} empty="No service or client IP used this key for the first time in this range." />}
+    </Section>
+  );
+}
+
+const CALLER_ROWS = 50;
+
+export function NewCallerTable({ callers, empty, showKey }) {
+  const [all, setAll] = useState(false);
+  return (
+    <>
+    <Table head={[...(showKey ? ["key"] : []), "caller", "kind", "first seen (UTC)", "last seen (UTC)", { text: "requests", cls: "num" }, "key first used (UTC)"]} test="new-callers" empty={empty}>
+      {(all ? callers : callers.slice(0, CALLER_ROWS)).map((c) => (
+        <tr data-caller={c.caller} data-key={c.key_id}>
+          {showKey ? <td><KeyLink id={c.key_id} /></td> : null}
+          <td>{c.kind === "CALLER_KIND_SERVICE" ? <a href={href("search", "", { service: c.caller })}>{c.caller}</a> : c.caller}</td>
+          <td>{enumLabel(c.kind, "CALLER_KIND_")}</td>
+          <td><Time t={c.first_seen} /></td>
+          <td><Time t={c.last_seen} /></td>
+          <td class="num">{int(c.requests)}</td>
+          <td><Time t={c.key_first_seen} /></td>
+        </tr>
+      ))}
+    </Table>
+    {!all && callers.length > CALLER_ROWS ? (
+      <button class="secondary" onClick={() => setAll(true)} data-test="callers-all">
+        Show all {int(callers.length)} new callers
+      </button>
+    ) : null}
+    </>
+  );
+}
+
+export function KeyPage({ id, params }) {
+  const rangeName = params.range || "24h";
+  const range = useMemo(() => lastRange(rangeName), [rangeName, id]);
+  const set = (p) => navigate("key", id, { ...params, ...p });
+  return (
+    <>
+      <div class="page-head">
+        <h1>
+          Key <span class="mono" data-test="key-id">{id}</span>
+        </h1>
+        <Select label="range" value={rangeName} options={RANGE_OPTIONS} onChange={(v) => set({ range: v })} test="key-range" />
+      </div>
+      <KeyState id={id} at={params.at || ""} setAt={(at) => set({ at })} />
+      <Usage id={id} range={range} />
+      <Services id={id} range={range} />
+      <NewCallers id={id} range={range} />
+      <Timeline id={id} />
+    </>
+  );
+}
