@@ -11,6 +11,8 @@ MAKEFLAGS += --no-print-directory
 GO ?= go
 LOCAL_BIN := $(CURDIR)/.local/bin
 CLICKHOUSE := $(CURDIR)/deploy/clickhouse/local.sh
+CONSOLE_INSTALL := $(CURDIR)/deploy/console/install.sh
+CONSOLE_WEB := $(CURDIR)/query/console/web
 
 # The local ClickHouse's native port; exported so local.sh and the tests agree on it.
 export KEYTRAIL_CH_TCP_PORT ?= 19000
@@ -72,6 +74,32 @@ build: ## Build the services (keytrail, simulator) into .local/bin
 run: ## Run keytrail locally with a local ClickHouse and demo traffic
 	$(CURDIR)/deploy/local/run.sh
 
+##@ Web console (query/console/web: sources in src/, the bundle in dist/ is committed)
+
+# node_modules follows package-lock.json exactly (npm ci), re-installed only when the lock changes.
+$(CONSOLE_WEB)/node_modules/.ci-stamp: $(CONSOLE_WEB)/package-lock.json
+	$(CONSOLE_INSTALL) node
+	cd $(CONSOLE_WEB) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+.PHONY: console
+console: $(CONSOLE_WEB)/node_modules/.ci-stamp ## Rebuild the console's bundle (query/console/web/dist) from its sources; commit the result
+	cd $(CONSOLE_WEB) && node build.mjs dist
+
+.PHONY: console-check
+console-check: $(CONSOLE_WEB)/node_modules/.ci-stamp ## Fail when the committed console bundle differs from a build of its sources
+	@rm -rf $(CURDIR)/.local/console-check
+	@cd $(CONSOLE_WEB) && node build.mjs $(CURDIR)/.local/console-check
+	@diff -r $(CONSOLE_WEB)/dist $(CURDIR)/.local/console-check >/dev/null || { \
+		echo "query/console/web/dist does not match its sources: run 'make console' and commit dist/" >&2; exit 1; }
+	@echo "console bundle matches its sources"
+
+.PHONY: console-screenshots
+console-screenshots: ## Run the browser test and keep its screenshots in docs/console
+	$(CLICKHOUSE) start
+	$(CONSOLE_INSTALL) chromium
+	KEYTRAIL_CONSOLE_SCREENSHOTS=$(CURDIR)/docs/console $(GO) test -count=1 -run TestConsoleInBrowser ./query/console/
+
 ##@ Local ClickHouse (18.16, project-local process; see deploy/clickhouse/local.sh)
 
 .PHONY: clickhouse-start
@@ -85,8 +113,10 @@ clickhouse-stop: ## Stop the local ClickHouse started from this repo
 ##@ Checks
 
 .PHONY: test
-test: ## Start the local ClickHouse, then go vet and go test everything against it
+test: ## Start the local ClickHouse (and install Chromium), check the console bundle, then go vet and go test everything
 	$(CLICKHOUSE) start
+	$(CONSOLE_INSTALL) chromium
+	$(MAKE) console-check
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) $(PKGS)
 

@@ -67,6 +67,7 @@ auth="Authorization: Bearer $token"
 cat <<TEXT
 
 keytrail is running with demo traffic ($rate events/s, after $history of history).
+  console       $base/ui/  (sign in with the admin token below)
   REST API      $base/v1/...
   OpenAPI       $base/openapi.json
   gRPC          $grpc_listen (keytrail.v1.QueryService)
@@ -75,7 +76,16 @@ keytrail is running with demo traffic ($rate events/s, after $history of history
   logs          $state/log/keytrail.log, $state/log/simulator.log
 
 Dev mode (insecure): an ephemeral admin token, valid until keytrail stops, is in
-$state/admin-token. Try (the demo's stories unfold over its first ten minutes):
+$state/admin-token:
+  $token
+
+The demo's stories unfold over its first ten minutes. In the console:
+  $base/ui/#/rotation/key_acme_0007   the rotation in progress (key_acme_0007 -> key_acme_0081)
+  $base/ui/#/key/key_initech_0013     the disabled key legacy-export-cron still calls
+  $base/ui/#/anomalies                the spiking key key_globex_0021 and the new caller
+  $base/ui/#/spend?project=umbrella   key_umbrella_0005 over its daily budget
+  $base/ui/#/audit                    who did what, and the audit chain's head hashes
+Or with curl:
 
   export KT="$auth"
   # who uses the key being rotated, and is the roll complete?

@@ -139,4 +139,7 @@ function App() {
   );
 }
 
-render(<App />, document.getElementById("app"));
+// The static "Loading…" placeholder goes: render adds to what the container holds.
+const root = document.getElementById("app");
+root.textContent = "";
+render(<App />, root);

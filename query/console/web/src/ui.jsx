@@ -159,7 +159,7 @@ function xTicks(u, splits, _axis, _space, incr) {
 
 // Chart draws a uPlot time chart as wide as its container. xs are Unix seconds, series
 // [{label, values, color?, dash?, fill?}]; yFmt formats the axis and the legend.
-export function Chart({ xs, series, height = 240, yFmt, yRange, xRange, bars, test, highlight }) {
+export function Chart({ xs, series, height = 240, yFmt, yRange, xRange, points, test, highlight }) {
   const box = useRef(null);
   useEffect(() => {
     const el = box.current;
@@ -184,8 +184,7 @@ export function Chart({ xs, series, height = 240, yFmt, yRange, xRange, bars, te
           width: s.width || 1.5,
           dash: s.dash,
           fill: s.fill,
-          points: { show: false },
-          paths: bars ? uPlot.paths.bars({ size: [0.8, 40] }) : undefined,
+          points: { show: !!points, size: 6 },
           value: (_, v) => fmt(v),
         })),
       ],

@@ -58,6 +58,45 @@ function ServiceKeys({ service }) {
   );
 }
 
+// Attention lists what the key states alone reveal: keys revoked (disabled, expired, deleted)
+// but used since, and rotations whose old key is still active.
+function Attention({ keys }) {
+  const revokedButUsed = keys.filter(
+    (k) => ["KEY_STATUS_DISABLED", "KEY_STATUS_EXPIRED", "KEY_STATUS_DELETED"].includes(k.status) && k.last_used_at && k.status_since && Date.parse(k.last_used_at) > Date.parse(k.status_since),
+  );
+  const rotating = keys.filter((k) => k.replaced_by_key_id && k.status === "KEY_STATUS_ACTIVE");
+  if (!revokedButUsed.length && !rotating.length) return null;
+  return (
+    <section class="card">
+      <h2>Needs a look</h2>
+      <Table head={["key", "project", "what", "since (UTC)", "last used (UTC)"]} test="attention">
+        {revokedButUsed.map((k) => (
+          <tr data-key={k.key_id} data-what="revoked-used">
+            <td><KeyLink id={k.key_id} /></td>
+            <td>{k.project}</td>
+            <td>
+              <Badge kind={statusKind(k.status)}>{statusText(k.status)}</Badge> but still called
+            </td>
+            <td><Time t={k.status_since} /></td>
+            <td><Time t={k.last_used_at} /></td>
+          </tr>
+        ))}
+        {rotating.map((k) => (
+          <tr data-key={k.key_id} data-what="rotating">
+            <td><KeyLink id={k.key_id} /></td>
+            <td>{k.project}</td>
+            <td>
+              <a href={href("rotation", k.key_id)}>rotation to {k.replaced_by_key_id} in progress</a>
+            </td>
+            <td />
+            <td><Time t={k.last_used_at} /></td>
+          </tr>
+        ))}
+      </Table>
+    </section>
+  );
+}
+
 export function SearchPage({ params }) {
   const [q, setQ] = useState(params.q || "");
   const state = useData(loadSuggestions, []);
@@ -120,6 +159,7 @@ export function SearchPage({ params }) {
         )}
       </section>
       {params.service ? <ServiceKeys service={params.service} /> : null}
+      {data && !q.trim() && !params.service ? <Attention keys={data.keys} /> : null}
       <Section title="Matches" what="the keys and services" state={state}>
         {() => (
           <Table head={["", "name", "project", "status", "last used (UTC)"]} test="matches" empty="No key or service matches.">

@@ -80,7 +80,9 @@ function SpendReport({ group, gran, rangeName, from, to, filters }) {
       (at >= 0 ? series[at] : other).values[i] += v;
     }
     if (totals.size > CHART_GROUPS) series.push(other);
-    return { xs: starts.map((t) => t / 1e3), series };
+    // The last bucket is drawn whole: the axis runs to its end.
+    const step = starts.length > 1 ? starts[starts.length - 1] - starts[starts.length - 2] : 3600e3;
+    return { xs: starts.map((t) => t / 1e3), xRange: [starts[0] / 1e3, (starts[starts.length - 1] + step) / 1e3], series };
   }, [state.data, group, gran, range]);
   // The table: newest bucket first, biggest spend first within it.
   const [all, setAll] = useState(false);
@@ -99,7 +101,7 @@ function SpendReport({ group, gran, rangeName, from, to, filters }) {
             {d.truncated ? " (table shows the first " + int(MAX_ROWS) + " rows)" : ""}.
           </p>
           {chart ? (
-            <Chart xs={chart.xs} series={chart.series} bars={chart.xs.length <= 60} test="spend-chart" yFmt={(v) => (v == null ? "—" : v.toFixed(2))} />
+            <Chart xs={chart.xs} xRange={chart.xRange} series={chart.series} points={chart.xs.length <= 60} test="spend-chart" yFmt={(v) => (v == null ? "—" : v.toFixed(2))} />
           ) : null}
           <Table
             head={["bucket (UTC)", group, { text: "requests", cls: "num" }, { text: "input tokens", cls: "num" }, { text: "output tokens", cls: "num" }, { text: "cost", cls: "num" }]}
