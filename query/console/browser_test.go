@@ -649,6 +649,10 @@ func TestConsoleInBrowser(t *testing.T) {
 		if !strings.Contains(denied, "403") {
 			t.Errorf("another project's key: error %q, want the 403 named", denied)
 		}
+		// Nothing else of the key is drawn: its lists would read as empty, not as refused.
+		if sections := poll[int](b, "the key page's sections", `document.querySelectorAll('main section').length`); sections != 1 {
+			t.Errorf("another project's key shows %d sections, want only the refused state", sections)
+		}
 		b.shot("forbidden")
 	})
 

@@ -32,10 +32,9 @@ function Field({ label, children, test }) {
   );
 }
 
-function KeyState({ id, at, setAt }) {
+function KeyState({ id, at, setAt, state }) {
   const [draft, setDraft] = useState(shownUTC(at));
   const [bad, setBad] = useState(false);
-  const state = useData((signal) => api("/v1/keys/" + encodeURIComponent(id), { at }, { signal }), [id, at]);
   return (
     <Section
       title={at ? "State at " + utc(at) + " UTC" : "State now"}
@@ -239,6 +238,11 @@ export function KeyPage({ id, params }) {
   const rangeName = params.range || "24h";
   const range = useMemo(() => lastRange(rangeName), [rangeName, id]);
   const set = (p) => navigate("key", id, { ...params, ...p });
+  const at = params.at || "";
+  const state = useData((signal) => api("/v1/keys/" + encodeURIComponent(id), { at }, { signal }), [id, at]);
+  // A key the caller may not read, or that does not exist, gets its one error and nothing
+  // else: the lists below filter to the caller's projects and would read as "none".
+  const blocked = state.error && (state.error.kind === "forbidden" || state.error.kind === "notfound");
   return (
     <>
       <div class="page-head">
@@ -247,11 +251,15 @@ export function KeyPage({ id, params }) {
         </h1>
         <Select label="range" value={rangeName} options={RANGE_OPTIONS} onChange={(v) => set({ range: v })} test="key-range" />
       </div>
-      <KeyState id={id} at={params.at || ""} setAt={(at) => set({ at })} />
-      <Usage id={id} range={range} />
-      <Services id={id} range={range} />
-      <NewCallers id={id} range={range} />
-      <Timeline id={id} />
+      <KeyState id={id} at={at} setAt={(v) => set({ at: v })} state={state} />
+      {blocked ? null : (
+        <>
+          <Usage id={id} range={range} />
+          <Services id={id} range={range} />
+          <NewCallers id={id} range={range} />
+          <Timeline id={id} />
+        </>
+      )}
     </>
   );
 }

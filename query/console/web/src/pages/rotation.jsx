@@ -98,6 +98,8 @@ export function RotationPage({ id, params }) {
           </>
         )}
       </Section>
+      {state.error ? null : (
+        <>
       <Section title="Share on the new key over time" what="the traffic shift" state={state}>
         {() =>
           charts ? (
@@ -146,6 +148,8 @@ export function RotationPage({ id, params }) {
           </Table>
         )}
       </Section>
+        </>
+      )}
     </>
   );
 }
