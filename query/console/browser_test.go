@@ -394,6 +394,11 @@ func TestConsoleInBrowser(t *testing.T) {
 				Service   string `json:"service"`
 				Migration string `json:"migration"`
 			} `json:"services"`
+			Project string `json:"project"`
+			Callers []struct {
+				Service string `json:"service"`
+				State   string `json:"state"`
+			} `json:"old_key_callers"`
 		}
 		getJSON(t, srv, "/v1/rotations/"+story.RotationOldKey, nil, admin, &api)
 		if api.Verdict != "ROTATION_VERDICT_NOT_YET" {
@@ -406,7 +411,7 @@ func TestConsoleInBrowser(t *testing.T) {
 				document.querySelector('[data-test=rotation-old-requests]').innerText, document.querySelector('[data-test=rotation-new-requests]').innerText,
 				document.querySelector('[data-test=rotation-command]').innerText];
 		})()`)
-		want := []string{"NOT YET", fmt.Sprintf("%.1f%%", api.Share*100), shown(api.Old.Int()), shown(api.New.Int()), "keytrail rotation check --old " + story.RotationOldKey}
+		want := []string{"NOT YET", fmt.Sprintf("%.1f%%", api.Share*100), shown(api.Old.Int()), shown(api.New.Int()), "keytrail rotation check --old " + story.RotationOldKey + " --project " + api.Project}
 		for i := range want {
 			if got[i] != want[i] {
 				t.Errorf("rotation field %d: console %q, API %q", i, got[i], want[i])
@@ -424,6 +429,18 @@ func TestConsoleInBrowser(t *testing.T) {
 		for _, svc := range story.RotationPendingServices {
 			if labels[svc] != "not started" {
 				t.Errorf("pending service %s labelled %q, want not started", svc, labels[svc])
+			}
+		}
+		states := poll[map[string]string](b, "the old key's callers", `(() => {
+			const rows = [...document.querySelectorAll('[data-test=rotation-callers] tbody tr')];
+			return rows.length > 0 && Object.fromEntries(rows.map(r => [r.dataset.service, r.querySelector('[data-test=caller-state]').innerText]));
+		})()`)
+		if len(states) != len(api.Callers) {
+			t.Errorf("console shows %d callers of the old key, the API %d", len(states), len(api.Callers))
+		}
+		for _, c := range api.Callers {
+			if want := strings.ToLower(strings.TrimPrefix(c.State, "CALLER_STATE_")); states[c.Service] != want {
+				t.Errorf("caller %s: console state %q, API %s", c.Service, states[c.Service], c.State)
 			}
 		}
 		b.shot("rotation")

@@ -36,14 +36,36 @@ export function utc(iso) {
   return d.toISOString().slice(0, 19).replace("T", " ");
 }
 
+// dur shows a protojson duration ("900s", "3725.5s") as "15m", "1h2m6s" (to the second).
 export const dur = (s) => {
-  // protojson durations: "900s", "0.5s".
-  const secs = parseFloat(String(s || "0"));
-  if (secs % 86400 === 0 && secs) return secs / 86400 + "d";
-  if (secs % 3600 === 0 && secs) return secs / 3600 + "h";
-  if (secs % 60 === 0 && secs) return secs / 60 + "m";
-  return secs + "s";
+  let secs = Math.round(parseFloat(String(s || "0")));
+  if (!secs) return "0s";
+  let out = "";
+  for (const [unit, n] of [["d", 86400], ["h", 3600], ["m", 60], ["s", 1]]) {
+    if (secs >= n) {
+      out += Math.floor(secs / n) + unit;
+      secs %= n;
+    }
+  }
+  return out;
 };
+
+// toProtoDuration reads "15m", "1h30m", "7d" (Go's units and d) into the seconds form
+// protojson expects ("900s"); anything else is passed as typed for the server to refuse
+// with a message naming the field.
+export function toProtoDuration(s) {
+  const text = s.trim();
+  const units = { s: 1, m: 60, h: 3600, d: 86400 };
+  let secs = 0;
+  let rest = text;
+  while (rest) {
+    const m = /^(\d+(?:\.\d+)?)(s|m|h|d)/.exec(rest);
+    if (!m) return text;
+    secs += Number(m[1]) * units[m[2]];
+    rest = rest.slice(m[0].length);
+  }
+  return text ? secs + "s" : "";
+}
 
 export const enumLabel = (v, prefix) => String(v || "").replace(prefix, "").toLowerCase().replace(/_/g, " ");
 

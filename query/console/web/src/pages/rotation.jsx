@@ -2,7 +2,7 @@
 // GET /v1/rotations/{old_key_id}; the same verdict `keytrail rotation check` gates on.
 import { useMemo, useState } from "preact/hooks";
 import { api } from "../api.js";
-import { dur, enumLabel, int, pct } from "../format.js";
+import { dur, enumLabel, int, pct, toProtoDuration } from "../format.js";
 import { Badge, Chart, href, KeyLink, navigate, Section, Table, Time, toSeconds, useData } from "../ui.jsx";
 
 const migrationKind = { SERVICE_MIGRATION_MOVED: "ok", SERVICE_MIGRATION_MIXED: "warn", SERVICE_MIGRATION_NOT_STARTED: "bad" };
@@ -10,19 +10,49 @@ const migrationKind = { SERVICE_MIGRATION_MOVED: "ok", SERVICE_MIGRATION_MIXED: 
 // shellQuote quotes a word for a POSIX shell when it needs it.
 const shellQuote = (s) => (/^[A-Za-z0-9_.:\/-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\\''") + "'");
 
-export function checkCommand(oldKey, newKey, quiet) {
+export function checkCommand({ oldKey, project, newKey, quiet, lookback, accept }) {
   const words = ["keytrail", "rotation", "check", "--old", oldKey];
+  if (project) words.push("--project", project);
   if (newKey) words.push("--new", newKey);
   if (quiet) words.push("--quiet", quiet);
+  if (lookback) words.push("--lookback", lookback);
+  for (const s of accept) words.push("--accept-pending", s);
   return words.map(shellQuote).join(" ");
 }
 
+const callerKind = {
+  CALLER_STATE_MOVED: "ok",
+  CALLER_STATE_PENDING: "bad",
+  CALLER_STATE_OVERDUE: "warn",
+  CALLER_STATE_ACCEPTED: "info",
+  CALLER_STATE_FAILING: "warn",
+};
+
+const splitList = (s) =>
+  (s || "")
+    .split(",")
+    .map((x) => x.trim())
+    .filter(Boolean);
+
 export function RotationPage({ id, params }) {
   const quiet = params.quiet || "";
-  const [draft, setDraft] = useState(quiet);
+  const lookback = params.lookback || "";
+  const accept = splitList(params.accept);
+  const [draft, setDraft] = useState({ quiet, lookback, accept: accept.join(", ") });
   const state = useData(
-    (signal) => api("/v1/rotations/" + encodeURIComponent(id), { new_key_id: params.new, quiet_period: quiet ? toProtoDuration(quiet) : "" }, { signal }),
-    [id, params.new, quiet],
+    (signal) =>
+      api(
+        "/v1/rotations/" + encodeURIComponent(id),
+        {
+          project: params.project,
+          new_key_id: params.new,
+          quiet_period: quiet ? toProtoDuration(quiet) : "",
+          lookback: lookback ? toProtoDuration(lookback) : "",
+          accept_pending: accept,
+        },
+        { signal },
+      ),
+    [id, params.project, params.new, quiet, lookback, params.accept],
   );
   const charts = useMemo(() => {
     const d = state.data;
@@ -48,12 +78,20 @@ export function RotationPage({ id, params }) {
           class="inline"
           onSubmit={(e) => {
             e.preventDefault();
-            navigate("rotation", id, { ...params, quiet: draft.trim() });
+            navigate("rotation", id, { ...params, quiet: draft.quiet.trim(), lookback: draft.lookback.trim(), accept: splitList(draft.accept).join(",") });
           }}
         >
           <label class="field">
             <span>quiet period</span>
-            <input size="6" placeholder="15m" value={draft} onInput={(e) => setDraft(e.currentTarget.value)} data-test="rotation-quiet" />
+            <input size="6" placeholder="15m" value={draft.quiet} onInput={(e) => setDraft({ ...draft, quiet: e.currentTarget.value })} data-test="rotation-quiet" />
+          </label>
+          <label class="field">
+            <span>lookback</span>
+            <input size="6" placeholder="7d" value={draft.lookback} onInput={(e) => setDraft({ ...draft, lookback: e.currentTarget.value })} />
+          </label>
+          <label class="field">
+            <span>accept pending (services, comma-separated)</span>
+            <input size="28" value={draft.accept} onInput={(e) => setDraft({ ...draft, accept: e.currentTarget.value })} data-test="rotation-accept" />
           </label>
           <button type="submit">Judge</button>
         </form>
@@ -90,10 +128,16 @@ export function RotationPage({ id, params }) {
               <div class="kv"><dt>requests old / new</dt><dd><span data-test="rotation-old-requests">{int(d.old_key_requests)}</span> / <span data-test="rotation-new-requests">{int(d.new_key_requests)}</span></dd></div>
               <div class="kv"><dt>old key's last success</dt><dd><Time t={d.old_key_last_success} empty="none" /></dd></div>
               <div class="kv"><dt>quiet period</dt><dd>{dur(d.quiet_period)}</dd></div>
+              <div class="kv"><dt>callers' history from (UTC)</dt><dd><Time t={d.lookback_start} /> <span class="muted">({dur(d.lookback)} lookback)</span></dd></div>
+              {d.accepted_pending?.length ? (
+                <div class="kv"><dt>accepted pending</dt><dd>{d.accepted_pending.join(", ")}</dd></div>
+              ) : null}
             </dl>
             <div class="command">
               <div class="muted">Gate the revocation on the same verdict (exit 0 only when safe; add --addr and --token or --ca-file for your server):</div>
-              <pre data-test="rotation-command">{checkCommand(d.old_key_id, params.new || "", quiet)}</pre>
+              <pre data-test="rotation-command">
+                {checkCommand({ oldKey: d.old_key_id, project: d.project, newKey: params.new || "", quiet, lookback, accept })}
+              </pre>
             </div>
           </>
         )}
@@ -112,7 +156,30 @@ export function RotationPage({ id, params }) {
           )
         }
       </Section>
-      <Section title="Services" what="the services of the rotation" state={state}>
+      <Section title="The old key's callers over the history" what="the old key's callers" state={state}>
+        {(d) => (
+          <Table
+            head={["service", "state", { text: "requests", cls: "num" }, "last success (UTC)", { text: "runs", cls: "num" }, "rhythm", "expected by (UTC)", "new key's last success (UTC)", "evidence"]}
+            test="rotation-callers"
+            empty="No service called the old key over the history."
+          >
+            {(d.old_key_callers || []).map((c) => (
+              <tr data-service={c.service}>
+                <td><a href={href("search", "", { service: c.service })}>{c.service}</a></td>
+                <td><Badge kind={callerKind[c.state] || "muted"} test="caller-state">{enumLabel(c.state, "CALLER_STATE_")}</Badge></td>
+                <td class="num">{int(c.requests)}</td>
+                <td><Time t={c.last_success} empty="none" /></td>
+                <td class="num">{int(c.runs)}</td>
+                <td>{c.rhythm ? dur(c.rhythm) : <span class="muted">—</span>}</td>
+                <td><Time t={c.expected_by} /></td>
+                <td><Time t={c.new_key_last_success} empty="never" /></td>
+                <td class="evidence">{c.evidence}</td>
+              </tr>
+            ))}
+          </Table>
+        )}
+      </Section>
+      <Section title="Services in the window" what="the services of the rotation" state={state}>
         {(d) => (
           <Table
             head={["service", "migration", { text: "old key requests", cls: "num" }, { text: "new key requests", cls: "num" }, "old last seen (UTC)", "old last success (UTC)", "new first seen (UTC)", "new last seen (UTC)"]}
@@ -152,12 +219,4 @@ export function RotationPage({ id, params }) {
       )}
     </>
   );
-}
-
-// toProtoDuration turns "15m", "2h", "90s" into the seconds form protojson expects ("900s");
-// anything else is passed as typed for the server to refuse with a message.
-function toProtoDuration(s) {
-  const m = /^(\d+(?:\.\d+)?)(s|m|h|d)$/.exec(s.trim());
-  if (!m) return s;
-  return Number(m[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[m[2]] + "s";
 }
