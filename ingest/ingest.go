@@ -75,10 +75,22 @@ func (c Config) Validate() error {
 	if c.BatchSize < 0 || c.FetchSize < 0 || c.FlushInterval < 0 || c.MaxBackoff < 0 {
 		errs = append(errs, errors.New("ingest: sizes and durations must not be negative"))
 	}
-	if c.BatchSize > 0 && c.Streams.MaxAckPending > 0 && c.BatchSize > c.Streams.MaxAckPending {
-		errs = append(errs, fmt.Errorf("ingest: batch size %d exceeds the consumer's max ack pending %d, so a batch could never fill", c.BatchSize, c.Streams.MaxAckPending))
+	if c.BatchSize > 0 && c.Streams.MaxAckPending > 0 {
+		if err := CheckAckPending(c.BatchSize, c.Streams.MaxAckPending); err != nil {
+			errs = append(errs, fmt.Errorf("ingest: %w", err))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// CheckAckPending is the rule tying the batch size to the consumer's max ack pending: the
+// ingester holds up to two batches unacknowledged (one being written, the next being read,
+// see Run), so the consumer must let it hold both, or reading stalls behind every write.
+func CheckAckPending(batchSize, maxAckPending int) error {
+	if maxAckPending < 2*batchSize {
+		return fmt.Errorf("max ack pending %d must be at least twice the batch size %d (the ingester holds up to two batches)", maxAckPending, batchSize)
+	}
+	return nil
 }
 
 // Ingester consumes the events stream into a Sink. Create it with New and run it with Run.

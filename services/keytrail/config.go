@@ -4,16 +4,22 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
+	"log/slog"
+	"net"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/keytrail/keytrail/ingest"
+	"github.com/keytrail/keytrail/internal/flagenv"
 	"github.com/keytrail/keytrail/internal/storage"
+	"github.com/keytrail/keytrail/query/alerting"
 )
 
-// Config is everything the keytrail binary can be told. Each flag has an environment
-// variable (KEYTRAIL_ + the flag name in upper case with - as _) that sets its default.
+// Config is everything `keytrail serve` and `keytrail migrate` can be told. Each flag has an
+// environment variable (KEYTRAIL_ + the flag name in upper case with - as _); the flag wins
+// when both are given.
 type Config struct {
 	Role string
 
@@ -62,42 +68,88 @@ const (
 func (c Config) runsIngest() bool { return c.Role == RoleAll || c.Role == RoleIngest }
 func (c Config) runsQuery() bool  { return c.Role == RoleAll || c.Role == RoleQuery }
 
-// Validate reports every problem at once.
+// envPrefix starts the environment variable of every flag: -batch-size is KEYTRAIL_BATCH_SIZE.
+const envPrefix = "KEYTRAIL"
+
+// invalid is the error for a value a flag cannot take, naming the flag and its variable.
+func invalid(flagName, value, want string) error {
+	return flagenv.Invalid(envPrefix, flagName, value, want)
+}
+
+// ref names a flag and its variable in an error message.
+func ref(flagName string) string { return flagenv.Ref(envPrefix, flagName) }
+
+// Validate reports every problem at once, each naming the flag and its variable.
 func (c Config) Validate() error {
 	var errs []error
 	switch c.Role {
 	case RoleAll, RoleIngest, RoleQuery:
 	default:
-		errs = append(errs, fmt.Errorf("role %q must be one of all, ingest, query", c.Role))
+		errs = append(errs, invalid("role", c.Role, "all, ingest or query"))
 	}
 	if c.NATSURL == "" && c.NATSStoreDir == "" {
-		errs = append(errs, errors.New("nats-store-dir is required when running the embedded NATS server (no nats-url)"))
+		errs = append(errs, fmt.Errorf("%s is required when running the embedded NATS server (no %s)", ref("nats-store-dir"), ref("nats-url")))
 	}
 	if err := (storage.Config{DSN: c.ClickHouseDSN}).Validate(); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("%s: %w", ref("clickhouse-dsn"), err))
 	}
 	if c.runsQuery() && (c.GRPCListen == "" || c.HTTPListen == "") {
-		errs = append(errs, errors.New("grpc-listen and http-listen are required for the query role"))
+		errs = append(errs, fmt.Errorf("%s and %s are required for the query role", ref("grpc-listen"), ref("http-listen")))
 	}
-	if c.AlertInterval < 0 || c.AlertWindow < 0 {
-		errs = append(errs, errors.New("alert-interval and alert-window must not be negative"))
+	for _, l := range []struct{ flag, addr string }{{"nats-listen", c.NATSListen}, {"grpc-listen", c.GRPCListen}, {"http-listen", c.HTTPListen}} {
+		if _, _, err := net.SplitHostPort(l.addr); l.addr != "" && err != nil {
+			errs = append(errs, invalid(l.flag, l.addr, "host:port, such as 127.0.0.1:8080 or :0"))
+		}
+	}
+	if c.SubjectPrefix == "" || strings.ContainsAny(c.SubjectPrefix, ".*> \t") {
+		errs = append(errs, invalid("subject-prefix", c.SubjectPrefix, "one NATS subject token (no dots, wildcards or spaces)"))
+	}
+	if c.AlertWebhookURL != "" {
+		if u, err := url.Parse(c.AlertWebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			// The URL is not repeated: it may carry a token.
+			errs = append(errs, fmt.Errorf("%s must be an absolute http(s) URL", ref("alert-webhook-url")))
+		}
+	}
+	if c.AlertInterval < 0 {
+		errs = append(errs, invalid("alert-interval", c.AlertInterval.String(), "0 (off) or a positive duration"))
+	}
+	if c.AlertWindow < 0 {
+		errs = append(errs, invalid("alert-window", c.AlertWindow.String(), "a positive duration"))
+	}
+	switch alerting.NewCallerMode(c.AlertNewCallers) {
+	case alerting.NewCallersAll, alerting.NewCallersServices, alerting.NewCallersOff:
+	default:
+		errs = append(errs, invalid("alert-new-callers", c.AlertNewCallers, "all, services or off"))
+	}
+	switch alerting.WebhookFormat(c.AlertWebhookFormat) {
+	case alerting.WebhookProtoJSON, alerting.WebhookAlertmanager:
+	default:
+		errs = append(errs, invalid("alert-webhook-format", c.AlertWebhookFormat, "protojson or alertmanager"))
 	}
 	if _, _, err := c.natsSync(); err != nil {
 		errs = append(errs, err)
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
-		errs = append(errs, errors.New("tls-cert-file and tls-key-file go together"))
+		errs = append(errs, fmt.Errorf("%s and %s go together", ref("tls-cert-file"), ref("tls-key-file")))
 	}
 	if c.TLSClientCAFile != "" && c.TLSCertFile == "" {
-		errs = append(errs, errors.New("tls-client-ca-file (mTLS) needs tls-cert-file and tls-key-file"))
+		errs = append(errs, fmt.Errorf("%s (mTLS) needs %s and %s", ref("tls-client-ca-file"), ref("tls-cert-file"), ref("tls-key-file")))
 	}
-	if c.AckWait <= 0 || c.MaxAckPending <= 0 {
-		errs = append(errs, errors.New("ack-wait and max-ack-pending must be positive"))
-	} else if c.MaxAckPending < 2*c.BatchSize {
-		errs = append(errs, fmt.Errorf("max-ack-pending %d must be at least twice batch-size %d (the ingester holds up to two batches)", c.MaxAckPending, c.BatchSize))
+	if c.BatchSize <= 0 {
+		errs = append(errs, invalid("batch-size", strconv.Itoa(c.BatchSize), "a positive number"))
 	}
-	if c.BatchSize <= 0 || c.FlushInterval <= 0 {
-		errs = append(errs, errors.New("batch-size and flush-interval must be positive"))
+	if c.FlushInterval <= 0 {
+		errs = append(errs, invalid("flush-interval", c.FlushInterval.String(), "a positive duration"))
+	}
+	if c.AckWait <= 0 {
+		errs = append(errs, invalid("ack-wait", c.AckWait.String(), "a positive duration"))
+	}
+	if c.MaxAckPending <= 0 {
+		errs = append(errs, invalid("max-ack-pending", strconv.Itoa(c.MaxAckPending), "a positive number"))
+	} else if c.BatchSize > 0 {
+		if err := ingest.CheckAckPending(c.BatchSize, c.MaxAckPending); err != nil {
+			errs = append(errs, fmt.Errorf("%s and %s: %w", ref("max-ack-pending"), ref("batch-size"), err))
+		}
 	}
 	if _, err := c.memoryLimit(); err != nil {
 		errs = append(errs, err)
@@ -105,82 +157,64 @@ func (c Config) Validate() error {
 	switch c.LogFormat {
 	case "text", "json":
 	default:
-		errs = append(errs, fmt.Errorf("log-format %q must be text or json", c.LogFormat))
+		errs = append(errs, invalid("log-format", c.LogFormat, "text or json"))
+	}
+	if _, err := c.logLevel(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// parseConfig reads flags, with environment variables as defaults.
+// parseConfig reads flags, and the environment variables of those not given (see flagenv).
 func parseConfig(name string, args []string) (Config, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	var c Config
-	str := func(p *string, flagName, def, usage string) {
-		fs.StringVar(p, flagName, env(flagName, def), usage+" (env "+envName(flagName)+")")
-	}
-	dur := func(p *time.Duration, flagName string, def time.Duration, usage string) {
-		v := def
-		if s := os.Getenv(envName(flagName)); s != "" {
-			if d, err := time.ParseDuration(s); err == nil {
-				v = d
-			}
-		}
-		fs.DurationVar(p, flagName, v, usage+" (env "+envName(flagName)+")")
-	}
-	str(&c.Role, "role", RoleAll, "what this process runs: all, ingest or query")
-	str(&c.NATSURL, "nats-url", "", "external NATS URL; empty runs an embedded NATS server with JetStream")
-	str(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
-	str(&c.NATSStoreDir, "nats-store-dir", ".local/nats", "JetStream storage of the embedded NATS server")
-	str(&c.NATSSyncPeriod, "nats-sync-interval", "", "how often the embedded JetStream fsyncs: a duration, or \"always\" to fsync every write; empty keeps the server default (2m)")
-	str(&c.SubjectPrefix, "subject-prefix", "keytrail", "first token of every keytrail subject")
-	str(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol)")
-	str(&c.GRPCListen, "grpc-listen", "127.0.0.1:9090", "gRPC listen address")
-	str(&c.HTTPListen, "http-listen", "127.0.0.1:8080", "REST, OpenAPI, health and metrics listen address (-role ingest: health and metrics only; empty turns them off)")
-	batch := env("batch-size", "10000")
-	fs.Func("batch-size", "most events per ClickHouse insert (env KEYTRAIL_BATCH_SIZE, default "+batch+")", func(s string) error {
-		n, err := strconv.Atoi(s)
-		c.BatchSize = n
-		return err
-	})
-	c.BatchSize, _ = strconv.Atoi(batch)
-	dur(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
-	dur(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for the ingester's ack before redelivering")
-	pending := env("max-ack-pending", "50000")
-	c.MaxAckPending, _ = strconv.Atoi(pending)
-	fs.Func("max-ack-pending", "most messages the ingester may hold unacknowledged (env KEYTRAIL_MAX_ACK_PENDING, default "+pending+")", func(s string) error {
-		n, err := strconv.Atoi(s)
-		c.MaxAckPending = n
-		return err
-	})
-	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", env("ingest-shared-consumer", "") == "true",
-		"let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created) (env KEYTRAIL_INGEST_SHARED_CONSUMER=true)")
-	dur(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")
-	dur(&c.AlertWindow, "alert-window", 30*time.Minute, "recent range each alert scan examines (must cover ingestion delay)")
-	str(&c.AlertWebhookURL, "alert-webhook-url", "", "also POST every alert to this URL")
-	str(&c.AlertWebhookFormat, "alert-webhook-format", "protojson", "protojson or alertmanager")
-	str(&c.AlertNewCallers, "alert-new-callers", "all", "new-caller alerts: all, services or off")
-	str(&c.AuthTokensFile, "auth-tokens-file", "", "YAML file of API credentials (hashed tokens, roles); empty runs in dev mode with an ephemeral admin token")
-	str(&c.DevTokenFile, "dev-token-file", "", "dev mode: also write the ephemeral admin token to this file (mode 0600)")
-	str(&c.TLSCertFile, "tls-cert-file", "", "serve gRPC and REST over TLS with this certificate (PEM)")
-	str(&c.TLSKeyFile, "tls-key-file", "", "private key of tls-cert-file (PEM)")
-	str(&c.TLSClientCAFile, "tls-client-ca-file", "", "accept client certificates signed by these CAs as credentials (mTLS)")
-	str(&c.MemoryLimit, "memory-limit", "auto", "soft limit of the Go runtime's memory (like GOMEMLIMIT, which wins when set): a size such as 100MiB, off, or auto ("+autoMemoryLimitText+")")
-	str(&c.LogFormat, "log-format", "text", "text or json")
-	str(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if err := flagenv.Parse(flagSet(name, &c), args, envPrefix); err != nil {
 		return Config{}, err
 	}
 	return c, c.Validate()
 }
 
-func envName(flagName string) string {
-	return "KEYTRAIL_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+// flagSet defines every flag, with its default, on c.
+func flagSet(name string, c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(&c.Role, "role", RoleAll, "what this process runs: all, ingest or query")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "external NATS URL; empty runs an embedded NATS server with JetStream")
+	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
+	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", ".local/nats", "JetStream storage of the embedded NATS server")
+	fs.StringVar(&c.NATSSyncPeriod, "nats-sync-interval", "", "how often the embedded JetStream fsyncs: a duration, or \"always\" to fsync every write; empty keeps the server default (2m)")
+	fs.StringVar(&c.SubjectPrefix, "subject-prefix", "keytrail", "first token of every keytrail subject")
+	fs.StringVar(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol)")
+	fs.StringVar(&c.GRPCListen, "grpc-listen", "127.0.0.1:9090", "gRPC listen address")
+	fs.StringVar(&c.HTTPListen, "http-listen", "127.0.0.1:8080", "REST, OpenAPI, health and metrics listen address (-role ingest: health and metrics only; empty turns them off)")
+	fs.IntVar(&c.BatchSize, "batch-size", 10_000, "most events per ClickHouse insert")
+	fs.DurationVar(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
+	fs.DurationVar(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for the ingester's ack before redelivering")
+	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 50_000, "most messages the ingester may hold unacknowledged (at least two batches)")
+	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", false, "let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created)")
+	fs.DurationVar(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")
+	fs.DurationVar(&c.AlertWindow, "alert-window", 30*time.Minute, "recent range each alert scan examines (must cover ingestion delay)")
+	fs.StringVar(&c.AlertWebhookURL, "alert-webhook-url", "", "also POST every alert to this URL")
+	fs.StringVar(&c.AlertWebhookFormat, "alert-webhook-format", string(alerting.WebhookProtoJSON), "protojson or alertmanager")
+	fs.StringVar(&c.AlertNewCallers, "alert-new-callers", string(alerting.NewCallersAll), "new-caller alerts: all, services or off")
+	fs.StringVar(&c.AuthTokensFile, "auth-tokens-file", "", "YAML file of API credentials (hashed tokens, roles); empty runs in dev mode with an ephemeral admin token")
+	fs.StringVar(&c.DevTokenFile, "dev-token-file", "", "dev mode: also write the ephemeral admin token to this file (mode 0600)")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "serve gRPC and REST over TLS with this certificate (PEM)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "private key of tls-cert-file (PEM)")
+	fs.StringVar(&c.TLSClientCAFile, "tls-client-ca-file", "", "accept client certificates signed by these CAs as credentials (mTLS)")
+	fs.StringVar(&c.MemoryLimit, "memory-limit", "auto", "soft limit of the Go runtime's memory (like GOMEMLIMIT, which wins when set): a size such as 100MiB, off, or auto ("+autoMemoryLimitText+")")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "text or json")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return fs
 }
 
-func env(flagName, def string) string {
-	if v, ok := os.LookupEnv(envName(flagName)); ok {
-		return v
+// logLevel reads -log-level: a slog level name (debug, info, warn, error; an offset such as
+// warn+2 is accepted too).
+func (c Config) logLevel() (slog.Level, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return 0, invalid("log-level", c.LogLevel, "debug, info, warn or error")
 	}
-	return def
+	return level, nil
 }
 
 // natsSync reads -nats-sync-interval.
@@ -193,7 +227,7 @@ func (c Config) natsSync() (interval time.Duration, always bool, err error) {
 	}
 	d, err := time.ParseDuration(c.NATSSyncPeriod)
 	if err != nil || d <= 0 {
-		return 0, false, fmt.Errorf("nats-sync-interval %q must be a positive duration or \"always\"", c.NATSSyncPeriod)
+		return 0, false, invalid("nats-sync-interval", c.NATSSyncPeriod, `a positive duration, "always", or empty (the server's default)`)
 	}
 	return d, false, nil
 }
@@ -221,7 +255,7 @@ func (c Config) memoryLimit() (int64, error) {
 	default:
 		n, err := parseByteSize(v)
 		if err != nil || n < 16<<20 {
-			return 0, fmt.Errorf("memory-limit %q: want auto, off, or a size of at least 16MiB such as 100MiB or 2GiB", v)
+			return 0, invalid("memory-limit", v, "auto, off, or a size of at least 16MiB such as 100MiB or 2GiB")
 		}
 		return n, nil
 	}

@@ -337,8 +337,7 @@ func (m *Main) Close() error {
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	level, _ := cfg.logLevel() // validated by parseConfig
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))

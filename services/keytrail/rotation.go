@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -45,9 +46,11 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fs := flag.NewFlagSet("keytrail rotation check", flag.ContinueOnError)
 	fs.SetOutput(stdout)
-	addr := fs.String("addr", env("api-addr", "127.0.0.1:9090"), "keytrail gRPC address (env KEYTRAIL_API_ADDR)")
-	token := fs.String("token", env("token", ""), "API bearer token (env KEYTRAIL_TOKEN)")
-	caFile := fs.String("ca-file", env("ca-file", ""), "verify the server's TLS certificate with these CAs; empty means plaintext (env KEYTRAIL_CA_FILE)")
+	// Only the connection settings have environment variables: the question itself
+	// (--old, --json, --wait...) is always asked on the command line.
+	addr := fs.String("addr", envDefault("KEYTRAIL_API_ADDR", "127.0.0.1:9090"), "keytrail gRPC address (env KEYTRAIL_API_ADDR)")
+	token := fs.String("token", envDefault("KEYTRAIL_TOKEN", ""), "API bearer token (env KEYTRAIL_TOKEN)")
+	caFile := fs.String("ca-file", envDefault("KEYTRAIL_CA_FILE", ""), "verify the server's TLS certificate with these CAs; empty means plaintext (env KEYTRAIL_CA_FILE)")
 	oldKey := fs.String("old", "", "the key being replaced (required)")
 	project := fs.String("project", "", "the old key's project; required when the key id exists in several projects you may read")
 	newKey := fs.String("new", "", "the replacement; default: from the old key's rotation event")
@@ -68,14 +71,24 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return &exitCodeError{exitUsage, err}
 	}
+	var bad []error
 	if *oldKey == "" {
-		return &exitCodeError{exitUsage, errors.New("--old is required")}
+		bad = append(bad, errors.New("--old is required"))
 	}
 	if *lookback <= 0 {
-		return &exitCodeError{exitUsage, fmt.Errorf("--lookback %s must be positive", *lookback)}
+		bad = append(bad, fmt.Errorf("--lookback %s must be positive", *lookback))
 	}
-	if *wait && (*interval <= 0 || *timeout <= 0) {
-		return &exitCodeError{exitUsage, errors.New("--interval and --timeout must be positive")}
+	if *quiet <= 0 {
+		bad = append(bad, fmt.Errorf("--quiet %s must be positive", *quiet))
+	}
+	if *interval <= 0 || *timeout <= 0 {
+		bad = append(bad, errors.New("--interval and --timeout must be positive"))
+	}
+	if fs.NArg() > 0 {
+		bad = append(bad, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	if err := errors.Join(bad...); err != nil {
+		return &exitCodeError{exitUsage, err}
 	}
 	creds := insecure.NewCredentials()
 	if *caFile != "" {
@@ -129,6 +142,15 @@ func runRotation(ctx context.Context, args []string, stdout io.Writer) error {
 		case <-time.After(*interval):
 		}
 	}
+}
+
+// envDefault is the flag default an environment variable gives; empty counts as unset, as
+// for the server's flags (see flagenv).
+func envDefault(variable, def string) string {
+	if v := os.Getenv(variable); v != "" {
+		return v
+	}
+	return def
 }
 
 func printProgress(w io.Writer, r *keytrailv1.GetRotationResponse) {

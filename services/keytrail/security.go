@@ -89,6 +89,12 @@ func runToken(args []string, stdout io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return &exitCodeError{exitUsage, err}
 	}
+	switch {
+	case *expires < 0:
+		return &exitCodeError{exitUsage, fmt.Errorf("--expires %s must not be negative (0 means no expiry)", *expires)}
+	case fs.NArg() > 0:
+		return &exitCodeError{exitUsage, fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
 	token := auth.NewToken()
 	entry := auth.Entry{Name: *name, SHA256: auth.HashToken(token), Role: auth.Role(*role)}
 	if *projects != "" {

@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/internal/flagenv"
 	"github.com/keytrail/keytrail/publisher"
 	"github.com/keytrail/keytrail/services/simulator/simulate"
 )
@@ -39,14 +40,14 @@ const (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "simulator:", err)
 		os.Exit(1)
 	}
 }
 
 // Config is everything the simulator can be told. Each flag has an environment variable
-// (KEYTRAIL_ + the flag name in upper case with - as _) that sets its default.
+// (KEYTRAIL_ + the flag name in upper case with - as _); the flag wins when both are given.
 type Config struct {
 	NATSURL       string
 	Rate          float64
@@ -61,21 +62,24 @@ type Config struct {
 func (c Config) Validate() error {
 	var errs []error
 	if c.NATSURL == "" {
-		errs = append(errs, errors.New("nats-url is required"))
+		errs = append(errs, fmt.Errorf("%s is required", flagenv.Ref(envPrefix, "nats-url")))
 	}
 	if !(c.Rate > 0) {
-		errs = append(errs, fmt.Errorf("rate %v must be positive", c.Rate))
+		errs = append(errs, flagenv.Invalid(envPrefix, "rate", fmt.Sprint(c.Rate), "a positive number of events per second"))
+	}
+	if c.History < 0 || c.History > 7*24*time.Hour { // simulate.Config's bound
+		errs = append(errs, flagenv.Invalid(envPrefix, "history", c.History.String(), "a duration from 0 to 168h (7 days)"))
 	}
 	if c.Duration < 0 {
-		errs = append(errs, fmt.Errorf("duration %s must not be negative", c.Duration))
+		errs = append(errs, flagenv.Invalid(envPrefix, "duration", c.Duration.String(), "0 (until interrupted) or a positive duration"))
 	}
 	if c.SubjectPrefix == "" {
-		errs = append(errs, errors.New("subject-prefix is required"))
+		errs = append(errs, fmt.Errorf("%s is required", flagenv.Ref(envPrefix, "subject-prefix")))
 	}
 	return errors.Join(errs...)
 }
 
-func parseConfig(args []string, lookupEnv func(string) (string, bool)) (Config, error) {
+func parseConfig(args []string) (Config, error) {
 	fs := flag.NewFlagSet("simulator", flag.ContinueOnError)
 	var c Config
 	fs.StringVar(&c.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server keytrail listens on")
@@ -85,33 +89,17 @@ func parseConfig(args []string, lookupEnv func(string) (string, bool)) (Config, 
 	fs.Int64Var(&c.Seed, "seed", 1, "seed of the scenario's traffic")
 	fs.BoolVar(&c.JSON, "json", false, "publish protojson instead of protobuf binary")
 	fs.StringVar(&c.SubjectPrefix, "subject-prefix", event.DefaultSubjectPrefix, "first token of every keytrail subject")
-	// Environment first, then the command line over it; a malformed variable is an error
-	// rather than silently ignored.
-	var errs []error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envName(f.Name)
-		f.Usage += " (env " + name + ")"
-		if v, ok := lookupEnv(name); ok {
-			if err := fs.Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-			}
-		}
-	})
-	if err := errors.Join(errs...); err != nil {
-		return Config{}, err
-	}
-	if err := fs.Parse(args); err != nil {
+	if err := flagenv.Parse(fs, args, envPrefix); err != nil {
 		return Config{}, err
 	}
 	return c, c.Validate()
 }
 
-func envName(flagName string) string {
-	return "KEYTRAIL_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+// envPrefix starts the environment variable of every flag: -rate is KEYTRAIL_RATE.
+const envPrefix = "KEYTRAIL"
 
-func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout io.Writer) error {
-	cfg, err := parseConfig(args, lookupEnv)
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	cfg, err := parseConfig(args)
 	if err != nil {
 		return err
 	}

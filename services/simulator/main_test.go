@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,32 +13,17 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keytrail/keytrail/ingest/broker"
+	"github.com/keytrail/keytrail/internal/testenv"
 )
 
-// syncBuffer is the simulator's log, read by the test while the simulator writes it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func noEnv(string) (string, bool) { return "", false }
-
 func TestParseConfig(t *testing.T) {
-	env := map[string]string{"KEYTRAIL_RATE": "50", "KEYTRAIL_JSON": "true", "KEYTRAIL_SUBJECT_PREFIX": "kt"}
-	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	c, err := parseConfig([]string{"--rate", "75", "--duration", "1m"}, lookup)
+	for _, name := range []string{"KEYTRAIL_NATS_URL", "KEYTRAIL_RATE", "KEYTRAIL_HISTORY", "KEYTRAIL_DURATION", "KEYTRAIL_SEED", "KEYTRAIL_JSON", "KEYTRAIL_SUBJECT_PREFIX"} {
+		t.Setenv(name, "")
+	}
+	t.Setenv("KEYTRAIL_RATE", "50")
+	t.Setenv("KEYTRAIL_JSON", "true")
+	t.Setenv("KEYTRAIL_SUBJECT_PREFIX", "kt")
+	c, err := parseConfig([]string{"--rate", "75", "--duration", "1m"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,12 +31,22 @@ func TestParseConfig(t *testing.T) {
 	if c != want {
 		t.Errorf("config %+v, want %+v", c, want)
 	}
-	env = map[string]string{"KEYTRAIL_RATE": "fast", "KEYTRAIL_SEED": "x"}
-	if _, err := parseConfig(nil, lookup); err == nil || !strings.Contains(err.Error(), "KEYTRAIL_RATE") || !strings.Contains(err.Error(), "KEYTRAIL_SEED") {
-		t.Errorf("malformed environment: %v", err)
+	t.Setenv("KEYTRAIL_RATE", "fast")
+	t.Setenv("KEYTRAIL_SEED", "x")
+	t.Setenv("KEYTRAIL_JSON", "")
+	t.Setenv("KEYTRAIL_SUBJECT_PREFIX", "")
+	if _, err := parseConfig([]string{"--json=maybe"}); err == nil || err.Error() != `invalid value "maybe" for -json (env KEYTRAIL_JSON): want true or false (or 1 or 0)
+invalid value "fast" for -rate (env KEYTRAIL_RATE): want a number
+invalid value "x" for -seed (env KEYTRAIL_SEED): want a whole number` {
+		t.Errorf("malformed values: %v", err)
 	}
-	if _, err := parseConfig([]string{"--rate", "0", "--duration", "-1s", "--subject-prefix", ""}, noEnv); err == nil ||
-		err.Error() != "rate 0 must be positive\nduration -1s must not be negative\nsubject-prefix is required" {
+	t.Setenv("KEYTRAIL_RATE", "")
+	t.Setenv("KEYTRAIL_SEED", "")
+	if _, err := parseConfig([]string{"--rate", "0", "--history", "200h", "--duration", "-1s", "--subject-prefix", ""}); err == nil ||
+		err.Error() != `invalid value "0" for -rate (env KEYTRAIL_RATE): want a positive number of events per second
+invalid value "200h0m0s" for -history (env KEYTRAIL_HISTORY): want a duration from 0 to 168h (7 days)
+invalid value "-1s" for -duration (env KEYTRAIL_DURATION): want 0 (until interrupted) or a positive duration
+-subject-prefix (env KEYTRAIL_SUBJECT_PREFIX) is required` {
 		t.Errorf("invalid flags: %v", err)
 	}
 }
@@ -67,18 +60,17 @@ func TestRunWaitsForStreamThenPublishes(t *testing.T) {
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(context.Background(), []string{"--nats-url", srv.ClientURL(), "--duration", "4s", "--rate", "300", "--seed", "5"}, noEnv, logs)
+		done <- run(context.Background(), []string{"--nats-url", srv.ClientURL(), "--duration", "4s", "--rate", "300", "--seed", "5"}, logs)
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), "waiting for keytrail to create the events stream") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no waiting message; log:\n%s", logs)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(logs.String(), "waiting for keytrail to create the events stream") {
+			return fmt.Errorf("no waiting message; log:\n%s", logs)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 
 	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
