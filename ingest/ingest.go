@@ -13,6 +13,7 @@ import (
 
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/ingest/broker"
+	"github.com/keytrail/keytrail/internal/retry"
 )
 
 // Record is one valid event with where it came from in the stream.
@@ -435,22 +436,19 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 		return true
 	}
 	var presence []Presence
-	backoff := 100 * time.Millisecond
-	lastLeaseExtension := time.Now()
-	for {
+	keepLeases := in.leaseKeeper(b)
+	err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
+		if attempt > 1 {
+			keepLeases()
+		}
 		var err error
-		if presence, err = in.deduper.Classify(ctx, maybe); err == nil {
-			break
-		}
+		presence, err = in.deduper.Classify(ctx, maybe)
+		return err
+	}, func(_ int, err error, _ time.Duration) {
 		in.log.Warn("checking events against storage failed; retrying", "events", len(maybe), "error", err)
-		if !sleep(ctx, backoff) {
-			return false
-		}
-		backoff = min(backoff*2, in.cfg.MaxBackoff)
-		if time.Since(lastLeaseExtension) > in.cfg.Streams.AckWait/3 {
-			extendLeases(b.held)
-			lastLeaseExtension = time.Now()
-		}
+	})
+	if err != nil {
+		return false // only ctx ends the retries
 	}
 	drop := map[uint64]Presence{}
 	for i, r := range maybe {
@@ -494,37 +492,36 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 		return false
 	}
 	if len(b.records) > 0 {
-		backoff := 100 * time.Millisecond
-		lastLeaseExtension := time.Now()
-		for attempt := 1; ; attempt++ {
+		keepLeases := in.leaseKeeper(b)
+		err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
+			if attempt > 1 {
+				keepLeases()
+				// A failed write may have stored the rows all the same: ClickHouse can commit
+				// an insert and the connection break before its reply arrives. Writing them
+				// again blindly would store them twice, so they are checked like redeliveries
+				// first.
+				for i := range b.records {
+					b.records[i].MaybeStored = true
+				}
+				if !in.dropStored(ctx, b) {
+					return retry.Permanent(errStopped)
+				}
+				if len(b.records) == 0 {
+					return nil
+				}
+			}
 			start := time.Now()
 			err := in.cfg.Sink.Write(ctx, b.records)
 			in.metrics.insertDuration.Observe(time.Since(start).Seconds())
-			if err == nil {
-				break
+			if err != nil {
+				in.metrics.insertErrors.Inc()
 			}
-			in.metrics.insertErrors.Inc()
-			in.log.Warn("storing batch failed; retrying", "events", len(b.records), "attempt", attempt, "backoff", backoff, "error", err)
-			if !sleep(ctx, backoff) {
-				return false
-			}
-			backoff = min(backoff*2, in.cfg.MaxBackoff)
-			if time.Since(lastLeaseExtension) > in.cfg.Streams.AckWait/3 {
-				extendLeases(b.held)
-				lastLeaseExtension = time.Now()
-			}
-			// A failed write may have stored the rows all the same: ClickHouse can commit an
-			// insert and the connection break before its reply arrives. Writing them again
-			// blindly would store them twice, so they are checked like redeliveries first.
-			for i := range b.records {
-				b.records[i].MaybeStored = true
-			}
-			if !in.dropStored(ctx, b) {
-				return false
-			}
-			if len(b.records) == 0 {
-				break
-			}
+			return err
+		}, func(attempt int, err error, wait time.Duration) {
+			in.log.Warn("storing batch failed; retrying", "events", len(b.records), "attempt", attempt, "backoff", wait, "error", err)
+		})
+		if err != nil {
+			return false // only ctx ends the retries
 		}
 		if len(b.records) > 0 {
 			in.metrics.batchSize.Observe(float64(len(b.records)))
@@ -551,6 +548,28 @@ func (in *Ingester) ack(b *batch) {
 	}
 	if err := b.last.Ack(); err != nil {
 		in.log.Warn("ack failed; the batch will be redelivered", "error", err)
+	}
+}
+
+// retryPolicy is how a failed storage check or write is retried: until it succeeds or ctx
+// ends, the wait doubling from 100ms up to MaxBackoff.
+func (in *Ingester) retryPolicy() retry.Policy {
+	return retry.Policy{First: 100 * time.Millisecond, Max: in.cfg.MaxBackoff}
+}
+
+// errStopped ends a write's retries when its context ended during the storage check.
+var errStopped = errors.New("ingest: stopped")
+
+// leaseKeeper returns a function, called between retries, that extends the batch's leases
+// when a third of AckWait has passed since it last did, so JetStream does not redeliver
+// messages whose write is being retried.
+func (in *Ingester) leaseKeeper(b *batch) func() {
+	last := time.Now()
+	return func() {
+		if time.Since(last) > in.cfg.Streams.AckWait/3 {
+			extendLeases(b.held)
+			last = time.Now()
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/internal/retry"
 )
 
 // WebhookFormat is the body the webhook receives.
@@ -85,31 +86,29 @@ func (w *webhook) deliver(ctx context.Context, a *keytrailv1.AlertEvent) {
 		w.log.Error("encode webhook body", "alert_id", a.GetAlertId(), "error", err)
 		return
 	}
-	wait := w.backoff
-	for attempt := 1; ; attempt++ {
-		retry, err := w.post(ctx, body)
-		if err == nil {
-			w.metrics.webhookSent.Inc()
-			return
+	tries, rejected := 0, false
+	err = retry.Do(ctx, retry.Policy{First: w.backoff, Attempts: w.attempts}, func(attempt int) error {
+		tries = attempt
+		again, err := w.post(ctx, body)
+		if err != nil && !again {
+			rejected = true
+			return retry.Permanent(err)
 		}
-		if !retry {
-			w.metrics.webhookFailures.WithLabelValues("rejected").Inc()
-			w.log.Error("webhook rejected the alert", "alert_id", a.GetAlertId(), "error", err)
-			return
-		}
-		if attempt >= w.attempts {
-			w.metrics.webhookFailures.WithLabelValues("exhausted").Inc()
-			w.log.Error("webhook failed, giving up", "alert_id", a.GetAlertId(), "attempts", attempt, "error", err)
-			return
-		}
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
 		w.log.Warn("webhook failed, retrying", "alert_id", a.GetAlertId(), "attempt", attempt, "in", wait, "error", err)
-		select {
-		case <-ctx.Done():
-			w.metrics.webhookFailures.WithLabelValues("shutdown").Inc()
-			return
-		case <-time.After(wait):
-		}
-		wait *= 2
+	})
+	switch {
+	case err == nil:
+		w.metrics.webhookSent.Inc()
+	case rejected:
+		w.metrics.webhookFailures.WithLabelValues("rejected").Inc()
+		w.log.Error("webhook rejected the alert", "alert_id", a.GetAlertId(), "error", err)
+	case tries >= w.attempts:
+		w.metrics.webhookFailures.WithLabelValues("exhausted").Inc()
+		w.log.Error("webhook failed, giving up", "alert_id", a.GetAlertId(), "attempts", tries, "error", err)
+	default: // ctx ended while waiting to retry
+		w.metrics.webhookFailures.WithLabelValues("shutdown").Inc()
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/keytrail/keytrail/internal/retry"
 )
 
 // Record is one API call.
@@ -57,15 +59,15 @@ type Recorder struct {
 	cfg   Config
 	queue chan Record
 	done  chan struct{}
-	// abandon is closed when Close gives up waiting, so a write retrying against an
+	// abandoned ends when Close gives up waiting (abandon), so a write retrying against an
 	// unreachable ClickHouse stops instead of outliving the Recorder.
-	abandon chan struct{}
+	abandoned context.Context
+	abandon   context.CancelFunc
 	// mu guards closed: Record holds it shared while sending, Close exclusively while
 	// closing the queue, so a late Record gets ErrClosed instead of a send on a closed
 	// channel (a panic).
-	mu          sync.RWMutex
-	closed      bool
-	abandonOnce sync.Once
+	mu     sync.RWMutex
+	closed bool
 }
 
 // New starts a Recorder; Close stops it.
@@ -85,7 +87,8 @@ func New(cfg Config) (*Recorder, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	r := &Recorder{cfg: cfg, queue: make(chan Record, cfg.Capacity), done: make(chan struct{}), abandon: make(chan struct{})}
+	abandoned, abandon := context.WithCancel(context.Background())
+	r := &Recorder{cfg: cfg, queue: make(chan Record, cfg.Capacity), done: make(chan struct{}), abandoned: abandoned, abandon: abandon}
 	go r.run()
 	return r, nil
 }
@@ -127,7 +130,7 @@ func (r *Recorder) Close(ctx context.Context) error {
 	case <-r.done:
 		return nil
 	case <-ctx.Done():
-		r.abandonOnce.Do(func() { close(r.abandon) })
+		r.abandon()
 		return ctx.Err()
 	}
 }
@@ -167,22 +170,18 @@ func (r *Recorder) write(batch []Record) bool {
 	if len(batch) == 0 {
 		return true
 	}
-	backoff := 100 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := r.insert(batch)
-		if err == nil {
-			return true
-		}
+	err := retry.Do(r.abandoned, retry.Policy{First: 100 * time.Millisecond, Max: 5 * time.Second}, func(int) error {
+		return r.insert(batch)
+	}, func(attempt int, err error, _ time.Duration) {
 		r.cfg.Logger.Warn("writing query audit records failed; retrying", "records", len(batch), "attempt", attempt, "error", err)
-		select {
-		case <-time.After(backoff):
-		case <-r.abandon:
-			// Abandon happens only after Close closed the queue, so its length is final.
-			r.cfg.Logger.Error("query audit records dropped: closed before ClickHouse took them", "records", len(batch)+len(r.queue))
-			return false
-		}
-		backoff = min(backoff*2, 5*time.Second)
+	})
+	if err != nil {
+		// Only abandoning ends the retries, and that happens only after Close closed the
+		// queue, so its length is final.
+		r.cfg.Logger.Error("query audit records dropped: closed before ClickHouse took them", "records", len(batch)+len(r.queue))
+		return false
 	}
+	return true
 }
 
 func (r *Recorder) insert(batch []Record) error {

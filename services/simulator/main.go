@@ -23,6 +23,7 @@ import (
 
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/internal/flagenv"
+	"github.com/keytrail/keytrail/internal/retry"
 	"github.com/keytrail/keytrail/publisher"
 	"github.com/keytrail/keytrail/services/simulator/simulate"
 )
@@ -169,20 +170,17 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 // than by stream name keeps the simulator independent of how keytrail names its streams.
 func waitForStream(ctx context.Context, nc *nats.Conn, url string, js jetstream.JetStream, subjects event.Subjects, log *slog.Logger) error {
 	probe := subjects.Usage("simulator")
-	for attempt := 0; ; attempt++ {
+	var name string
+	err := retry.Do(ctx, retry.Policy{First: streamPoll, Max: streamPoll}, func(int) error {
 		reqCtx, cancel := context.WithTimeout(ctx, streamPoll)
-		name, err := js.StreamNameBySubject(reqCtx, probe)
-		cancel()
-		if err == nil {
-			log.Info("events stream found", "stream", name, "subject", probe)
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+		defer cancel()
+		var err error
+		name, err = js.StreamNameBySubject(reqCtx, probe)
+		return err
+	}, func(attempt int, err error, _ time.Duration) {
 		// Say it at once, then every half minute: enough to be noticed, not to flood.
 		switch {
-		case attempt%15 != 0:
+		case attempt%15 != 1:
 		case !nc.IsConnected():
 			log.Warn("waiting for the NATS server; start keytrail or point --nats-url at its NATS",
 				"nats_url", url, "status", nc.Status().String())
@@ -190,12 +188,12 @@ func waitForStream(ctx context.Context, nc *nats.Conn, url string, js jetstream.
 			log.Warn("waiting for keytrail to create the events stream; start keytrail (the simulator never creates streams)",
 				"subject", probe, "error", err)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(streamPoll):
-		}
+	})
+	if err != nil {
+		return err // only ctx ends the wait
 	}
+	log.Info("events stream found", "stream", name, "subject", probe)
+	return nil
 }
 
 // logNotable tells the user, in one line, which keys and services to ask keytrail about.
