@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
@@ -95,28 +96,17 @@ func (g *generator) next() uint64 {
 
 func (g *generator) uniform() float64 { return float64(g.next()>>11) / (1 << 53) }
 
-const hexDigits = "0123456789abcdef"
-
-// uuid formats 128 random bits as a version 4 UUID, like publisher.NewEventID.
+// uuid is a version 4 UUID of the generator's next 128 bits, like publisher.NewEventID but
+// reproducible.
 func (g *generator) uuid() string {
-	var b [16]byte
+	var b uuid.UUID
 	a, c := g.next(), g.next()
 	for i := range 8 {
 		b[i], b[8+i] = byte(a>>(8*i)), byte(c>>(8*i))
 	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	var s [36]byte
-	j := 0
-	for i, x := range b {
-		if i == 4 || i == 6 || i == 8 || i == 10 {
-			s[j] = '-'
-			j++
-		}
-		s[j], s[j+1] = hexDigits[x>>4], hexDigits[x&0x0f]
-		j += 2
-	}
-	return string(s[:])
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+	return b.String()
 }
 
 // usage is one usage event at the given time.

@@ -209,3 +209,33 @@ func TestMemoryLimit(t *testing.T) {
 		}
 	}
 }
+
+// The subcommands refuse bad values with exit 2 before they connect anywhere.
+func TestSubcommandFlagsAreStrict(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"rotation", "check", "--old", "k", "--quiet", "0s"}, "--quiet 0s must be positive"},
+		{[]string{"rotation", "check", "--old", "k", "--quiet", "15"}, `invalid value "15" for flag -quiet`},
+		{[]string{"rotation", "check", "--old", "k", "--interval", "-1s"}, "--interval and --timeout must be positive"},
+		{[]string{"rotation", "check", "--old", "k", "--json=yes"}, `invalid boolean value "yes" for -json`},
+		{[]string{"rotation", "check", "--old", "k", "key_new"}, `unexpected argument "key_new"`},
+		{[]string{"rotation", "check"}, "--old is required"},
+		{[]string{"token", "new", "--name", "bot", "--role", "admin", "--expires", "-1h"}, "--expires -1h0m0s must not be negative"},
+		{[]string{"token", "new", "--name", "bot", "--role", "admin", "--expires", "30d"}, `invalid value "30d" for flag -expires`},
+		{[]string{"token", "new", "--name", "bot", "--role", "admin", "extra"}, `unexpected argument "extra"`},
+		{[]string{"token", "new", "--name", "bot", "--role", "owner"}, "role"},
+		{[]string{"migrate", "-clickhouse-dsn", "http://ch:8123/x"}, "-clickhouse-dsn (env KEYTRAIL_CLICKHOUSE_DSN)"},
+	} {
+		var out strings.Builder
+		err := run(t.Context(), c.args, &out)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want one containing %q", c.args, err, c.want)
+			continue
+		}
+		if c.args[0] != "migrate" && exitCode(err) != exitUsage {
+			t.Errorf("%q: exit %d, want %d", c.args, exitCode(err), exitUsage)
+		}
+	}
+}

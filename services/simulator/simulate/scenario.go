@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keytrail/keytrail/event"
@@ -347,9 +348,19 @@ func (b *builder) created(project, key string, off, expiresAt time.Duration) *ke
 	return e
 }
 
+// idSpace is the namespace of simulated event ids (a fixed UUID made up for it).
+var idSpace = uuid.MustParse("6f1c2f4e-3a57-4c52-9a39-6b9d1f2e7c10")
+
+// eventID is a name-based (SHA-1, version 5) UUID of the run and the event's place in it
+// (name): a pure function of Seed, Start and that place, so every way of slicing time gives
+// the same ids and another run gets others.
+func (s *Scenario) eventID(name string) string {
+	return uuid.NewSHA1(idSpace, []byte(fmt.Sprintf("%016x-%s", s.runID, name))).String()
+}
+
 // lifecycle stamps a lifecycle event with its id and time and adds it to the history.
 func (b *builder) lifecycle(off time.Duration, e *keytrailv1.LifecycleEvent) {
-	e.EventId = fmt.Sprintf("sim-%016x-lc-%d", b.s.runID, b.lcSeq)
+	e.EventId = b.s.eventID(fmt.Sprintf("lc-%d", b.lcSeq))
 	b.lcSeq++
 	e.Time = timestamppb.New(b.at(off))
 	b.s.lifecycle = append(b.s.lifecycle, event.Event{Kind: event.KindLifecycle, Lifecycle: e})

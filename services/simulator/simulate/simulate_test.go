@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keytrail/keytrail/event"
@@ -156,6 +157,9 @@ func TestEventsAreValidOrderedAndUnique(t *testing.T) {
 			t.Fatalf("id %s repeated", e.ID())
 		}
 		ids[e.ID()] = true
+		if u, err := uuid.Parse(e.ID()); err != nil || u.Version() != 5 {
+			t.Fatalf("id %s is not a name-based (version 5) UUID", e.ID())
+		}
 		if i > 0 && eventTime(e).Before(eventTime(r.events[i-1])) {
 			t.Fatalf("event %d out of order", i)
 		}

@@ -121,7 +121,7 @@ func (s *Scenario) usage(st *stream, sec int64, i int, at time.Time) event.Event
 		r = st.routes[1+rng.IntN(len(st.routes)-1)]
 	}
 	e := &keytrailv1.UsageEvent{
-		EventId:         fmt.Sprintf("sim-%016x-%d-%d", s.runID, sec, i),
+		EventId:         s.eventID(fmt.Sprintf("%d-%d", sec, i)),
 		Time:            timestamppb.New(at),
 		Project:         st.project,
 		KeyId:           st.key,
