@@ -20,7 +20,7 @@ func TestTwoIngestersShareOneDurableConsumer(t *testing.T) {
 	streams.SharedConsumer = true
 	js := testenv.NewJetStream(t, streams)
 	db := testenv.ClickHouse(t)
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	for i := 0; i < 2; i++ {
 		sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
 		runIngester(t, js, sink, &logs)

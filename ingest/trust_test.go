@@ -1,7 +1,6 @@
 package ingest_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -23,30 +22,12 @@ import (
 	"github.com/keytrail/keytrail/internal/testenv"
 )
 
-// syncBuffer is a log destination tests can read while the ingester writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // runIngester runs an ingester with the given sink until the returned stop is called.
-func runIngester(t *testing.T, js *testenv.JetStream, sink ingest.Sink, logs *syncBuffer) (stop func() error) {
+func runIngester(t *testing.T, js *testenv.JetStream, sink ingest.Sink, logs *testenv.SyncBuffer) (stop func() error) {
 	return runIngesterWith(t, js, sink, logs, 15*time.Second)
 }
 
-func runIngesterWith(t *testing.T, js *testenv.JetStream, sink ingest.Sink, logs *syncBuffer, shutdown time.Duration) (stop func() error) {
+func runIngesterWith(t *testing.T, js *testenv.JetStream, sink ingest.Sink, logs *testenv.SyncBuffer, shutdown time.Duration) (stop func() error) {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -70,7 +51,7 @@ func TestSecretShapedValuesNeverReachStorageOrLogs(t *testing.T) {
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)
 	sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	runIngester(t, js, sink, &logs)
 
 	secret := "sk-proj-Zx8Qw2Er4Ty6Ui8Op0As2Df4Gh6Jk8L"
@@ -146,7 +127,7 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 
 	first, _ := chsink.New(chsink.Config{Conn: db.Conn})
 	crashing := crashAfterWrite{Sink: first, wrote: make(chan struct{}), once: &sync.Once{}}
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	stop := runIngesterWith(t, js, crashing, &logs, 100*time.Millisecond)
 	select {
 	case <-crashing.wrote:
@@ -177,7 +158,7 @@ func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)
 	sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	runIngester(t, js, sink, &logs)
 
 	original := usageEvent("same-id", "key_a", "billing", time.Now().Add(-time.Minute), 200)
@@ -233,7 +214,7 @@ func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
 
 	sinkA, _ := chsink.New(chsink.Config{Conn: db.Conn})
 	a := crashAfterWrite{Sink: sinkA, through: 20, wrote: make(chan struct{}), once: &sync.Once{}}
-	var logs syncBuffer
+	var logs testenv.SyncBuffer
 	stopA := runIngesterWith(t, js, a, &logs, 100*time.Millisecond)
 	select {
 	case <-a.wrote:

@@ -22,6 +22,7 @@ import (
 	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest/broker"
+	"github.com/keytrail/keytrail/internal/testenv"
 )
 
 // testEnv is an in-process JetStream server on a free port, its store in t.TempDir(), with
@@ -130,22 +131,6 @@ func (env *testEnv) storedIDs(t testing.TB) map[string]int {
 		ids[m.Header.Get(jetstream.MsgIDHeader)]++
 	}
 	return ids
-}
-
-// eventually polls cond until it returns nil or the timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func flush(t testing.TB, p *Publisher) {
@@ -302,7 +287,7 @@ func TestRetriesAcrossServerRestart(t *testing.T) {
 	env.stop()
 	// Publish only once the client knows the server is gone, so the attempts queue in its
 	// reconnect buffer and time out: the path where an ack, not the message, is lost.
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if st := env.nc.Status(); st != nats.RECONNECTING {
 			return fmt.Errorf("connection %s", st)
 		}
@@ -313,7 +298,7 @@ func TestRetriesAcrossServerRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 10*time.Second, func() error {
 		if s := p.Stats(); s.Retried < 50 || s.InFlight != 50 {
 			return fmt.Errorf("retried %d, in flight %d while the server is down", s.Retried, s.InFlight)
 		}
@@ -370,7 +355,7 @@ func TestMaxInFlightBlocksAndCloseGivesUp(t *testing.T) {
 	if err := p.PublishUsage(blocked, usageEvent("e-4")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("fifth publish: %v, want deadline exceeded", err)
 	}
-	eventually(t, 5*time.Second, func() error {
+	testenv.Eventually(t, 5*time.Second, func() error {
 		if s := p.Stats(); s.Retried < 8 {
 			return fmt.Errorf("retried %d", s.Retried)
 		}

@@ -331,13 +331,13 @@ func TestNATSRestartLosesNothingAcknowledged(t *testing.T) {
 	got := func() totals {
 		defer func() {
 			if t.Failed() {
-				t.Logf("ingester log (tail):\n%s", logs.tail(40))
+				t.Logf("ingester log (tail):\n%s", logs.Tail(40))
 			}
 		}()
 		return waitExactlyOnce(t, db.Conn, l, 30*time.Second)
 	}()
 	t.Logf("fault: %d NATS restarts (ingester logged %d missed-delivery gaps, %d take-overs); load: %d events; took %s",
-		restarts, logs.count("missed deliveries"), logs.count("took over unacknowledged deliveries"), n, time.Since(started).Round(time.Millisecond))
+		restarts, logs.Count("missed deliveries"), logs.Count("took over unacknowledged deliveries"), n, time.Since(started).Round(time.Millisecond))
 	t.Logf("publisher: %+v", st)
 	t.Logf("final: %v", got)
 }
@@ -402,7 +402,7 @@ func (r *restartableNATS) connect(t *testing.T, name string) *nats.Conn {
 }
 
 // runIngester runs an ingester in this process until the test ends; its log is kept.
-func runIngester(t *testing.T, nc *nats.Conn, streams broker.StreamConfig, db *testenv.Database) *logBuffer {
+func runIngester(t *testing.T, nc *nats.Conn, streams broker.StreamConfig, db *testenv.Database) *testenv.SyncBuffer {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -412,7 +412,7 @@ func runIngester(t *testing.T, nc *nats.Conn, streams broker.StreamConfig, db *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &testenv.SyncBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	ing, err := ingest.New(ctx, ingest.Config{
 		JetStream: js, Streams: streams, Sink: sink, BatchSize: 5000, FlushInterval: 200 * time.Millisecond,
@@ -431,31 +431,6 @@ func runIngester(t *testing.T, nc *nats.Conn, streams broker.StreamConfig, db *t
 		}
 	})
 	return logs
-}
-
-// logBuffer is a log destination the test reads while the ingester writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) count(substr string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Count(b.buf.Bytes(), []byte(substr))
-}
-
-func (b *logBuffer) tail(n int) string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	lines := bytes.Split(bytes.TrimRight(b.buf.Bytes(), "\n"), []byte("\n"))
-	return string(bytes.Join(lines[max(0, len(lines)-n):], []byte("\n")))
 }
 
 // Fault: the first attempt of every third ClickHouse insert is committed by the server but
@@ -490,7 +465,7 @@ func TestInsertCommittedButReportedFailedIsNotStoredTwice(t *testing.T) {
 	}
 	got := waitExactlyOnce(t, db.Conn, l, 30*time.Second)
 	t.Logf("fault: %d committed inserts reported as failed (%d retries logged); load: %d events; took %s",
-		conn.lied(), logs.count("storing batch failed; retrying"), l.n, time.Since(started).Round(time.Millisecond))
+		conn.lied(), logs.Count("storing batch failed; retrying"), l.n, time.Since(started).Round(time.Millisecond))
 	t.Logf("final: %v", got)
 }
 

@@ -3,6 +3,7 @@
 package apitest
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"log/slog"
@@ -32,6 +33,13 @@ type Options struct {
 	Tokens map[string]auth.Entry
 	// Console serves the web console under /ui/ too.
 	Console bool
+	// ClientToken is the bearer token Server.Client sends when a call carries none
+	// (AdminToken when empty).
+	ClientToken string
+	// Recorder receives the query audit records; when nil, Server.Records keeps them.
+	Recorder api.QueryRecorder
+	// Logger is the server's log; discarded when nil.
+	Logger *slog.Logger
 }
 
 // Server is a running API.
@@ -39,9 +47,10 @@ type Server struct {
 	GRPCAddr   string
 	HTTPAddr   string
 	AdminToken string
-	// Client calls gRPC as the admin.
-	Client  keytrailv1.QueryServiceClient
-	conn    *grpc.ClientConn
+	// Client calls gRPC as the admin (or Options.ClientToken); Conn is its connection.
+	Client keytrailv1.QueryServiceClient
+	Conn   *grpc.ClientConn
+	// Records are the query audit records, unless Options.Recorder took them.
 	Records *Recorder
 }
 
@@ -61,12 +70,20 @@ func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
 		t.Fatal(err)
 	}
 	rec := &Recorder{}
+	var recorder api.QueryRecorder = rec
+	if opts.Recorder != nil {
+		recorder = opts.Recorder
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	clientToken := cmp.Or(opts.ClientToken, AdminToken)
 	srv, err := api.New(api.Config{
 		Reader:   chreader.NewReader(db.Conn, opts.Now),
 		Ready:    func(context.Context) error { return nil },
 		Auth:     authn,
-		Recorder: rec,
-		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Recorder: recorder,
+		Logger:   opts.Logger,
 		Console:  opts.Console,
 	})
 	if err != nil {
@@ -86,7 +103,7 @@ func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
 	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			if _, ok := metadata.FromOutgoingContext(ctx); !ok {
-				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+AdminToken)
+				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+clientToken)
 			}
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}))
@@ -102,7 +119,7 @@ func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
 	})
 	return &Server{
 		GRPCAddr: grpcLis.Addr().String(), HTTPAddr: httpLis.Addr().String(), AdminToken: AdminToken,
-		Client: keytrailv1.NewQueryServiceClient(conn), conn: conn, Records: rec,
+		Client: keytrailv1.NewQueryServiceClient(conn), Conn: conn, Records: rec,
 	}
 }
 

@@ -29,3 +29,9 @@ func (b *SyncBuffer) String() string {
 func (b *SyncBuffer) Count(substr string) int {
 	return strings.Count(b.String(), substr)
 }
+
+// Tail is the last n lines written so far.
+func (b *SyncBuffer) Tail(n int) string {
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}

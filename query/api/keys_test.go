@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -14,9 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -24,8 +21,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/internal/apitest"
 	"github.com/keytrail/keytrail/internal/testenv"
-	"github.com/keytrail/keytrail/query/api"
 	"github.com/keytrail/keytrail/query/auditlog"
 	"github.com/keytrail/keytrail/query/auth"
 	"github.com/keytrail/keytrail/query/chreader"
@@ -121,52 +118,17 @@ func startKeysAPI(t *testing.T) keysAPI {
 	t.Helper()
 	db := testenv.ClickHouse(t)
 	testenv.Insert(t, db, keyFixture()...)
-	authn, err := auth.NewAuthenticator(auth.File{Tokens: []auth.Entry{
-		{Name: "admin", SHA256: auth.HashToken(keysAdminToken), Role: auth.RoleAdmin, RatePerSecond: 1e6, Burst: 1e6},
-		{Name: "other-reader", SHA256: auth.HashToken(keysOtherToken), Role: auth.RoleProjectReader, Projects: []string{"other", "beta"}, RatePerSecond: 1e6, Burst: 1e6},
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := api.New(api.Config{
-		Reader:   chreader.NewReader(db.Conn, func() time.Time { return keysNow }),
-		Auth:     authn,
-		Recorder: keysNoRecorder{},
-		Ready:    func(context.Context) error { return nil },
-		Logger:   slog.New(slog.NewTextHandler(keysTestLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	srv := apitest.Start(t, db, apitest.Options{
+		Now: func() time.Time { return keysNow },
+		Tokens: map[string]auth.Entry{
+			keysAdminToken: {Name: "admin", Role: auth.RoleAdmin, RatePerSecond: 1e6, Burst: 1e6},
+			keysOtherToken: {Name: "other-reader", Role: auth.RoleProjectReader, Projects: []string{"other", "beta"}, RatePerSecond: 1e6, Burst: 1e6},
+		},
+		ClientToken: keysAdminToken,
+		Recorder:    keysNoRecorder{},
+		Logger:      slog.New(slog.NewTextHandler(keysTestLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, grpcLis, httpLis) }()
-	conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			if _, set := metadata.FromOutgoingContext(ctx); !set {
-				ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+keysAdminToken)
-			}
-			return invoker(ctx, method, req, reply, cc, opts...)
-		}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	return keysAPI{client: keytrailv1.NewQueryServiceClient(conn), httpAddr: httpLis.Addr().String()}
+	return keysAPI{client: srv.Client, httpAddr: srv.HTTPAddr}
 }
 
 // Bearer tokens: the admin reads every project; the other reader only "other" and "beta".

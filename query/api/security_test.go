@@ -6,9 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -35,7 +32,6 @@ import (
 	"github.com/keytrail/keytrail/query/api"
 	"github.com/keytrail/keytrail/query/auditlog"
 	"github.com/keytrail/keytrail/query/auth"
-	"github.com/keytrail/keytrail/query/chreader"
 )
 
 // Tokens of the security tests, besides apitest's admin.
@@ -774,42 +770,8 @@ func TestFailClosedWhenQueriesCannotBeRecorded(t *testing.T) {
 		{"other error", errors.New("disk on fire"), "could not record the query"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			authn, err := auth.NewAuthenticator(auth.File{Tokens: []auth.Entry{
-				{Name: "admin", SHA256: auth.HashToken(apitest.AdminToken), Role: auth.RoleAdmin},
-			}}, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv, err := api.New(api.Config{
-				Reader: chreader.NewReader(db.Conn, nil), Ready: func(context.Context) error { return nil },
-				Auth: authn, Recorder: failingRecorder{c.err}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			grpcLis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			httpLis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- srv.Serve(ctx, grpcLis, httpLis) }()
-			t.Cleanup(func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Error(err)
-				}
-			})
-			conn, err := grpc.NewClient(grpcLis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			client := keytrailv1.NewQueryServiceClient(conn)
+			srv := apitest.Start(t, db, apitest.Options{Recorder: failingRecorder{c.err}})
+			client, conn := srv.Client, srv.Conn
 			admin := withAuthorization(bearer(apitest.AdminToken))
 
 			resp, err := client.ListServiceKeys(admin, &keytrailv1.ListServiceKeysRequest{Service: "billing"})
@@ -817,7 +779,7 @@ func TestFailClosedWhenQueriesCannotBeRecorded(t *testing.T) {
 			if resp != nil {
 				t.Errorf("an unrecorded call was answered: %v", resp)
 			}
-			code, body := testenv.Get(t, "http://"+httpLis.Addr().String(), "/v1/services/billing/keys", nil, bearer(apitest.AdminToken))
+			code, body := testenv.Get(t, "http://"+srv.HTTPAddr, "/v1/services/billing/keys", nil, bearer(apitest.AdminToken))
 			wantREST(t, "REST keys of billing", code, body, http.StatusServiceUnavailable, codes.Unavailable, c.message)
 			if strings.Contains(string(body), "key_acme_1") {
 				t.Errorf("an unrecorded REST call leaked data: %s", body)

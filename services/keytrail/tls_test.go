@@ -38,32 +38,6 @@ import (
 	"github.com/keytrail/keytrail/query/auth"
 )
 
-// startKeytrailWith is startKeytrail with extra flags.
-func startKeytrailWith(t *testing.T, db *testenv.Database, extra ...string) *Main {
-	t.Helper()
-	args := append([]string{
-		"-nats-listen", "127.0.0.1:0", "-nats-store-dir", t.TempDir(),
-		"-clickhouse-dsn", db.DSN,
-		"-grpc-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0",
-		"-flush-interval", "50ms", "-log-level", "warn",
-	}, extra...)
-	cfg, err := parseConfig("test", args)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := &Main{Config: cfg, Stdout: io.Discard}
-	if err := m.Start(context.Background()); err != nil {
-		m.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return m
-}
-
 // testCA is a certificate authority made for one test.
 type testCA struct {
 	cert *x509.Certificate
@@ -193,7 +167,7 @@ func startTLSKeytrail(t *testing.T) *tlsEnv {
     projects: [acme]
 `, auth.HashToken(tlsAdminToken), tlsKnownCN)
 	env := &tlsEnv{db: db, ca: ca, caFile: writeFile(t, dir, "ca.pem", ca.pem)}
-	env.m = startKeytrailWith(t, db,
+	env.m = startKeytrail(t, db,
 		"-tls-cert-file", writeFile(t, dir, "server.pem", serverCert),
 		"-tls-key-file", writeFile(t, dir, "server-key.pem", serverKey),
 		"-tls-client-ca-file", env.caFile,
