@@ -69,6 +69,7 @@ func usageEvent(id, key, service string, at time.Time, status uint32) *keytrailv
 }
 
 func TestIngestStoresEventsAndDeadLettersPoisonWithoutStopping(t *testing.T) {
+	t.Parallel()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)
 	startIngester(t, js, db)
@@ -148,6 +149,7 @@ func TestIngestStoresEventsAndDeadLettersPoisonWithoutStopping(t *testing.T) {
 }
 
 func TestSameEventIDPublishedTwiceIsStoredOnce(t *testing.T) {
+	t.Parallel()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)
 	startIngester(t, js, db)

@@ -136,6 +136,7 @@ func poisonUsage(id string, at time.Time) *keytrailv1.UsageEvent {
 // count() == uniqExact(event_id) == 240 usage and 3 lifecycle rows, rollups agreeing, and
 // the events stream is fully acknowledged.
 func TestPoisonIsDeadLetteredWithItsReasonAndValidEventsAroundItAreStored(t *testing.T) {
+	t.Parallel()
 	const rounds, validPerGap = 3, 4
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)

@@ -16,6 +16,7 @@ import (
 // Two ingesters pulling from one shared durable consumer (per-message acks) store every
 // event exactly once between them.
 func TestTwoIngestersShareOneDurableConsumer(t *testing.T) {
+	t.Parallel()
 	streams := broker.DefaultStreamConfig()
 	streams.SharedConsumer = true
 	js := testenv.NewJetStream(t, streams)

@@ -48,6 +48,7 @@ func runIngesterWith(t *testing.T, js *testenv.JetStream, sink ingest.Sink, logs
 }
 
 func TestSecretShapedValuesNeverReachStorageOrLogs(t *testing.T) {
+	t.Parallel()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)
 	sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
@@ -112,6 +113,7 @@ func (c crashAfterWrite) Write(ctx context.Context, records []ingest.Record) err
 }
 
 func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
+	t.Parallel()
 	streams := broker.DefaultStreamConfig()
 	streams.AckWait = time.Second // redeliver quickly once the first ingester is gone
 	js := testenv.NewJetStream(t, streams)
@@ -155,6 +157,7 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 }
 
 func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
+	t.Parallel()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)
 	sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
@@ -202,6 +205,7 @@ func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
 // floor), is redelivered 1-10 and dies too. The consumer now says "delivered through 10",
 // but storage holds through 20: C must check 11-20 against storage as well.
 func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	streams := broker.DefaultStreamConfig()
 	js := testenv.NewJetStream(t, streams)

@@ -15,6 +15,7 @@ import (
 )
 
 func TestSplitStatements(t *testing.T) {
+	t.Parallel()
 	got := migrations.SplitStatements("-- comment\nCREATE TABLE a\n(\n  x UInt8\n);\n\n-- another\nCREATE VIEW b AS SELECT 1;\n")
 	want := []string{"CREATE TABLE a\n(\n  x UInt8\n)", "CREATE VIEW b AS SELECT 1"}
 	if !reflect.DeepEqual(got, want) {
@@ -23,6 +24,7 @@ func TestSplitStatements(t *testing.T) {
 }
 
 func TestApplyIsIdempotent(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t) // applies every migration once
 	all, err := migrations.All()
 	if err != nil {
@@ -67,6 +69,7 @@ func TestApplyIsIdempotent(t *testing.T) {
 // that history, then keep counting new events, and a second run of 0005 (a process killed
 // before it was recorded) must not count twice.
 func TestScanRollupsBackfillExistingHistory(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := testenv.ClickHouseAt(t, 4)
 	usage := func(id, at, project, key, service, model string, status uint32, in, out uint64, cost int64) *keytrailv1.UsageEvent {

@@ -46,6 +46,7 @@ func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 // The storage check of a redelivered event must see an insert that was still committing
 // when the check began; without the fence it answers NotStored and the event is written twice.
 func TestClassifyWaitsForAnInsertStillCommitting(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	sink, err := chsink.New(chsink.Config{Conn: db.Conn})
 	if err != nil {
@@ -82,6 +83,7 @@ func TestClassifyWaitsForAnInsertStillCommitting(t *testing.T) {
 // A new sink's first lifecycle write reads where the project's audit chain ends; a
 // predecessor's lifecycle insert still committing must be waited for, or the chain forks.
 func TestFirstLifecycleWriteWaitsForAnInsertStillCommitting(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	sink, err := chsink.New(chsink.Config{Conn: db.Conn})
 	if err != nil {
@@ -113,6 +115,7 @@ func TestFirstLifecycleWriteWaitsForAnInsertStillCommitting(t *testing.T) {
 // A whole 10,000-event batch with UUID ids is checked at once after a start: the lookups must
 // stay under ClickHouse's max_query_size (256 KiB), which one query naming every id exceeds.
 func TestClassifyAFullBatchOfUUIDIDs(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	sink, err := chsink.New(chsink.Config{Conn: db.Conn})
 	if err != nil {

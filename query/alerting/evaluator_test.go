@@ -163,6 +163,7 @@ func runWebhook(t *testing.T, e *Evaluator) {
 }
 
 func TestEvaluatorOneAlertPerEpisode(t *testing.T) {
+	t.Parallel()
 	env := newAlertEnv(t)
 	for b := alFrom; b.Before(alT0.Add(time.Hour)); b = b.Add(anomaly.BucketWidth) {
 		n := 60
@@ -324,6 +325,7 @@ func gathered(reg *prometheus.Registry, name string) (float64, error) {
 }
 
 func TestEvaluatorNewCallers(t *testing.T) {
+	t.Parallel()
 	env := newAlertEnv(t)
 	// key_old in use since 08:00 by api from 10.0.0.1; at 11:02 a new service, at 11:03 a
 	// new IP. key_new is first used at 11:01 by two services: its roll-out, no alert.
@@ -381,6 +383,7 @@ func TestEvaluatorNewCallers(t *testing.T) {
 }
 
 func TestWebhookDelivery(t *testing.T) {
+	t.Parallel()
 	alert := &keytrailv1.AlertEvent{AlertId: "anomaly-x", RaisedAt: timestamppb.New(alT0),
 		Subject: &keytrailv1.AlertEvent_Anomaly{Anomaly: &keytrailv1.Anomaly{Project: "acme", KeyId: "key_a", BucketStart: timestamppb.New(alT0)}}}
 	newHook := func(url string, format WebhookFormat) *webhook {
@@ -449,6 +452,7 @@ func TestWebhookDelivery(t *testing.T) {
 }
 
 func TestEnsureStream(t *testing.T) {
+	t.Parallel()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	ctx := context.Background()
 	for range 2 { // idempotent
@@ -488,6 +492,7 @@ func TestConfigValidate(t *testing.T) {
 // created, run 2 publishes the same episode under the same id: exactly 1 alert, 1 publish
 // error, 1 published.
 func TestEvaluatorRetriesFailedPublish(t *testing.T) {
+	t.Parallel()
 	env := &alertEnv{db: testenv.ClickHouse(t), js: testenv.NewJetStream(t, broker.DefaultStreamConfig()), clock: &clock{}}
 	env.reader = chreader.NewReader(env.db.Conn, env.clock.Now)
 	for b := alFrom; b.Before(alT0.Add(10 * time.Minute)); b = b.Add(anomaly.BucketWidth) {

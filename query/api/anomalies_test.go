@@ -166,6 +166,7 @@ const (
 )
 
 func TestAnomalies(t *testing.T) {
+	t.Parallel()
 	srv := startAnomalyAPI(t)
 	ctx := context.Background()
 	list := func(t *testing.T, req *keytrailv1.ListAnomaliesRequest) []*keytrailv1.Anomaly {
@@ -411,6 +412,7 @@ func referenceAnomalies(series []anomSeries, baselineBuckets int, sensitivity fl
 }
 
 func TestNewCallers(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	at := func(d time.Duration) time.Time { return anomNow.Add(d) }
 	n := 0
@@ -520,6 +522,7 @@ func TestNewCallers(t *testing.T) {
 // A SummingMergeTree keeps one row per part until parts merge, so a bucket can have several
 // rows; the scan must add them up. Each Insert below is its own part.
 func TestAnomaliesSumRowsAcrossParts(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	half := func(from, to time.Time, n int) []anomSeries {
 		return []anomSeries{{"acme", "key_parts", "api", buckets(from, to, func(int, time.Time) load { return load{requests: n} })}}

@@ -254,6 +254,7 @@ func assertKeyState(t *testing.T, label string, got, want *keytrailv1.KeyState) 
 }
 
 func TestGetKey(t *testing.T) {
+	t.Parallel()
 	a := startKeysAPI(t)
 	ctx := context.Background()
 	get := func(t *testing.T, key string, at time.Time) *keytrailv1.KeyState {
@@ -376,6 +377,7 @@ func TestGetKey(t *testing.T) {
 }
 
 func TestListKeys(t *testing.T) {
+	t.Parallel()
 	a := startKeysAPI(t)
 	ctx := context.Background()
 
@@ -535,6 +537,7 @@ func TestListKeys(t *testing.T) {
 }
 
 func TestKeysBadInput(t *testing.T) {
+	t.Parallel()
 	a := startKeysAPI(t)
 	ctx := context.Background()
 	var first keytrailv1.ListKeysResponse
@@ -611,6 +614,7 @@ func namesField(msg, field string) bool {
 }
 
 func TestKeysProjectScope(t *testing.T) {
+	t.Parallel()
 	a := startKeysAPI(t)
 	// A reader of "other" and "beta" (key_z is the only key of either).
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+keysOtherToken)

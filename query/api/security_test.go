@@ -209,6 +209,7 @@ func queryServiceRPCs(t *testing.T) []rpc {
 }
 
 func TestUnauthenticatedCallsAreRefusedOnEveryRPC(t *testing.T) {
+	t.Parallel()
 	s := startSecServer(t)
 	credentials := []struct {
 		name, authorization, message string
@@ -257,6 +258,7 @@ func TestUnauthenticatedCallsAreRefusedOnEveryRPC(t *testing.T) {
 }
 
 func TestProjectReaderCannotReadOtherProjects(t *testing.T) {
+	t.Parallel()
 	s := startSecServer(t)
 	client := keytrailv1.NewQueryServiceClient(s.conn)
 	acme := withAuthorization(bearer(tokAcme))
@@ -467,6 +469,8 @@ func getJSON(t *testing.T, s *secServer, path string, params url.Values, token s
 	}
 }
 
+// Not parallel: the third call must come within a second of the first two, before the
+// bucket refills, which other tests' load on ClickHouse could delay.
 func TestRateLimitPerPrincipal(t *testing.T) {
 	s := startSecServer(t)
 	client := keytrailv1.NewQueryServiceClient(s.conn)
@@ -507,6 +511,7 @@ func compactJSON(t *testing.T, s string) string {
 }
 
 func TestEveryCallIsRecorded(t *testing.T) {
+	t.Parallel()
 	s := startSecServer(t)
 	client := keytrailv1.NewQueryServiceClient(s.conn)
 	before := len(s.Records.All()) // none: the fixture is inserted directly
@@ -571,6 +576,7 @@ func TestEveryCallIsRecorded(t *testing.T) {
 // plus 20 a second of them recorded, so callers without credentials cannot fill the audit
 // queue and make the API refuse everyone.
 func TestFailedAuthenticationRecordsAreBounded(t *testing.T) {
+	t.Parallel()
 	s := startSecServer(t)
 	client := keytrailv1.NewQueryServiceClient(s.conn)
 	start := time.Now()
@@ -612,6 +618,7 @@ var hostileValues = []string{
 }
 
 func TestHostileInputIsRefusedOrAnsweredNeverAnInternalError(t *testing.T) {
+	t.Parallel()
 	s := startSecServer(t)
 	client := keytrailv1.NewQueryServiceClient(s.conn)
 	auditor := withAuthorization(bearer(tokAuditor))
@@ -758,6 +765,7 @@ type failingRecorder struct{ err error }
 func (f failingRecorder) Record(context.Context, auditlog.Record) error { return f.err }
 
 func TestFailClosedWhenQueriesCannotBeRecorded(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	newSecFixture().insert(t, db)
 	for _, c := range []struct {

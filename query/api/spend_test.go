@@ -98,6 +98,7 @@ func spendRow(t *testing.T, bucket string, dims map[keytrailv1.SpendDimension]st
 }
 
 func TestSpend(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	// Two inserts, so spend_hourly holds two unmerged rows for key_b's 12:00 hour and the
 	// query has to sum them.
@@ -404,6 +405,7 @@ func spendLifecycle(t *testing.T, id, project, key string, action keytrailv1.Act
 }
 
 func TestBudgets(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	const (
 		changed = keytrailv1.Action_ACTION_BUDGET_CHANGED

@@ -66,6 +66,7 @@ func closeRecorder(t *testing.T, r *auditlog.Recorder) {
 }
 
 func TestRecordsAreStoredWithEveryField(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	r, err := auditlog.New(auditlog.Config{Conn: db.Conn, FlushInterval: 20 * time.Millisecond})
 	if err != nil {
@@ -128,6 +129,7 @@ func TestRecordsAreStoredWithEveryField(t *testing.T) {
 }
 
 func TestCloseFlushesQueuedRecords(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	// No timed flush during the test: only Close (or a full batch) writes.
 	r, err := auditlog.New(auditlog.Config{Conn: db.Conn, FlushInterval: time.Hour})
@@ -155,6 +157,7 @@ func TestCloseFlushesQueuedRecords(t *testing.T) {
 }
 
 func TestFullBatchIsWrittenWithoutWaitingForTheInterval(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	r, err := auditlog.New(auditlog.Config{Conn: db.Conn, FlushInterval: time.Hour})
 	if err != nil {
@@ -232,6 +235,8 @@ func closedAddr(t *testing.T) string {
 // the 4 first calls are accepted at once, the 5th waits EnqueueTimeout and gets
 // ErrBacklogFull (the API turns that into Unavailable); Close gives up after its deadline
 // and reports the 4 records it could not store.
+//
+// Not parallel: it times calls to tens of milliseconds.
 func TestBacklogFullWhenClickHouseIsUnreachable(t *testing.T) {
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{closedAddr(t)}, DialTimeout: 200 * time.Millisecond})
 	if err != nil {

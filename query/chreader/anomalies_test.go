@@ -22,6 +22,7 @@ var anomFirst = time.Date(2026, 3, 10, 11, 0, 0, 0, time.UTC)
 const anomHourTotals = `arrayPopFront(arrayDifference(arrayPushFront(arrayFilter((x, last) -> last, arrayCumSum(arraySort((v, b) -> b, groupArray(requests), groupArray(toUInt32(hour)))), arrayMap((x, y) -> x != y, arraySort(groupArray(toUInt32(hour))), arrayPushBack(arrayPopFront(arraySort(groupArray(toUInt32(hour)))), toUInt32(0)))), toUInt64(0))))`
 
 func TestAnomalyScanSQL(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		spec     AnomalySpec
@@ -73,6 +74,7 @@ WHERE key_id IN (SELECT key_id FROM usage_key_hourly WHERE hour >= toDateTime(?)
 }
 
 func TestAnomalyCandidatesAndNamesSQL(t *testing.T) {
+	t.Parallel()
 	spec := AnomalySpec{FirstBucket: anomFirst.Add(10 * time.Minute), End: anomFirst.Add(40 * time.Minute), BaselineBuckets: 24,
 		Metrics: allMetrics, Sensitivity: 6, MinRequests: 50, Project: "acme", Limit: 1001}
 	got := AnomalyCandidates(spec)
@@ -93,6 +95,7 @@ WHERE key_id IN (SELECT arrayJoin(?))`
 }
 
 func TestAnomalySpecFor(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 3, 10, 12, 2, 30, 0, time.UTC)
 	t.Run("defaults", func(t *testing.T) {
 		got, err := AnomalySpecFor(AnomalyRequest{}, now)
@@ -151,6 +154,7 @@ func TestAnomalySpecFor(t *testing.T) {
 }
 
 func TestNewCallersSQL(t *testing.T) {
+	t.Parallel()
 	r := Range{Start: anomFirst.Add(-24 * time.Hour), End: anomFirst}
 	t.Run("filtered", func(t *testing.T) {
 		got := NewCallers(NewCallersSpec{Range: r, Project: "acme", KeyID: "key_1", Limit: 1001})
@@ -221,6 +225,7 @@ LIMIT ?`
 }
 
 func TestNewCallersSpecFor(t *testing.T) {
+	t.Parallel()
 	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	got, err := NewCallersSpecFor(NewCallersRequest{Project: "p"}, now)
 	if err != nil {
@@ -242,6 +247,7 @@ func TestNewCallersSpecFor(t *testing.T) {
 // them baseline, every key above min_requests in every examined bucket (the worst case: no
 // key is dismissed early). Set KEYTRAIL_ANOMALY_SCALE=1 to run it; it logs the best of five.
 func TestAnomaliesScale(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("KEYTRAIL_ANOMALY_SCALE") == "" {
 		t.Skip("set KEYTRAIL_ANOMALY_SCALE=1 to run the 10k-key scan measurement")
 	}
@@ -288,6 +294,7 @@ SELECT toStartOfHour(bucket), project, key_id, sum(requests), sum(errors), sum(t
 // A scan that would hold more rows than the bound is refused with InvalidArgument naming the
 // range, after reading one row past the bound and no more.
 func TestAnomalyScanRowBound(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	end := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	var events []any

@@ -22,6 +22,7 @@ func waitMutations(t *testing.T, db *testenv.Database) {
 }
 
 func TestAuditVerifyFindsDeletedAndAlteredRows(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	var events []any
 	for i := 0; i < 6; i++ {

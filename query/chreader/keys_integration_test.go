@@ -15,6 +15,7 @@ import (
 // hour, a day, a month, then all history), against the exact expected times and against the
 // whole-history query that does not search.
 func TestKeyLastUsedAtSearchesBackExactly(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	at := time.Date(2026, 11, 1, 12, 0, 0, 250_000_000, time.UTC)
 	day := 24 * time.Hour

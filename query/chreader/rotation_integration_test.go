@@ -71,6 +71,7 @@ func callerLines(r chreader.RotationReport) []callerLine {
 }
 
 func TestRotationInProgressWithAServiceThatFlippedBack(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	testenv.Insert(t, db,
 		lifecycle("l-old", "key_old", keytrailv1.Action_ACTION_CREATED, "alice", ago(3*time.Hour)),
@@ -153,6 +154,7 @@ func TestRotationInProgressWithAServiceThatFlippedBack(t *testing.T) {
 }
 
 func TestRotationSafeWhileAForgottenJobFailsOnTheDisabledKey(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	testenv.Insert(t, db,
 		rotated(ago(2*time.Hour)),
@@ -202,6 +204,7 @@ func TestRotationSafeWhileAForgottenJobFailsOnTheDisabledKey(t *testing.T) {
 }
 
 func TestRotationWithoutRotationEventNeedsTheNewKey(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	testenv.Insert(t, db, use("u1", "key_lonely", "billing", ago(time.Hour), 200))
 	rd := chreader.NewReader(db.Conn, func() time.Time { return rotationEnd })

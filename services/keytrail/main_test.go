@@ -186,6 +186,7 @@ func normalise(rows []usageRow) []usageRow {
 }
 
 func TestEndToEndAnswers(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	m := startKeytrail(t, db)
 	f := newFixture()
@@ -383,6 +384,7 @@ func TestEndToEndAnswers(t *testing.T) {
 
 // An ingest-only process serves no API but must still be scrapeable and probeable.
 func TestIngestOnlyProcessServesMetricsAndProbes(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	m := startKeytrail(t, db, "-role", "ingest")
 	f := newFixture()

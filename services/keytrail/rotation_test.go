@@ -29,6 +29,7 @@ func exitCode(err error) int {
 }
 
 func TestRotationCheckCLI(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	m := startKeytrail(t, db)
 	now := time.Now().UTC()

@@ -266,6 +266,7 @@ func wantStatus(t *testing.T, what string, err error, code codes.Code, message s
 }
 
 func TestTLSAndClientCertificates(t *testing.T) {
+	t.Parallel()
 	e := startTLSKeytrail(t)
 	ctx := context.Background()
 	withToken := func(token string) context.Context {
