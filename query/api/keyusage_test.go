@@ -62,6 +62,7 @@ type usageAnswer struct {
 }
 
 func TestGetKeyUsage(t *testing.T) {
+	t.Parallel()
 	srv := startUsageAPI(t)
 	window := url.Values{"start_time": {"2026-11-20T10:00:00Z"}, "end_time": {"2026-11-20T10:30:00Z"}, "bucket": {"600s"}}
 	get := func(t *testing.T, key string, params url.Values, token string) (int, usageAnswer, string) {

@@ -28,6 +28,7 @@ const (
 // TestRotationKeyIsProjectAndKeyID: projects alpha and beta each have a key "default",
 // rotated to different new keys; beta also has "beta_only".
 func TestRotationKeyIsProjectAndKeyID(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	t0 := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Minute)
 	rot := func(project, key, newKey string) *keytrailv1.LifecycleEvent {
@@ -134,6 +135,7 @@ func TestRotationKeyIsProjectAndKeyID(t *testing.T) {
 // TestRotationAcceptPendingIsRecorded: the accepted services are in the answer and in the
 // query audit log's copy of the request, even when every other field is as long as allowed.
 func TestRotationAcceptPendingIsRecorded(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	t0 := time.Now().UTC().Add(-2 * time.Hour).Truncate(time.Minute)
 	long := func(prefix string) string { return prefix + strings.Repeat("x", 256-len(prefix)) }

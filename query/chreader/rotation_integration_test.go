@@ -223,6 +223,7 @@ func TestRotationWithoutRotationEventNeedsTheNewKey(t *testing.T) {
 }
 
 func TestRotationListsHonourTheWindow(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	testenv.Insert(t, db,
 		rotated(ago(2*time.Hour)),
@@ -284,6 +285,7 @@ func TestRotationListsHonourTheWindow(t *testing.T) {
 }
 
 func TestRotationLearnsEachCallersRhythm(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	events := []any{rotated(ago(2 * time.Hour))}
 	n := 0
@@ -338,6 +340,7 @@ func TestRotationLearnsEachCallersRhythm(t *testing.T) {
 }
 
 func TestRotationKeyIsProjectAndKeyID(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	in := func(project string, e interface{ GetProject() string }) any {
 		switch e := e.(type) {

@@ -143,6 +143,7 @@ func verdictBlock(out string) []string {
 // stored through the real schema: callers that run hourly, daily and irregularly, each
 // judged from its history on the old key over the lookback before the rotation.
 func TestRotationCheckWaitsForEachCallersRhythm(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	m := startKeytrail(t, db)
 	now := time.Now().UTC().Truncate(time.Second)
