@@ -16,8 +16,9 @@
 // MAD estimates the standard deviation of normal data without being pulled by the outliers we
 // are looking for. Medians are the upper median (element n/2 of the sorted values, 0-based),
 // as ClickHouse's quantileExact(0.5), so a figure can be checked with clickhouse-client. The
-// anomaly scan (package chreader) scores with these functions; the integration tests check it
-// against a reference written from them and against figures worked out by hand.
+// anomaly scan reads the rows (package chreader) and scores them with Scorer, built on these
+// functions; the integration tests check it against a reference written from them and against
+// figures worked out by hand.
 //
 // Per metric:
 //

@@ -13,7 +13,7 @@ import (
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
-// The method's constants, used by the scan (package chreader) and the tests' reference alike.
+// The method's constants, used by the scan (Scorer, and chreader for its windows) and the tests' reference alike.
 const (
 	// BucketWidth is the width of the usage_key_5min buckets.
 	BucketWidth = 5 * time.Minute
@@ -189,7 +189,7 @@ func (a Anomaly) Method() string {
 		over, a.BaselineEnd.UTC().Format(time.RFC3339), g(a.MAD), floor, g(a.Scale))
 }
 
-// Proto is the API form.
+// Proto is the form the API answers and the alert stream carry.
 func (a Anomaly) Proto() *keytrailv1.Anomaly {
 	return &keytrailv1.Anomaly{
 		Project:     a.Project,

@@ -15,6 +15,10 @@ func (s *queryService) ListAnomalies(ctx context.Context, req *keytrailv1.ListAn
 	if err != nil {
 		return nil, err
 	}
+	scope, err := anomalyScope(req.GetScope())
+	if err != nil {
+		return nil, s.toStatus(ctx, "ListAnomalies", err)
+	}
 	var baseline time.Duration
 	if b := req.GetBaseline(); b != nil {
 		baseline = b.AsDuration()
@@ -23,7 +27,7 @@ func (s *queryService) ListAnomalies(ctx context.Context, req *keytrailv1.ListAn
 		Start:       timeOrZero(req.GetStartTime()),
 		End:         timeOrZero(req.GetEndTime()),
 		Metrics:     req.GetMetrics(),
-		Scope:       req.GetScope(),
+		Scope:       scope,
 		Sensitivity: req.GetSensitivity(),
 		Baseline:    baseline,
 		MinRequests: req.GetMinRequests(),

@@ -73,16 +73,39 @@ func (s *queryService) ListAuditEvents(ctx context.Context, req *keytrailv1.List
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListAuditEvents", err)
 	}
-	events := page.Events
-	if allowed != nil {
-		events = events[:0]
-		for _, e := range page.Events {
-			if allowed(e.GetProject()) {
-				events = append(events, e)
-			}
+	resp := &keytrailv1.ListAuditEventsResponse{Events: make([]*keytrailv1.LifecycleEvent, 0, len(page.Events)), NextPageToken: page.NextPageToken}
+	for _, e := range page.Events {
+		if allowed == nil || allowed(e.Project) {
+			resp.Events = append(resp.Events, lifecycleEvent(e))
 		}
 	}
-	return &keytrailv1.ListAuditEventsResponse{Events: events, NextPageToken: page.NextPageToken}, nil
+	return resp, nil
+}
+
+func lifecycleEvent(e chreader.AuditEvent) *keytrailv1.LifecycleEvent {
+	out := &keytrailv1.LifecycleEvent{
+		EventId:   e.EventID,
+		Time:      timestamppb.New(e.Time),
+		Project:   e.Project,
+		KeyId:     e.KeyID,
+		Action:    e.Action,
+		NewKeyId:  e.NewKeyID,
+		Actor:     e.Actor,
+		ActorType: e.ActorType,
+		Reason:    e.Reason,
+		ExpiresAt: optionalTime(e.ExpiresAt),
+		Scopes:    e.Scopes,
+	}
+	if e.Budget != nil {
+		out.Budget = &keytrailv1.Budget{AmountMicros: e.Budget.AmountMicros, Period: e.Budget.Period}
+	}
+	if len(e.Attributes) > 0 {
+		out.Attributes = e.Attributes
+	}
+	for _, c := range e.Changes {
+		out.Changes = append(out.Changes, &keytrailv1.FieldChange{Field: c.Field, Before: c.Before, After: c.After})
+	}
+	return out
 }
 
 // toStatus maps an error to what the caller may see. Input problems name the field; anything

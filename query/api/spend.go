@@ -18,9 +18,17 @@ func (s *queryService) GetSpend(ctx context.Context, req *keytrailv1.GetSpendReq
 	if err != nil {
 		return nil, err
 	}
+	groupBy, err := spendGroupBy(req.GetGroupBy())
+	if err != nil {
+		return nil, s.toStatus(ctx, "GetSpend", err)
+	}
+	granularity, err := spendGranularity(req.GetGranularity())
+	if err != nil {
+		return nil, s.toStatus(ctx, "GetSpend", err)
+	}
 	page, err := s.reader.Spend(ctx, chreader.SpendRequest{
-		GroupBy:     req.GetGroupBy(),
-		Granularity: req.GetGranularity(),
+		GroupBy:     groupBy,
+		Granularity: granularity,
 		Start:       timeOrZero(req.GetStartTime()),
 		End:         timeOrZero(req.GetEndTime()),
 		Filter: chreader.SpendFilter{
@@ -87,18 +95,6 @@ func (s *queryService) ListBudgets(ctx context.Context, req *keytrailv1.ListBudg
 		resp.Budgets[i] = out
 	}
 	return resp, nil
-}
-
-var budgetPeriods = map[budget.Period]keytrailv1.BudgetPeriod{
-	budget.Day:   keytrailv1.BudgetPeriod_BUDGET_PERIOD_DAY,
-	budget.Week:  keytrailv1.BudgetPeriod_BUDGET_PERIOD_WEEK,
-	budget.Month: keytrailv1.BudgetPeriod_BUDGET_PERIOD_MONTH,
-}
-
-var budgetStatuses = map[budget.Status]keytrailv1.BudgetStatus{
-	budget.OK:   keytrailv1.BudgetStatus_BUDGET_STATUS_OK,
-	budget.Near: keytrailv1.BudgetStatus_BUDGET_STATUS_NEAR,
-	budget.Over: keytrailv1.BudgetStatus_BUDGET_STATUS_OVER,
 }
 
 func periodSpend(p chreader.PeriodSpend) *keytrailv1.BudgetPeriodSpend {

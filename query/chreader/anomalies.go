@@ -23,9 +23,9 @@ import (
 //     crosses the network per row.
 //  3. AnomalyServiceNames: names for the services of the flagged series.
 //
-// Between 2 and 3 (anomalyScorer) the rows of each series are added up per bucket (a bucket
-// can be in several rows while SummingMergeTree parts are unmerged), the series of the
-// requested scope are formed, and each is scored.
+// Between 2 and 3 package anomaly's Scorer adds up the rows of each series per bucket (a
+// bucket can be in several rows while SummingMergeTree parts are unmerged), forms the series
+// of the requested scope and scores each.
 //
 // Why not in ClickHouse: 18.16 has no window functions, so medians, MADs and tail quantiles
 // were array expressions over series grouped with groupArray; at 100M events a month (428
@@ -35,11 +35,8 @@ import (
 // process: about 40 bytes per scanned row while the answer is computed (50 MB for the 1.2M
 // rows above), the same order ClickHouse spent on the grouped arrays.
 //
-// Scope: a key used by one service in the whole window has the same series for the key and
-// for the key x service; it is computed and reported once, with the service set. Keys with
-// several services get their key series (service empty) and one series per service. Keys
-// and services are told apart by 64-bit hashes; a collision between two of one scan (2^-64
-// per pair) would merge their series and is not guarded against.
+// Scope: see anomaly.Scope. Keys and services are told apart by 64-bit hashes (see
+// anomaly.Scorer).
 
 // AnomalySpec is a validated anomaly question: what Anomalies builds SQL from.
 type AnomalySpec struct {
@@ -50,7 +47,7 @@ type AnomalySpec struct {
 	BaselineBuckets int
 	// Metrics is a non-empty set.
 	Metrics     []keytrailv1.AnomalyMetric
-	Scope       keytrailv1.AnomalyScope // UNSPECIFIED means both
+	Scope       anomaly.Scope
 	Sensitivity float64
 	MinRequests int64
 	Project     string
@@ -62,11 +59,15 @@ type AnomalySpec struct {
 }
 
 // BaselineStart is where the baseline window starts.
-func (s AnomalySpec) BaselineStart() time.Time {
-	return s.FirstBucket.Add(-time.Duration(s.BaselineBuckets) * anomaly.BucketWidth)
-}
+func (s AnomalySpec) BaselineStart() time.Time { return s.scan().BaselineStart() }
 
-func (s AnomalySpec) has(m keytrailv1.AnomalyMetric) bool { return slices.Contains(s.Metrics, m) }
+// scan is what package anomaly's Scorer needs of the spec.
+func (s AnomalySpec) scan() anomaly.ScanSpec {
+	return anomaly.ScanSpec{
+		FirstBucket: s.FirstBucket, End: s.End, BaselineBuckets: s.BaselineBuckets,
+		Metrics: s.Metrics, Scope: s.Scope, Sensitivity: s.Sensitivity, MinRequests: s.MinRequests, Limit: s.Limit,
+	}
+}
 
 // AnomalyScan builds the scan: the candidates' rows of [baseline start, end). The candidates
 // are selected by key id alone so that the primary key (key_id, bucket, ...) narrows the read;
@@ -160,7 +161,7 @@ const MaxAnomalyScanRows = 10_000_000
 type AnomalyRequest struct {
 	Start, End  time.Time
 	Metrics     []keytrailv1.AnomalyMetric
-	Scope       keytrailv1.AnomalyScope
+	Scope       anomaly.Scope
 	Sensitivity float64
 	Baseline    time.Duration
 	MinRequests int64
@@ -179,11 +180,7 @@ type AnomalyResult struct {
 	Truncated bool
 }
 
-var allMetrics = []keytrailv1.AnomalyMetric{
-	keytrailv1.AnomalyMetric_ANOMALY_METRIC_REQUESTS,
-	keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE,
-	keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST,
-}
+var allMetrics = anomaly.Metrics
 
 // AnomalySpecFor validates a request and applies the defaults.
 func AnomalySpecFor(req AnomalyRequest, now time.Time) (AnomalySpec, error) {
@@ -225,9 +222,7 @@ func AnomalySpecFor(req AnomalyRequest, now time.Time) (AnomalySpec, error) {
 			}
 		}
 	}
-	switch req.Scope {
-	case keytrailv1.AnomalyScope_ANOMALY_SCOPE_UNSPECIFIED, keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY, keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY_SERVICE:
-	default:
+	if !req.Scope.Valid() {
 		return AnomalySpec{}, &InvalidError{Field: "scope", Reason: fmt.Sprintf("unknown scope %s", req.Scope)}
 	}
 	sensitivity := req.Sensitivity
@@ -270,11 +265,11 @@ func (rd *Reader) Anomalies(ctx context.Context, req AnomalyRequest) (AnomalyRes
 	if spec.Projects != nil && len(spec.Projects) == 0 {
 		return res, nil
 	}
-	sc := newAnomalyScorer(spec)
-	if err := rd.readAnomalyCandidates(ctx, sc); err != nil {
+	sc := anomaly.NewScorer(spec.scan())
+	if err := rd.readAnomalyCandidates(ctx, spec, sc); err != nil {
 		return AnomalyResult{}, err
 	}
-	if len(sc.keys) == 0 {
+	if sc.Keys() == 0 {
 		return res, nil
 	}
 	q := AnomalyScan(spec)
@@ -295,21 +290,21 @@ func (rd *Reader) Anomalies(ctx context.Context, req AnomalyRequest) (AnomalyRes
 		if err := rows.Scan(&keyHash, &serviceHash, &bucket, &requests, &errs, &cost); err != nil {
 			return AnomalyResult{}, fmt.Errorf("scan anomaly series: %w", err)
 		}
-		sc.add(keyHash, serviceHash, bucket, requests, errs, cost)
+		sc.Add(keyHash, serviceHash, bucket, requests, errs, cost)
 	}
 	if err := rows.Err(); err != nil {
 		return AnomalyResult{}, fmt.Errorf("read anomaly series: %w", err)
 	}
-	flagged := sc.score()
+	flagged := sc.Score()
 	if err := rd.nameServices(ctx, flagged); err != nil {
 		return AnomalyResult{}, err
 	}
-	res.Anomalies, res.Truncated = sc.result(flagged)
+	res.Anomalies, res.Truncated = sc.Result(flagged)
 	return res, nil
 }
 
-func (rd *Reader) readAnomalyCandidates(ctx context.Context, sc *anomalyScorer) error {
-	q := AnomalyCandidates(sc.spec)
+func (rd *Reader) readAnomalyCandidates(ctx context.Context, spec AnomalySpec, sc *anomaly.Scorer) error {
+	q := AnomalyCandidates(spec)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return fmt.Errorf("query anomaly candidates: %w", err)
@@ -321,7 +316,7 @@ func (rd *Reader) readAnomalyCandidates(ctx context.Context, sc *anomalyScorer) 
 		if err := rows.Scan(&project, &key, &hash); err != nil {
 			return fmt.Errorf("scan anomaly candidate: %w", err)
 		}
-		sc.addKey(hash, project, key)
+		sc.AddKey(hash, project, key)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read anomaly candidates: %w", err)
@@ -330,11 +325,11 @@ func (rd *Reader) readAnomalyCandidates(ctx context.Context, sc *anomalyScorer) 
 }
 
 // nameServices fills in the service names of the flagged buckets' series.
-func (rd *Reader) nameServices(ctx context.Context, flagged []flaggedBucket) error {
+func (rd *Reader) nameServices(ctx context.Context, flagged []anomaly.Flagged) error {
 	var keyIDs []string
-	for _, fb := range flagged {
-		if fb.perService {
-			keyIDs = append(keyIDs, fb.base.KeyID)
+	for i := range flagged {
+		if flagged[i].PerService() {
+			keyIDs = append(keyIDs, flagged[i].KeyID())
 		}
 	}
 	if len(keyIDs) == 0 {
@@ -351,15 +346,15 @@ func (rd *Reader) nameServices(ctx context.Context, flagged []flaggedBucket) err
 	}
 	for i := range flagged {
 		fb := &flagged[i]
-		if !fb.perService {
+		if !fb.PerService() {
 			continue
 		}
-		name, ok := names[keyService{fb.base.KeyID, fb.serviceHash}]
+		name, ok := names[keyService{fb.KeyID(), fb.ServiceHash()}]
 		if !ok {
 			// Both tables are written by the same insert; a miss means a rollup lost rows.
-			return fmt.Errorf("service of a flagged series of key %s is missing from key_service_totals (hash %d)", fb.base.KeyID, fb.serviceHash)
+			return fmt.Errorf("service of a flagged series of key %s is missing from key_service_totals (hash %d)", fb.KeyID(), fb.ServiceHash())
 		}
-		fb.setService(name)
+		fb.SetService(name)
 	}
 	return nil
 }

@@ -47,7 +47,7 @@ WHERE key_id IN (SELECT key_id FROM usage_key_hourly WHERE hour >= toDateTime(?)
 			name: "projects and a key, key x service scope, error rate only",
 			spec: AnomalySpec{FirstBucket: anomFirst.Add(10 * time.Minute), End: anomFirst.Add(40 * time.Minute), BaselineBuckets: 24,
 				Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_ERROR_RATE},
-				Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY_SERVICE, Sensitivity: 4.5, MinRequests: 10,
+				Scope:   anomaly.ScopeKeyService, Sensitivity: 4.5, MinRequests: 10,
 				Projects: []string{"a", "b"}, KeyID: "key_1", Limit: 1001},
 			wantSQL: `SELECT cityHash64(project, key_id), cityHash64(service), toUInt32(bucket), requests, errors, total_cost_micros
 FROM usage_key_5min
@@ -116,13 +116,13 @@ func TestAnomalySpecFor(t *testing.T) {
 		got, err := AnomalySpecFor(AnomalyRequest{
 			Start: now.Add(-17 * time.Minute), End: now, Baseline: 7 * 24 * time.Hour, Sensitivity: 3, MinRequests: 1,
 			Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST},
-			Scope:   keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY, Project: "p", KeyID: "k",
+			Scope:   anomaly.ScopeKey, Project: "p", KeyID: "k",
 		}, now)
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := AnomalySpec{FirstBucket: time.Date(2026, 3, 10, 11, 45, 0, 0, time.UTC), End: now, BaselineBuckets: 2016,
-			Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST}, Scope: keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY,
+			Metrics: []keytrailv1.AnomalyMetric{keytrailv1.AnomalyMetric_ANOMALY_METRIC_COST}, Scope: anomaly.ScopeKey,
 			Sensitivity: 3, MinRequests: 1, Project: "p", KeyID: "k", Limit: anomaly.MaxAnomalies + 1}
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("got %+v\nwant %+v", got, want)

@@ -7,10 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query/keystate"
 )
 
 // AuditFilter narrows the lifecycle audit trail; empty fields match everything.
@@ -62,9 +61,35 @@ type AuditRequest struct {
 	PageToken  string
 }
 
+// AuditEvent is one lifecycle event as stored. The enums are the event contract's, parsed
+// from the stored names (an action this build does not know stays ACTION_UNSPECIFIED).
+type AuditEvent struct {
+	EventID   string
+	Time      time.Time // millisecond precision
+	Project   string
+	KeyID     string
+	Action    keytrailv1.Action
+	NewKeyID  string
+	Actor     string
+	ActorType keytrailv1.ActorType
+	Reason    string
+	// ExpiresAt is zero when the event carries no expiry.
+	ExpiresAt time.Time
+	// Budget is nil when the event carries none.
+	Budget     *keystate.Budget
+	Scopes     []string
+	Attributes map[string]string
+	Changes    []FieldChange
+}
+
+// FieldChange is one field an event changed, as the gateway described it.
+type FieldChange struct {
+	Field, Before, After string
+}
+
 // AuditPage is one page of the audit trail.
 type AuditPage struct {
-	Events        []*keytrailv1.LifecycleEvent
+	Events        []AuditEvent
 	NextPageToken string
 }
 
@@ -112,23 +137,23 @@ func (rd *Reader) AuditEvents(ctx context.Context, req AuditRequest) (AuditPage,
 			return AuditPage{}, fmt.Errorf("scan audit event: %w", err)
 		}
 		a, _ := event.ParseAction(action)
-		e := &keytrailv1.LifecycleEvent{
-			EventId:   id,
-			Time:      timestamppb.New(time.UnixMilli(timeMs)),
+		e := AuditEvent{
+			EventID:   id,
+			Time:      time.UnixMilli(timeMs).UTC(),
 			Project:   project,
-			KeyId:     key,
+			KeyID:     key,
 			Action:    a,
-			NewKeyId:  newKey,
+			NewKeyID:  newKey,
 			Actor:     actor,
 			ActorType: event.ParseActorType(actorType),
 			Reason:    reason,
 			Scopes:    scopes,
 		}
 		if expires != nil {
-			e.ExpiresAt = timestamppb.New(*expires)
+			e.ExpiresAt = expires.UTC()
 		}
 		if budget != nil {
-			e.Budget = &keytrailv1.Budget{AmountMicros: *budget, Period: event.ParseBudgetPeriod(period)}
+			e.Budget = &keystate.Budget{AmountMicros: *budget, Period: event.ParseBudgetPeriod(period)}
 		}
 		if len(attrKeys) > 0 {
 			e.Attributes = make(map[string]string, len(attrKeys))
@@ -137,7 +162,7 @@ func (rd *Reader) AuditEvents(ctx context.Context, req AuditRequest) (AuditPage,
 			}
 		}
 		for i := range fields {
-			e.Changes = append(e.Changes, &keytrailv1.FieldChange{Field: fields[i], Before: before[i], After: after[i]})
+			e.Changes = append(e.Changes, FieldChange{Field: fields[i], Before: before[i], After: after[i]})
 		}
 		page.Events = append(page.Events, e)
 	}
@@ -147,7 +172,7 @@ func (rd *Reader) AuditEvents(ctx context.Context, req AuditRequest) (AuditPage,
 	if len(page.Events) > limit {
 		page.Events = page.Events[:limit]
 		last := page.Events[limit-1]
-		page.NextPageToken = encodePageToken([]string{strconv.FormatInt(last.GetTime().AsTime().UnixMilli(), 10), last.GetEventId()}, filters...)
+		page.NextPageToken = encodePageToken([]string{strconv.FormatInt(last.Time.UnixMilli(), 10), last.EventID}, filters...)
 	}
 	return page, nil
 }

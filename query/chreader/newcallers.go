@@ -6,9 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query/anomaly"
 )
 
 // New callers are read from the all-time rollups key_service_totals and key_client_ip_totals
@@ -25,35 +24,6 @@ const DefaultNewCallersWindow = 24 * time.Hour
 
 // MaxNewCallers bounds one answer; the newest are kept.
 const MaxNewCallers = 1000
-
-// NewCaller is a service or client IP seen on a key for the first time.
-type NewCaller struct {
-	Project string
-	KeyID   string
-	Kind    keytrailv1.CallerKind
-	// Caller is the service name or the client IP.
-	Caller string
-	// FirstSeen and LastSeen are over all history (ms precision); Requests is every request
-	// of this caller on this key so far.
-	FirstSeen    time.Time
-	LastSeen     time.Time
-	Requests     uint64
-	KeyFirstSeen time.Time
-}
-
-// Proto is the API form.
-func (c NewCaller) Proto() *keytrailv1.NewCaller {
-	return &keytrailv1.NewCaller{
-		Project:      c.Project,
-		KeyId:        c.KeyID,
-		Kind:         c.Kind,
-		Caller:       c.Caller,
-		FirstSeen:    timestamppb.New(c.FirstSeen),
-		LastSeen:     timestamppb.New(c.LastSeen),
-		Requests:     int64(c.Requests),
-		KeyFirstSeen: timestamppb.New(c.KeyFirstSeen),
-	}
-}
 
 // NewCallersSpec is a validated new-callers question.
 type NewCallersSpec struct {
@@ -119,7 +89,7 @@ type NewCallersRequest struct {
 
 // NewCallersResult is the new callers, newest first.
 type NewCallersResult struct {
-	Callers []NewCaller
+	Callers []anomaly.NewCaller
 	Range   Range
 	// Truncated is set when more than MaxNewCallers matched (the newest are kept).
 	Truncated bool
@@ -163,7 +133,7 @@ func (rd *Reader) NewCallers(ctx context.Context, req NewCallersRequest) (NewCal
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			c                  NewCaller
+			c                  anomaly.NewCaller
 			kind               uint8
 			first, last, keyMs int64
 		)

@@ -3,11 +3,11 @@ package chreader
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/query/budget"
 )
 
@@ -37,19 +37,7 @@ var (
 // String is the column name.
 func (d Dimension) String() string { return d.column }
 
-var dimensionsByProto = map[keytrailv1.SpendDimension]Dimension{
-	keytrailv1.SpendDimension_SPEND_DIMENSION_KEY:     DimensionKey,
-	keytrailv1.SpendDimension_SPEND_DIMENSION_SERVICE: DimensionService,
-	keytrailv1.SpendDimension_SPEND_DIMENSION_MODEL:   DimensionModel,
-	keytrailv1.SpendDimension_SPEND_DIMENSION_PROJECT: DimensionProject,
-}
-
-var bucketsByProto = map[keytrailv1.Granularity]budget.Period{
-	keytrailv1.Granularity_GRANULARITY_UNSPECIFIED: budget.Day,
-	keytrailv1.Granularity_GRANULARITY_HOUR:        budget.Hour,
-	keytrailv1.Granularity_GRANULARITY_DAY:         budget.Day,
-	keytrailv1.Granularity_GRANULARITY_MONTH:       budget.Month,
-}
+var dimensions = []Dimension{DimensionKey, DimensionService, DimensionModel, DimensionProject}
 
 // periodStartSQL is the SQL start of the UTC period containing a DateTime column. Date results
 // (toMonday, toStartOfMonth) are turned back into DateTime('UTC'), so every bucket is an
@@ -189,9 +177,9 @@ func spendCursorArgs(s []string) []any {
 // SpendRequest is the input of a spend report.
 type SpendRequest struct {
 	// GroupBy: one or two distinct dimensions; none means by key.
-	GroupBy []keytrailv1.SpendDimension
-	// Granularity: unspecified means by day.
-	Granularity keytrailv1.Granularity
+	GroupBy []Dimension
+	// Granularity is the bucket: budget.Hour, budget.Day or budget.Month; zero means by day.
+	Granularity budget.Period
 	// Start, End: zero End is now, zero Start is DefaultSpendWindow before End.
 	Start, End time.Time
 	Filter     SpendFilter
@@ -238,26 +226,26 @@ func resolveSpend(req SpendRequest, now time.Time) (SpendSpec, error) {
 	if len(req.GroupBy) > 2 {
 		return s, &InvalidError{Field: "group_by", Reason: "at most 2 dimensions"}
 	}
-	seen := map[Dimension]bool{}
-	for _, pd := range req.GroupBy {
-		d, ok := dimensionsByProto[pd]
-		if !ok {
-			return s, &InvalidError{Field: "group_by", Reason: fmt.Sprintf("%s is not a dimension", pd)}
+	for i, d := range req.GroupBy {
+		if !slices.Contains(dimensions, d) {
+			return s, &InvalidError{Field: "group_by", Reason: fmt.Sprintf("%q is not a dimension", d.column)}
 		}
-		if seen[d] {
-			return s, &InvalidError{Field: "group_by", Reason: fmt.Sprintf("%s is repeated", pd)}
+		if slices.Contains(req.GroupBy[:i], d) {
+			return s, &InvalidError{Field: "group_by", Reason: fmt.Sprintf("%s is repeated", d)}
 		}
-		seen[d] = true
 		s.GroupBy = append(s.GroupBy, d)
 	}
 	if len(s.GroupBy) == 0 {
 		s.GroupBy = []Dimension{DimensionKey}
 	}
-	bucket, ok := bucketsByProto[req.Granularity]
-	if !ok {
-		return s, &InvalidError{Field: "granularity", Reason: fmt.Sprintf("%s is not a granularity", req.Granularity)}
+	switch req.Granularity {
+	case 0:
+		s.Bucket = budget.Day
+	case budget.Hour, budget.Day, budget.Month:
+		s.Bucket = req.Granularity
+	default:
+		return s, &InvalidError{Field: "granularity", Reason: fmt.Sprintf("%s is not a spend bucket (hour, day or month)", req.Granularity)}
 	}
-	s.Bucket = bucket
 	end := req.End
 	if end.IsZero() {
 		end = now
@@ -269,7 +257,7 @@ func resolveSpend(req SpendRequest, now time.Time) (SpendSpec, error) {
 	if !end.After(start) {
 		return s, &InvalidError{Field: "end_time", Reason: "must be after start_time"}
 	}
-	from, to := bucket.Cover(start, end)
+	from, to := s.Bucket.Cover(start, end)
 	s.Range = Range{Start: from, End: to}
 	s.Filter = req.Filter
 	return s, nil

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/query/budget"
 )
 
@@ -127,8 +126,8 @@ func TestResolveSpendDefaultsAndWidening(t *testing.T) {
 		{
 			name: "end given: start defaults to 30 days before it",
 			req: SpendRequest{
-				GroupBy:     []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_MODEL, keytrailv1.SpendDimension_SPEND_DIMENSION_KEY},
-				Granularity: keytrailv1.Granularity_GRANULARITY_HOUR,
+				GroupBy:     []Dimension{DimensionModel, DimensionKey},
+				Granularity: budget.Hour,
 				End:         mustTime(t, "2026-02-10T10:00:00Z"),
 			},
 			wantGroup: []Dimension{DimensionModel, DimensionKey}, wantBucket: budget.Hour,
@@ -137,8 +136,8 @@ func TestResolveSpendDefaultsAndWidening(t *testing.T) {
 		{
 			name: "month buckets cover whole months",
 			req: SpendRequest{
-				GroupBy:     []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_PROJECT},
-				Granularity: keytrailv1.Granularity_GRANULARITY_MONTH,
+				GroupBy:     []Dimension{DimensionProject},
+				Granularity: budget.Month,
 				Start:       mustTime(t, "2026-02-15T00:00:00Z"), End: mustTime(t, "2026-04-15T00:00:00Z"),
 			},
 			wantGroup: []Dimension{DimensionProject}, wantBucket: budget.Month,
@@ -163,17 +162,19 @@ func TestResolveSpendDefaultsAndWidening(t *testing.T) {
 
 func TestResolveSpendRejectsBadInputNamingTheField(t *testing.T) {
 	now := mustTime(t, "2026-03-02T12:00:00Z")
-	key, svc, model := keytrailv1.SpendDimension_SPEND_DIMENSION_KEY, keytrailv1.SpendDimension_SPEND_DIMENSION_SERVICE, keytrailv1.SpendDimension_SPEND_DIMENSION_MODEL
+	// The API's own names in these messages (SPEND_DIMENSION_KEY, GRANULARITY_HOUR) are
+	// checked where the API maps them: package api, TestSpendEnumMapping.
+	key, svc, model := DimensionKey, DimensionService, DimensionModel
 	tests := []struct {
 		name string
 		req  SpendRequest
 		want string
 	}{
-		{"three dimensions", SpendRequest{GroupBy: []keytrailv1.SpendDimension{key, svc, model}}, "group_by: at most 2 dimensions"},
-		{"unspecified dimension", SpendRequest{GroupBy: []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_UNSPECIFIED}}, "group_by: SPEND_DIMENSION_UNSPECIFIED is not a dimension"},
-		{"unknown dimension", SpendRequest{GroupBy: []keytrailv1.SpendDimension{42}}, "group_by: 42 is not a dimension"},
-		{"repeated dimension", SpendRequest{GroupBy: []keytrailv1.SpendDimension{key, key}}, "group_by: SPEND_DIMENSION_KEY is repeated"},
-		{"unknown granularity", SpendRequest{Granularity: 9}, "granularity: 9 is not a granularity"},
+		{"three dimensions", SpendRequest{GroupBy: []Dimension{key, svc, model}}, "group_by: at most 2 dimensions"},
+		{"unspecified dimension", SpendRequest{GroupBy: []Dimension{{}}}, `group_by: "" is not a dimension`},
+		{"repeated dimension", SpendRequest{GroupBy: []Dimension{key, key}}, "group_by: key_id is repeated"},
+		{"week is a budget period, not a spend bucket", SpendRequest{Granularity: budget.Week}, "granularity: week is not a spend bucket (hour, day or month)"},
+		{"unknown granularity", SpendRequest{Granularity: 9}, "granularity: unknown is not a spend bucket (hour, day or month)"},
 		{"reversed range", SpendRequest{Start: now, End: now.Add(-time.Hour)}, "end_time: must be after start_time"},
 		{"empty range", SpendRequest{Start: now, End: now}, "end_time: must be after start_time"},
 		{"start after the default end", SpendRequest{Start: now.Add(time.Hour)}, "end_time: must be after start_time"},
@@ -191,7 +192,7 @@ func TestResolveSpendRejectsBadInputNamingTheField(t *testing.T) {
 
 func TestSpendTokenFiltersBindTheQuestion(t *testing.T) {
 	now := mustTime(t, "2026-03-02T12:00:00Z")
-	base := SpendRequest{GroupBy: []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_KEY}, Filter: SpendFilter{Project: "acme"}}
+	base := SpendRequest{GroupBy: []Dimension{DimensionKey}, Filter: SpendFilter{Project: "acme"}}
 	fp := func(req SpendRequest) string {
 		s, err := resolveSpend(req, now)
 		if err != nil {
@@ -209,12 +210,10 @@ func TestSpendTokenFiltersBindTheQuestion(t *testing.T) {
 		"key_id":      func(r *SpendRequest) { r.Filter.KeyID = "key_a" },
 		"service":     func(r *SpendRequest) { r.Filter.Service = "billing" },
 		"model":       func(r *SpendRequest) { r.Filter.Model = "gpt-4o" },
-		"granularity": func(r *SpendRequest) { r.Granularity = keytrailv1.Granularity_GRANULARITY_MONTH },
-		"group_by": func(r *SpendRequest) {
-			r.GroupBy = []keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_SERVICE}
-		},
-		"start_time": func(r *SpendRequest) { r.Start = now.Add(-48 * time.Hour) },
-		"end_time":   func(r *SpendRequest) { r.End = now },
+		"granularity": func(r *SpendRequest) { r.Granularity = budget.Month },
+		"group_by":    func(r *SpendRequest) { r.GroupBy = []Dimension{DimensionService} },
+		"start_time":  func(r *SpendRequest) { r.Start = now.Add(-48 * time.Hour) },
+		"end_time":    func(r *SpendRequest) { r.End = now },
 	}
 	for name, change := range others {
 		r := base

@@ -1,0 +1,72 @@
+package api
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/query/anomaly"
+	"github.com/keytrail/keytrail/query/budget"
+	"github.com/keytrail/keytrail/query/chreader"
+)
+
+func TestSpendEnumMapping(t *testing.T) {
+	key, svc, model, project := keytrailv1.SpendDimension_SPEND_DIMENSION_KEY, keytrailv1.SpendDimension_SPEND_DIMENSION_SERVICE,
+		keytrailv1.SpendDimension_SPEND_DIMENSION_MODEL, keytrailv1.SpendDimension_SPEND_DIMENSION_PROJECT
+	t.Run("every dimension and granularity", func(t *testing.T) {
+		got, err := spendGroupBy([]keytrailv1.SpendDimension{model, project})
+		if err != nil || !reflect.DeepEqual(got, []chreader.Dimension{chreader.DimensionModel, chreader.DimensionProject}) {
+			t.Errorf("model, project: %v, %v", got, err)
+		}
+		got, err = spendGroupBy([]keytrailv1.SpendDimension{key, svc})
+		if err != nil || !reflect.DeepEqual(got, []chreader.Dimension{chreader.DimensionKey, chreader.DimensionService}) {
+			t.Errorf("key, service: %v, %v", got, err)
+		}
+		if got, err := spendGroupBy(nil); err != nil || got != nil {
+			t.Errorf("none: %v, %v; want none (the reader's default)", got, err)
+		}
+		for g, want := range map[keytrailv1.Granularity]budget.Period{
+			keytrailv1.Granularity_GRANULARITY_UNSPECIFIED: budget.Day, keytrailv1.Granularity_GRANULARITY_HOUR: budget.Hour,
+			keytrailv1.Granularity_GRANULARITY_DAY: budget.Day, keytrailv1.Granularity_GRANULARITY_MONTH: budget.Month,
+		} {
+			if got, err := spendGranularity(g); err != nil || got != want {
+				t.Errorf("%s: %s, %v; want %s", g, got, err, want)
+			}
+		}
+	})
+	// The messages name the values as the caller sent them.
+	for _, tt := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"three dimensions", second(spendGroupBy([]keytrailv1.SpendDimension{key, svc, model})), "group_by: at most 2 dimensions"},
+		{"unspecified dimension", second(spendGroupBy([]keytrailv1.SpendDimension{keytrailv1.SpendDimension_SPEND_DIMENSION_UNSPECIFIED})), "group_by: SPEND_DIMENSION_UNSPECIFIED is not a dimension"},
+		{"unknown dimension", second(spendGroupBy([]keytrailv1.SpendDimension{42})), "group_by: 42 is not a dimension"},
+		{"repeated dimension", second(spendGroupBy([]keytrailv1.SpendDimension{key, key})), "group_by: SPEND_DIMENSION_KEY is repeated"},
+		{"unknown granularity", second(spendGranularity(9)), "granularity: 9 is not a granularity"},
+		{"unknown scope", second(anomalyScope(9)), "scope: unknown scope 9"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var invalid *chreader.InvalidError
+			if !errors.As(tt.err, &invalid) || tt.err.Error() != tt.want {
+				t.Errorf("error %v, want InvalidError %q", tt.err, tt.want)
+			}
+		})
+	}
+}
+
+func TestAnomalyScopeMapping(t *testing.T) {
+	for s, want := range map[keytrailv1.AnomalyScope]anomaly.Scope{
+		keytrailv1.AnomalyScope_ANOMALY_SCOPE_UNSPECIFIED: anomaly.ScopeBoth,
+		keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY:         anomaly.ScopeKey,
+		keytrailv1.AnomalyScope_ANOMALY_SCOPE_KEY_SERVICE: anomaly.ScopeKeyService,
+	} {
+		if got, err := anomalyScope(s); err != nil || got != want {
+			t.Errorf("%s: %s, %v; want %s", s, got, err, want)
+		}
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
