@@ -3,7 +3,8 @@
 //
 //   - api: the gRPC service, the REST gateway and OpenAPI document, health; maps requests
 //     and proto enums to the domain packages below and their answers back to protos (the only
-//     place that does).
+//     place that does). It reads through one small interface per kind of answer (sources.go),
+//     which chreader.Reader implements.
 //   - auth: credentials (bearer tokens, client certificates), roles and project scopes.
 //   - auditlog: the query audit log; every API call is recorded before it is answered.
 //   - chreader: the ClickHouse reader. SQL builders (exact SQL asserted by tests) and the

@@ -38,6 +38,9 @@ type Options struct {
 	ClientToken string
 	// Recorder receives the query audit records; when nil, Server.Records keeps them.
 	Recorder api.QueryRecorder
+	// Reader, when set, answers instead of a ClickHouse reader over the database (which may
+	// then be nil): handler tests with fakes.
+	Reader api.Reader
 	// Logger is the server's log; discarded when nil.
 	Logger *slog.Logger
 }
@@ -78,8 +81,12 @@ func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	clientToken := cmp.Or(opts.ClientToken, AdminToken)
+	reader := opts.Reader
+	if reader == nil {
+		reader = chreader.NewReader(db.Conn, opts.Now)
+	}
 	srv, err := api.New(api.Config{
-		Reader:   chreader.NewReader(db.Conn, opts.Now),
+		Reader:   reader,
 		Ready:    func(context.Context) error { return nil },
 		Auth:     authn,
 		Recorder: recorder,

@@ -33,7 +33,6 @@ import (
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/gen/openapi"
 	"github.com/keytrail/keytrail/query/auth"
-	"github.com/keytrail/keytrail/query/chreader"
 	"github.com/keytrail/keytrail/query/console"
 )
 
@@ -46,7 +45,8 @@ const gatewayNetwork = "bufconn"
 
 // Config configures the API server.
 type Config struct {
-	Reader *chreader.Reader
+	// Reader answers every query (a *chreader.Reader; handler tests pass fakes).
+	Reader Reader
 	// Auth authenticates every call but health and readiness.
 	Auth *auth.Authenticator
 	// Recorder keeps the query audit log; every authenticated call is recorded.

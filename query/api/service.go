@@ -14,11 +14,12 @@ import (
 	"github.com/keytrail/keytrail/query/chreader"
 )
 
-// queryService implements keytrailv1.QueryServiceServer over a chreader.Reader. Requests
-// arrive already checked against their proto constraints by the protovalidate interceptor.
+// queryService implements keytrailv1.QueryServiceServer over a Reader: it maps requests and
+// proto enums to the reader's types and the answers back to protos. Requests arrive already
+// checked against their proto constraints by the protovalidate interceptor.
 type queryService struct {
 	keytrailv1.UnimplementedQueryServiceServer
-	reader *chreader.Reader
+	reader Reader
 	log    *slog.Logger
 }
 
