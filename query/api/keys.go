@@ -14,15 +14,18 @@ import (
 )
 
 // GetKey is a key's state derived from its lifecycle events, now or at any past instant,
-// with its last use.
+// with its last use. A key is (project, key_id): it is looked up in the projects the caller
+// may read (or the one it names), in SQL; a key id found in several of them without a
+// project is InvalidArgument naming those projects, and one found only in projects the
+// caller may not read is not found.
 func (s *queryService) GetKey(ctx context.Context, req *keytrailv1.GetKeyRequest) (*keytrailv1.GetKeyResponse, error) {
-	k, err := s.reader.Key(ctx, chreader.KeyRequest{KeyID: req.GetKeyId(), At: timeOrZero(req.GetAt())})
+	project, projects, err := readableProjects(ctx, req.GetProject())
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.reader.Key(ctx, chreader.KeyRequest{KeyID: req.GetKeyId(), Project: project, Projects: projects, At: timeOrZero(req.GetAt())})
 	if err != nil {
 		return nil, s.keyStatus(ctx, "GetKey", err)
-	}
-	// A key belongs to one project; its state says which.
-	if err := mayRead(ctx, k.Project); err != nil {
-		return nil, err
 	}
 	return &keytrailv1.GetKeyResponse{Key: keyState(k)}, nil
 }
@@ -30,20 +33,20 @@ func (s *queryService) GetKey(ctx context.Context, req *keytrailv1.GetKeyRequest
 // ListKeys is the keys with their state at an instant, filtered by project, status, expiry
 // and use, ordered by key id.
 func (s *queryService) ListKeys(ctx context.Context, req *keytrailv1.ListKeysRequest) (*keytrailv1.ListKeysResponse, error) {
-	project, allowed, err := scopedProject(ctx, req.GetProject(), false)
+	project, projects, err := readableProjects(ctx, req.GetProject())
 	if err != nil {
 		return nil, err
 	}
 	page, err := s.reader.Keys(ctx, chreader.KeysRequest{
-		Project:        project,
-		ProjectAllowed: allowed,
-		Status:         req.GetStatus(),
-		ExpiresBefore:  timeOrZero(req.GetExpiresBefore()),
-		UnusedSince:    timeOrZero(req.GetUnusedSince()),
-		UsedSince:      timeOrZero(req.GetUsedSince()),
-		At:             timeOrZero(req.GetAt()),
-		PageSize:       req.GetPageSize(),
-		PageToken:      req.GetPageToken(),
+		Project:       project,
+		Projects:      projects,
+		Status:        req.GetStatus(),
+		ExpiresBefore: timeOrZero(req.GetExpiresBefore()),
+		UnusedSince:   timeOrZero(req.GetUnusedSince()),
+		UsedSince:     timeOrZero(req.GetUsedSince()),
+		At:            timeOrZero(req.GetAt()),
+		PageSize:      req.GetPageSize(),
+		PageToken:     req.GetPageToken(),
 	})
 	if err != nil {
 		return nil, s.keyStatus(ctx, "ListKeys", err)

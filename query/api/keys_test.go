@@ -619,8 +619,15 @@ func TestKeysProjectScope(t *testing.T) {
 	// A reader of "other" and "beta" (key_z is the only key of either).
 	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+keysOtherToken)
 
-	if _, err := a.client.GetKey(ctx, &keytrailv1.GetKeyRequest{KeyId: "key_a"}); status.Code(err) != codes.PermissionDenied {
-		t.Errorf("GetKey of an acme key: %v, want PermissionDenied", err)
+	// Another project's key id is, for this reader, no key at all: the answer is the one for
+	// a key id that does not exist, and does not name the project that has it.
+	if _, err := a.client.GetKey(ctx, &keytrailv1.GetKeyRequest{KeyId: "key_a"}); status.Code(err) != codes.NotFound ||
+		status.Convert(err).Message() != `key "key_a" is not known at 2026-11-20T12:00:00Z` {
+		t.Errorf("GetKey of an acme key: %v, want NotFound", err)
+	}
+	// Naming that project is PermissionDenied.
+	if _, err := a.client.GetKey(ctx, &keytrailv1.GetKeyRequest{KeyId: "key_a", Project: "acme"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("GetKey of an acme key with project acme: %v, want PermissionDenied", err)
 	}
 	k, err := a.client.GetKey(ctx, &keytrailv1.GetKeyRequest{KeyId: "key_z"})
 	if err != nil || !proto.Equal(k.GetKey(), keysWantNow()["key_z"]) {
@@ -635,7 +642,8 @@ func TestKeysProjectScope(t *testing.T) {
 	}
 
 	base := "http://" + a.httpAddr
-	a.restAs(t, keysOtherToken, base+"/v1/keys/key_a", http.StatusForbidden, nil)
+	a.restAs(t, keysOtherToken, base+"/v1/keys/key_a", http.StatusNotFound, nil)
+	a.restAs(t, keysOtherToken, base+"/v1/keys/key_a?project=acme", http.StatusForbidden, nil)
 	var rest keytrailv1.ListKeysResponse
 	a.restAs(t, keysOtherToken, base+"/v1/keys", http.StatusOK, &rest)
 	if len(rest.GetKeys()) != 1 || rest.GetKeys()[0].GetKeyId() != "key_z" {

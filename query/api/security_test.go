@@ -270,16 +270,20 @@ func TestProjectReaderCannotReadOtherProjects(t *testing.T) {
 			params url.Values
 			call   func() error
 		}{
-			{"/v1/keys/key_globex_1/services", nil, func() error {
-				_, err := client.ListKeyServices(acme, &keytrailv1.ListKeyServicesRequest{KeyId: "key_globex_1"})
+			{"/v1/keys/key_globex_1/services", url.Values{"project": {"globex"}}, func() error {
+				_, err := client.ListKeyServices(acme, &keytrailv1.ListKeyServicesRequest{KeyId: "key_globex_1", Project: "globex"})
 				return err
 			}},
 			{"/v1/rotations/key_globex_1", url.Values{"project": {"globex"}}, func() error {
 				_, err := client.GetRotation(acme, &keytrailv1.GetRotationRequest{OldKeyId: "key_globex_1", Project: "globex"})
 				return err
 			}},
-			{"/v1/keys/key_globex_1", nil, func() error {
-				_, err := client.GetKey(acme, &keytrailv1.GetKeyRequest{KeyId: "key_globex_1"})
+			{"/v1/keys/key_globex_1", url.Values{"project": {"globex"}}, func() error {
+				_, err := client.GetKey(acme, &keytrailv1.GetKeyRequest{KeyId: "key_globex_1", Project: "globex"})
+				return err
+			}},
+			{"/v1/services/billing/keys", url.Values{"project": {"globex"}}, func() error {
+				_, err := client.ListServiceKeys(acme, &keytrailv1.ListServiceKeysRequest{Service: "billing", Project: "globex"})
 				return err
 			}},
 			{"/v1/audit/events", url.Values{"project": {"globex"}}, func() error {
@@ -307,6 +311,30 @@ func TestProjectReaderCannotReadOtherProjects(t *testing.T) {
 			wantREST(t, "GET "+c.path+"?"+c.params.Encode(), code, body, http.StatusForbidden, codes.PermissionDenied, denied)
 			wantGRPC(t, "gRPC for "+c.path+"?"+c.params.Encode(), c.call(), codes.PermissionDenied, denied)
 		}
+	})
+
+	// A key is (project, key_id). Without a project, a key id of a project the reader may not
+	// read is no key of the reader's: the answers are those for a key id that does not exist,
+	// and never name the project that has it.
+	t.Run("another project's key id without a project is unknown, not forbidden", func(t *testing.T) {
+		var services struct {
+			Services []json.RawMessage `json:"services"`
+		}
+		getJSON(t, s, "/v1/keys/key_globex_1/services", nil, tokAcme, &services)
+		if len(services.Services) != 0 {
+			t.Errorf("GET /v1/keys/key_globex_1/services as acme: %s, want no services", services.Services)
+		}
+		resp, err := client.ListKeyServices(acme, &keytrailv1.ListKeyServicesRequest{KeyId: "key_globex_1"})
+		if err != nil || len(resp.GetServices()) != 0 {
+			t.Errorf("gRPC services of key_globex_1 as acme: %v, %v; want none", resp.GetServices(), err)
+		}
+		code, body := s.get(t, "/v1/keys/key_globex_1", nil, bearer(tokAcme))
+		wantREST(t, "GET /v1/keys/key_globex_1 as acme", code, body, http.StatusNotFound, codes.NotFound, `key "key_globex_1" is not known at`)
+		if strings.Contains(string(body), `\"globex\"`) {
+			t.Errorf("the answer names globex: %s", body)
+		}
+		_, err = client.GetKey(acme, &keytrailv1.GetKeyRequest{KeyId: "key_globex_1"})
+		wantGRPC(t, "gRPC GetKey key_globex_1 as acme", err, codes.NotFound, `key "key_globex_1" is not known at`)
 	})
 
 	t.Run("a rotation looks for keys in the reader's projects only, and names no other", func(t *testing.T) {

@@ -23,50 +23,53 @@ type queryService struct {
 	log    *slog.Logger
 }
 
+// ListKeyServices answers GET /v1/keys/{key_id}/services. A key is (project, key_id): the
+// rows are read from the projects the caller may read (or the one it names), in SQL, a row
+// per project and service, each naming its project; a key id in a project the caller may
+// not read is not seen at all.
 func (s *queryService) ListKeyServices(ctx context.Context, req *keytrailv1.ListKeyServicesRequest) (*keytrailv1.ListKeyServicesResponse, error) {
+	project, projects, err := readableProjects(ctx, req.GetProject())
+	if err != nil {
+		return nil, err
+	}
 	page, err := s.reader.KeyServices(ctx, chreader.UsageRequest{
-		Value: req.GetKeyId(), Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		Value: req.GetKeyId(), Project: project, Projects: projects,
+		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
 		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
 	})
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListKeyServices", err)
 	}
-	// A key belongs to one project; its rows say which.
-	for _, r := range page.Rows {
-		if err := mayRead(ctx, r.Project); err != nil {
-			return nil, err
-		}
-	}
 	return &keytrailv1.ListKeyServicesResponse{Services: usageRows(page.Rows), NextPageToken: page.NextPageToken}, nil
 }
 
+// ListServiceKeys answers GET /v1/services/{service}/keys: a service name can appear in
+// several projects; the rows are read from the projects the caller may read, a row per
+// project and key id.
 func (s *queryService) ListServiceKeys(ctx context.Context, req *keytrailv1.ListServiceKeysRequest) (*keytrailv1.ListServiceKeysResponse, error) {
+	project, projects, err := readableProjects(ctx, req.GetProject())
+	if err != nil {
+		return nil, err
+	}
 	page, err := s.reader.ServiceKeys(ctx, chreader.UsageRequest{
-		Value: req.GetService(), Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
+		Value: req.GetService(), Project: project, Projects: projects,
+		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
 		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
 	})
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListServiceKeys", err)
 	}
-	// A service name can appear in several projects: keep the rows the caller may read. A
-	// page may then hold fewer rows than page_size; next_page_token still continues it.
-	rows := page.Rows[:0]
-	for _, r := range page.Rows {
-		if caller(ctx).MayRead(r.Project) {
-			rows = append(rows, r)
-		}
-	}
-	return &keytrailv1.ListServiceKeysResponse{Keys: usageRows(rows), NextPageToken: page.NextPageToken}, nil
+	return &keytrailv1.ListServiceKeysResponse{Keys: usageRows(page.Rows), NextPageToken: page.NextPageToken}, nil
 }
 
 func (s *queryService) ListAuditEvents(ctx context.Context, req *keytrailv1.ListAuditEventsRequest) (*keytrailv1.ListAuditEventsResponse, error) {
-	project, allowed, err := scopedProject(ctx, req.GetProject(), false)
+	project, projects, err := readableProjects(ctx, req.GetProject())
 	if err != nil {
 		return nil, err
 	}
 	page, err := s.reader.AuditEvents(ctx, chreader.AuditRequest{
 		Filter: chreader.AuditFilter{
-			Project: project, KeyID: req.GetKeyId(), Actor: req.GetActor(), Action: event.ActionName(req.GetAction()),
+			Project: project, Projects: projects, KeyID: req.GetKeyId(), Actor: req.GetActor(), Action: event.ActionName(req.GetAction()),
 		},
 		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
 		PageSize: req.GetPageSize(), PageToken: req.GetPageToken(),
@@ -74,11 +77,9 @@ func (s *queryService) ListAuditEvents(ctx context.Context, req *keytrailv1.List
 	if err != nil {
 		return nil, s.toStatus(ctx, "ListAuditEvents", err)
 	}
-	resp := &keytrailv1.ListAuditEventsResponse{Events: make([]*keytrailv1.LifecycleEvent, 0, len(page.Events)), NextPageToken: page.NextPageToken}
-	for _, e := range page.Events {
-		if allowed == nil || allowed(e.Project) {
-			resp.Events = append(resp.Events, lifecycleEvent(e))
-		}
+	resp := &keytrailv1.ListAuditEventsResponse{Events: make([]*keytrailv1.LifecycleEvent, len(page.Events)), NextPageToken: page.NextPageToken}
+	for i, e := range page.Events {
+		resp.Events[i] = lifecycleEvent(e)
 	}
 	return resp, nil
 }

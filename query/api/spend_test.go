@@ -116,8 +116,10 @@ func TestSpend(t *testing.T) {
 	)
 	s := startSpendAPI(t, db, spendTime(t, "2026-03-02T12:00:00Z"))
 	ctx := context.Background()
+	// A key is (project, key_id): rows grouped by key name the key's project too.
+	keyProject := map[string]string{"key_a": "acme", "key_b": "acme", "key_c": "beta"}
 	key := func(k string) map[keytrailv1.SpendDimension]string {
-		return map[keytrailv1.SpendDimension]string{spendByKey: k}
+		return map[keytrailv1.SpendDimension]string{spendByKey: k, spendByProject: keyProject[k]}
 	}
 
 	t.Run("by key per day across a day boundary, range widened to whole days", func(t *testing.T) {
@@ -162,9 +164,9 @@ func TestSpend(t *testing.T) {
 			"start_time": {"2026-03-01T06:00:00Z"}, "end_time": {"2026-03-02T12:00:00Z"},
 		}, http.StatusOK, &got)
 		want := []row{
-			{"2026-03-01T00:00:00Z", "", "key_a", "", "", "2", "1500010", "1.500010"},
-			{"2026-03-01T00:00:00Z", "", "key_b", "", "", "2", "2000000", "2.000000"},
-			{"2026-03-02T00:00:00Z", "", "key_a", "", "", "2", "250001", "0.250001"},
+			{"2026-03-01T00:00:00Z", "acme", "key_a", "", "", "2", "1500010", "1.500010"},
+			{"2026-03-01T00:00:00Z", "acme", "key_b", "", "", "2", "2000000", "2.000000"},
+			{"2026-03-02T00:00:00Z", "acme", "key_a", "", "", "2", "250001", "0.250001"},
 		}
 		if len(got.Rows) != len(want) {
 			t.Fatalf("rows %+v, want %+v", got.Rows, want)
@@ -197,7 +199,7 @@ func TestSpend(t *testing.T) {
 	})
 
 	keyModel := func(k, m string) map[keytrailv1.SpendDimension]string {
-		return map[keytrailv1.SpendDimension]string{spendByKey: k, spendByModel: m}
+		return map[keytrailv1.SpendDimension]string{spendByKey: k, spendByProject: keyProject[k], spendByModel: m}
 	}
 	monthRows := []*keytrailv1.SpendRow{
 		spendRow(t, "2026-02-01T00:00:00Z", keyModel("key_c", "gpt-4o"), 1, 300, 30, 3_000_000, "3.000000"),

@@ -15,8 +15,10 @@ import (
 // AuditFilter narrows the lifecycle audit trail; empty fields match everything.
 type AuditFilter struct {
 	Project string
-	KeyID   string
-	Actor   string
+	// Projects, when not nil, keeps only these projects (the caller's readable ones).
+	Projects []string
+	KeyID    string
+	Actor    string
 	// Action is the stored action name ("rotated"), empty for all.
 	Action string
 }
@@ -43,6 +45,10 @@ func AuditEvents(f AuditFilter, r Range, after *auditCursor, limit int) Query {
 			where = append(where, c.column+" = ?")
 			args = append(args, c.value)
 		}
+	}
+	if f.Projects != nil {
+		where = append(where, "has(?, project)")
+		args = append(args, f.Projects)
 	}
 	if after != nil {
 		where = append(where, "(event_time_ms < ? OR (event_time_ms = ? AND event_id < ?))")
@@ -104,7 +110,7 @@ func (rd *Reader) AuditEvents(ctx context.Context, req AuditRequest) (AuditPage,
 		return AuditPage{}, err
 	}
 	f := req.Filter
-	filters := []string{"audit", f.Project, f.KeyID, f.Actor, f.Action, r.Start.Format(time.RFC3339Nano)}
+	filters := []string{"audit", f.Project, projectsStamp(f.Projects), f.KeyID, f.Actor, f.Action, r.Start.Format(time.RFC3339Nano)}
 	cursorFields, err := decodePageToken(req.PageToken, 2, filters...)
 	if err != nil {
 		return AuditPage{}, err
@@ -116,6 +122,9 @@ func (rd *Reader) AuditEvents(ctx context.Context, req AuditRequest) (AuditPage,
 			return AuditPage{}, &InvalidError{Field: "page_token", Reason: "is not a token this query issued"}
 		}
 		cursor = &auditCursor{TimeMs: ms, EventID: cursorFields[1]}
+	}
+	if f.Projects != nil && len(f.Projects) == 0 {
+		return AuditPage{}, nil
 	}
 	q := AuditEvents(f, r, cursor, limit+1)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)

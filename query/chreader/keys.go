@@ -1,10 +1,11 @@
 package chreader
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -42,30 +43,41 @@ func resolveKeyAt(at, now time.Time) (time.Time, error) {
 
 const lifecycleStateColumns = "event_id, event_time_ms, project, key_id, action, new_key_id, actor, expires_at, budget_amount_micros, budget_period, scopes"
 
-// KeyLifecycle is every lifecycle event concerning one key at or before at: its own events
-// and rotations of other keys naming it as new_key_id, in folding order. The lifecycle table
-// holds one row per key action, so reading a key's whole history is cheap.
-func KeyLifecycle(keyID string, at time.Time) Query {
+// KeyLifecycle is every lifecycle event concerning one key id at or before at, in every
+// project: its own events and rotations of other keys naming it as new_key_id, in folding
+// order. The lifecycle table holds one row per key action, so reading a key's whole history
+// is cheap.
+func KeyLifecycle(keyID string, at time.Time) Query { return KeyLifecycleIn(keyID, "", nil, at) }
+
+// KeyLifecycleIn is KeyLifecycle within a project (when project is set) and a set of projects
+// (when projects is not nil): the events of the keys (project, keyID) the caller may read.
+func KeyLifecycleIn(keyID, project string, projects []string, at time.Time) Query {
+	where := "(key_id = ? OR new_key_id = ?) AND event_time_ms <= ?"
+	args := []any{keyID, keyID, at.UnixMilli()}
+	filters, filterArgs := projectKeyFilters(project, projects, "")
+	for _, f := range filters {
+		where += " AND " + f
+	}
 	return Query{
-		SQL: "SELECT " + lifecycleStateColumns + "\nFROM lifecycle_events\nWHERE (key_id = ? OR new_key_id = ?) AND event_time_ms <= ?" +
-			"\nORDER BY event_time_ms, event_id",
-		Args: []any{keyID, keyID, at.UnixMilli()},
+		SQL:  "SELECT " + lifecycleStateColumns + "\nFROM lifecycle_events\nWHERE " + where + "\nORDER BY event_time_ms, event_id",
+		Args: append(args, filterArgs...),
 	}
 }
 
-// ProjectLifecycle is every lifecycle event of a project (of all projects when project is
-// empty) at or before at that concerns a key after afterKey, in folding order. A rotation
-// concerns both its keys, hence the new_key_id condition: without it a key after the cursor
-// would lose the rotation that introduced it.
-func ProjectLifecycle(project, afterKey string, at time.Time) Query {
+// ProjectLifecycle is every lifecycle event of a project (when project is set) and a set of
+// projects (when projects is not nil) at or before at that concerns a key id from afterKey
+// on, in folding order. A rotation concerns both its keys, hence the new_key_id condition:
+// without it a key after the cursor would lose the rotation that introduced it. The cursor
+// is a key (project, key_id), so the cursor's own key id is read too: the same key id in a
+// later project still belongs on the next page.
+func ProjectLifecycle(project string, projects []string, afterKey string, at time.Time) Query {
 	where := []string{"event_time_ms <= ?"}
 	args := []any{at.UnixMilli()}
-	if project != "" {
-		where = append(where, "project = ?")
-		args = append(args, project)
-	}
+	filters, filterArgs := projectKeyFilters(project, projects, "")
+	where = append(where, filters...)
+	args = append(args, filterArgs...)
 	if afterKey != "" {
-		where = append(where, "(key_id > ? OR new_key_id > ?)")
+		where = append(where, "(key_id >= ? OR new_key_id >= ?)")
 		args = append(args, afterKey, afterKey)
 	}
 	return Query{
@@ -77,8 +89,11 @@ func ProjectLifecycle(project, afterKey string, at time.Time) Query {
 // KeyUseFilter narrows a last-used query; empty fields match everything.
 type KeyUseFilter struct {
 	Project string
-	KeyID   string
-	// AfterKey keeps only keys after it (the page cursor).
+	// Projects, when not nil, keeps only these projects.
+	Projects []string
+	KeyID    string
+	// AfterKey keeps only key ids from it on (the page cursor's key id; its project is
+	// compared by the caller).
 	AfterKey string
 }
 
@@ -89,12 +104,11 @@ func (f KeyUseFilter) conditions() ([]string, []any) {
 		where = append(where, "key_id = ?")
 		args = append(args, f.KeyID)
 	}
-	if f.Project != "" {
-		where = append(where, "project = ?")
-		args = append(args, f.Project)
-	}
+	filters, filterArgs := projectKeyFilters(f.Project, f.Projects, "")
+	where = append(where, filters...)
+	args = append(args, filterArgs...)
 	if f.AfterKey != "" {
-		where = append(where, "key_id > ?")
+		where = append(where, "key_id >= ?")
 		args = append(args, f.AfterKey)
 	}
 	return where, args
@@ -106,11 +120,11 @@ func (f KeyUseFilter) conditions() ([]string, []any) {
 // (ingestion accepts up to an hour of skew).
 func KeyLastUsedNow(f KeyUseFilter) Query {
 	where, args := f.conditions()
-	sql := "SELECT key_id, service, any(project) AS key_project, maxMerge(last_seen_ms) AS last_used_ms\nFROM key_service_totals"
+	sql := "SELECT key_id, service, project, maxMerge(last_seen_ms) AS last_used_ms\nFROM key_service_totals"
 	if len(where) > 0 {
 		sql += "\nWHERE " + strings.Join(where, " AND ")
 	}
-	sql += "\nGROUP BY key_id, service\nORDER BY key_id, service"
+	sql += "\nGROUP BY key_id, project, service\nORDER BY key_id, project, service"
 	return Query{SQL: sql, Args: args}
 }
 
@@ -142,42 +156,46 @@ func KeyLastUsedIn(f KeyUseFilter, services []string, r Range) Query {
 	var parts []string
 	var args []any
 	if s.hasRollup() {
-		parts = append(parts, `    SELECT key_id, service, any(project) AS project_any, maxMerge(last_seen_ms) AS last_ms
+		parts = append(parts, `    SELECT key_id, service, project, maxMerge(last_seen_ms) AS last_ms
     FROM usage_key_minute
     WHERE minute >= toDateTime(?) AND minute < toDateTime(?)`+and+`
-    GROUP BY key_id, service`)
+    GROUP BY key_id, project, service`)
 		args = append(args, s.RollupFrom.Unix(), s.RollupTo.Unix())
 		args = append(args, whereArgs...)
 	}
 	if len(s.Edges) > 0 {
 		cond, condArgs := s.edgeCondition()
-		parts = append(parts, `    SELECT key_id, service, any(project) AS project_any, max(event_time_ms) AS last_ms
+		parts = append(parts, `    SELECT key_id, service, project, max(event_time_ms) AS last_ms
     FROM usage_events
     WHERE `+cond+and+`
-    GROUP BY key_id, service`)
+    GROUP BY key_id, project, service`)
 		args = append(args, condArgs...)
 		args = append(args, whereArgs...)
 	}
-	sql := `SELECT key_id, service, any(project_any) AS key_project, max(last_ms) AS last_used_ms
+	sql := `SELECT key_id, service, project, max(last_ms) AS last_used_ms
 FROM
 (
 ` + strings.Join(parts, "\n    UNION ALL\n") + `
 )
-GROUP BY key_id, service
-ORDER BY key_id, service`
+GROUP BY key_id, project, service
+ORDER BY key_id, project, service`
 	return Query{SQL: sql, Args: args}
 }
 
-// KeyServiceSpans is, per service, the first and last request with a key over all history,
-// from key_service_totals (one row per pair after merges).
-func KeyServiceSpans(keyID string) Query {
+// KeyServiceSpans is, per project and service, the first and last request with a key id over
+// all history, from key_service_totals (one row per pair after merges), within the filter's
+// projects.
+func KeyServiceSpans(f KeyUseFilter) Query {
+	where := []string{"key_id = ?"}
+	args := []any{f.KeyID}
+	filters, filterArgs := projectKeyFilters(f.Project, f.Projects, "")
 	return Query{
-		SQL: `SELECT service, any(project) AS key_project, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms
+		SQL: `SELECT project, service, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms
 FROM key_service_totals
-WHERE key_id = ?
-GROUP BY service
-ORDER BY service`,
-		Args: []any{keyID},
+WHERE ` + strings.Join(append(where, filters...), " AND ") + `
+GROUP BY project, service
+ORDER BY project, service`,
+		Args: append(args, filterArgs...),
 	}
 }
 
@@ -217,14 +235,30 @@ func (e *KeyNotFoundError) Error() string {
 // KeyRequest is the input of Key.
 type KeyRequest struct {
 	KeyID string
+	// Project, when set, is the key's project. Without it the key id is looked up in every
+	// project of Projects (every project when nil), and found in more than one it is
+	// ambiguous (an *InvalidError on project naming them).
+	Project string
+	// Projects, when not nil, are the projects the caller may read: a key elsewhere is not
+	// known to it.
+	Projects []string
 	// At is the instant to describe; zero means now.
 	At time.Time
+}
+
+// projectKey is a key: a key id is unique within its project only.
+type projectKey struct {
+	project, key string
 }
 
 // Key is the state of one key at an instant. A key with requests but no lifecycle event (as
 // of the instant) is returned with status KEY_STATUS_UNSPECIFIED: a key used but never
 // registered by a gateway is worth seeing, not hiding. A key with neither is a
 // *KeyNotFoundError.
+//
+// Every read is limited to the request's projects in SQL, so a key id that also exists in a
+// project the caller may not read is, for this caller, simply the key of its own project;
+// the error for an ambiguous key id names only projects the caller may read.
 func (rd *Reader) Key(ctx context.Context, req KeyRequest) (Key, error) {
 	if req.KeyID == "" {
 		return Key{}, &InvalidError{Field: "key_id", Reason: "is required"}
@@ -233,31 +267,56 @@ func (rd *Reader) Key(ctx context.Context, req KeyRequest) (Key, error) {
 	if err != nil {
 		return Key{}, err
 	}
-	events, err := rd.keyLifecycleEvents(ctx, KeyLifecycle(req.KeyID, at))
-	if err != nil {
-		return Key{}, err
-	}
-	uses, err := rd.keyLastUsed(ctx, KeyUseFilter{KeyID: req.KeyID}, at, req.At.IsZero())
-	if err != nil {
-		return Key{}, err
-	}
-	state, known := keystate.At(req.KeyID, events, at)
-	use, used := uses[req.KeyID]
-	if !known && !used {
+	if req.Projects != nil && len(req.Projects) == 0 {
 		return Key{}, &KeyNotFoundError{KeyID: req.KeyID, At: at}
 	}
-	if !known {
-		state = keystate.State{KeyID: req.KeyID, Project: use.project, AsOf: at}
+	events, err := rd.keyLifecycleEvents(ctx, KeyLifecycleIn(req.KeyID, req.Project, req.Projects, at))
+	if err != nil {
+		return Key{}, err
 	}
-	return joinUse(state, use), nil
+	uses, err := rd.keyLastUsed(ctx, KeyUseFilter{KeyID: req.KeyID, Project: req.Project, Projects: req.Projects}, at, req.At.IsZero())
+	if err != nil {
+		return Key{}, err
+	}
+	byProject := map[string][]keystate.Event{}
+	for _, e := range events {
+		byProject[e.Project] = append(byProject[e.Project], e)
+	}
+	found := map[string]Key{}
+	for project, evs := range byProject {
+		if state, known := keystate.At(req.KeyID, evs, at); known {
+			found[project] = joinUse(state, uses[projectKey{project, req.KeyID}])
+		}
+	}
+	for pk, use := range uses {
+		if _, ok := found[pk.project]; !ok && pk.key == req.KeyID {
+			found[pk.project] = joinUse(keystate.State{KeyID: req.KeyID, Project: pk.project, AsOf: at}, use)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return Key{}, &KeyNotFoundError{KeyID: req.KeyID, At: at}
+	case 1:
+		for _, k := range found {
+			return k, nil
+		}
+	}
+	projects := slices.Sorted(maps.Keys(found))
+	return Key{}, ambiguousKey(req.KeyID, projects)
+}
+
+// ambiguousKey is the error for a key id asked about without a project that exists in
+// several of the projects the caller may read (and only those are named).
+func ambiguousKey(keyID string, projects []string) error {
+	return &InvalidError{Field: "project", Reason: fmt.Sprintf("key %q exists in projects %s; pass one of them", keyID, strings.Join(projects, ", "))}
 }
 
 // KeysRequest is the input of Keys. Zero times mean "no filter", except At (zero is now).
 type KeysRequest struct {
 	Project string
-	// ProjectAllowed, when set, keeps only keys of the projects it accepts (the caller's
-	// read permissions). Applied with the other filters, so pages stay full.
-	ProjectAllowed func(project string) bool
+	// Projects, when not nil, keeps only keys of these projects (the caller's read
+	// permissions). Applied in SQL with the other filters, so pages stay full.
+	Projects []string
 	// Status KEY_STATUS_UNSPECIFIED means any status.
 	Status        keytrailv1.KeyStatus
 	ExpiresBefore time.Time
@@ -268,20 +327,21 @@ type KeysRequest struct {
 	PageToken     string
 }
 
-// KeysPage is one page of keys, ordered by key id.
+// KeysPage is one page of keys, ordered by key id, then project.
 type KeysPage struct {
 	Keys          []Key
 	NextPageToken string
 }
 
-// Keys lists key states at an instant, filtered, ordered by key id and keyset-paginated.
+// Keys lists key states at an instant, filtered, ordered by key id then project (a key is
+// (project, key_id): the same key id in two projects is two keys) and keyset-paginated.
 //
-// The states are folded in Go from every lifecycle event of the project (all projects when
-// none is given) for keys after the page cursor; the filters (status, expiry, use) are
-// applied after folding because status depends on time (a TTL passes without an event) and
-// cannot be expressed in SQL over the raw rows on 18.16 (no window functions). The lifecycle
-// table has one row per key action, so this is fine up to about 10^5 keys (~10^6 events,
-// tens of MB for one call); beyond that, narrow by project.
+// The states are folded in Go from every lifecycle event of the projects asked for (all
+// projects when none is given) for keys from the page cursor on; the filters (status, expiry,
+// use) are applied after folding because status depends on time (a TTL passes without an
+// event) and cannot be expressed in SQL over the raw rows on 18.16 (no window functions). The
+// lifecycle table has one row per key action, so this is fine up to about 10^5 keys (~10^6
+// events, tens of MB for one call); beyond that, narrow by project.
 //
 // Keys with requests but no lifecycle event are included with status
 // KEY_STATUS_UNSPECIFIED when no status filter is given: the inventory then shows keys in
@@ -302,15 +362,15 @@ func (rd *Reader) Keys(ctx context.Context, req KeysRequest) (KeysPage, error) {
 	if err != nil {
 		return KeysPage{}, err
 	}
-	filters := []string{"keys", req.Project, req.Status.String(), keyFilterStamp(req.ExpiresBefore), keyFilterStamp(req.UnusedSince), keyFilterStamp(req.UsedSince), keyFilterStamp(req.At)}
-	cursor, err := decodePageToken(req.PageToken, 2, filters...)
+	filters := []string{"keys", req.Project, projectsStamp(req.Projects), req.Status.String(), keyFilterStamp(req.ExpiresBefore), keyFilterStamp(req.UnusedSince), keyFilterStamp(req.UsedSince), keyFilterStamp(req.At)}
+	cursor, err := decodePageToken(req.PageToken, 3, filters...)
 	if err != nil {
 		return KeysPage{}, err
 	}
-	after := ""
+	var after projectKey
 	if cursor != nil {
-		after = cursor[0]
-		pinned, perr := time.Parse(time.RFC3339Nano, cursor[1])
+		after = projectKey{key: cursor[0], project: cursor[1]}
+		pinned, perr := time.Parse(time.RFC3339Nano, cursor[2])
 		if perr == nil {
 			pinned, perr = resolveKeyAt(pinned, rd.now())
 		}
@@ -319,49 +379,54 @@ func (rd *Reader) Keys(ctx context.Context, req KeysRequest) (KeysPage, error) {
 		}
 		at = pinned // equal to req.At when it was given: the fingerprint covers it
 	}
+	if req.Projects != nil && len(req.Projects) == 0 {
+		return KeysPage{}, nil
+	}
+	isAfter := func(pk projectKey) bool {
+		return cursor == nil || pk.key > after.key || (pk.key == after.key && pk.project > after.project)
+	}
 
-	events, err := rd.keyLifecycleEvents(ctx, ProjectLifecycle(req.Project, after, at))
+	events, err := rd.keyLifecycleEvents(ctx, ProjectLifecycle(req.Project, req.Projects, after.key, at))
 	if err != nil {
 		return KeysPage{}, err
 	}
-	uses, err := rd.keyLastUsed(ctx, KeyUseFilter{Project: req.Project, AfterKey: after}, at, req.At.IsZero())
+	uses, err := rd.keyLastUsed(ctx, KeyUseFilter{Project: req.Project, Projects: req.Projects, AfterKey: after.key}, at, req.At.IsZero())
 	if err != nil {
 		return KeysPage{}, err
 	}
-	keys := make(map[string]Key, len(uses))
+	keys := make(map[projectKey]Key, len(uses))
 	for _, s := range keystate.AllAt(events, at) {
-		if s.KeyID > after {
-			keys[s.KeyID] = joinUse(s, uses[s.KeyID])
+		if pk := (projectKey{s.Project, s.KeyID}); isAfter(pk) {
+			keys[pk] = joinUse(s, uses[pk])
 		}
 	}
-	for id, use := range uses {
-		if _, ok := keys[id]; !ok {
-			keys[id] = joinUse(keystate.State{KeyID: id, Project: use.project, AsOf: at}, use)
+	for pk, use := range uses {
+		if _, ok := keys[pk]; !ok && isAfter(pk) {
+			keys[pk] = joinUse(keystate.State{KeyID: pk.key, Project: pk.project, AsOf: at}, use)
 		}
 	}
-	ids := make([]string, 0, len(keys))
-	for id, k := range keys {
+	ids := make([]projectKey, 0, len(keys))
+	for pk, k := range keys {
 		if req.matches(k) {
-			ids = append(ids, id)
+			ids = append(ids, pk)
 		}
 	}
-	sort.Strings(ids)
+	slices.SortFunc(ids, func(a, b projectKey) int {
+		return cmp.Or(strings.Compare(a.key, b.key), strings.Compare(a.project, b.project))
+	})
 	var page KeysPage
-	for _, id := range ids {
+	for _, pk := range ids {
 		if len(page.Keys) == limit {
-			last := page.Keys[limit-1].KeyID
-			page.NextPageToken = encodePageToken([]string{last, at.Format(time.RFC3339Nano)}, filters...)
+			last := page.Keys[limit-1]
+			page.NextPageToken = encodePageToken([]string{last.KeyID, last.Project, at.Format(time.RFC3339Nano)}, filters...)
 			break
 		}
-		page.Keys = append(page.Keys, keys[id])
+		page.Keys = append(page.Keys, keys[pk])
 	}
 	return page, nil
 }
 
 func (req KeysRequest) matches(k Key) bool {
-	if req.ProjectAllowed != nil && !req.ProjectAllowed(k.Project) {
-		return false
-	}
 	if req.Status != keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED && k.Status != req.Status {
 		return false
 	}
@@ -386,7 +451,6 @@ func keyFilterStamp(t time.Time) string {
 
 // keyUse is the use of one key, as read from a last-used query.
 type keyUse struct {
-	project  string
 	last     time.Time
 	services []ServiceUse
 }
@@ -437,44 +501,47 @@ func (rd *Reader) keyLifecycleEvents(ctx context.Context, q Query) ([]keystate.E
 
 // keyLastUsed reads the last request per key x service: from the all-time rollup when the
 // caller asked about now, exactly as of at otherwise.
-func (rd *Reader) keyLastUsed(ctx context.Context, f KeyUseFilter, at time.Time, now bool) (map[string]keyUse, error) {
-	uses := map[string]keyUse{}
+func (rd *Reader) keyLastUsed(ctx context.Context, f KeyUseFilter, at time.Time, now bool) (map[projectKey]keyUse, error) {
+	uses := map[projectKey]keyUse{}
+	add := func(key, service, project string, lastMs int64) { addLastUse(uses, key, service, project, lastMs) }
 	if now {
-		return uses, rd.readLastUsed(ctx, KeyLastUsedNow(f), uses, nil)
+		return uses, rd.readLastUsed(ctx, KeyLastUsedNow(f), add)
 	}
-	if f.KeyID != "" && f.Project == "" && f.AfterKey == "" {
-		return uses, rd.oneKeyLastUsedAt(ctx, f.KeyID, at, uses)
+	if f.KeyID != "" && f.AfterKey == "" {
+		return uses, rd.oneKeyLastUsedAt(ctx, f, at, uses)
 	}
-	return uses, rd.readLastUsed(ctx, KeyLastUsedAt(f, at), uses, nil)
+	return uses, rd.readLastUsed(ctx, KeyLastUsedAt(f, at), add)
 }
 
-// oneKeyLastUsedAt is KeyLastUsedAt for one key, without reading its whole history. The
-// all-time spans settle most services at once: one last used at or before at is the answer,
-// one first used after at has none. The others were used both before and after at; their last
-// request before at is searched back from at in growing windows (lastUseSearch), each service
-// until a window holds one of its requests: the newest window with a request holds the last.
-func (rd *Reader) oneKeyLastUsedAt(ctx context.Context, keyID string, at time.Time, uses map[string]keyUse) error {
+// oneKeyLastUsedAt is KeyLastUsedAt for one key id (in the filter's projects), without
+// reading its whole history. The all-time spans settle most services at once: one last used
+// at or before at is the answer, one first used after at has none. The others were used both
+// before and after at; their last request before at is searched back from at in growing
+// windows (lastUseSearch), each (project, service) until a window holds one of its requests:
+// the newest window with a request holds the last.
+func (rd *Reader) oneKeyLastUsedAt(ctx context.Context, f KeyUseFilter, at time.Time, uses map[projectKey]keyUse) error {
 	atMs := at.UnixMilli()
-	q := KeyServiceSpans(keyID)
+	q := KeyServiceSpans(f)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return fmt.Errorf("query service spans: %w", err)
 	}
-	var open []string
+	type projectService struct{ project, service string }
+	open := map[projectService]bool{}
 	for rows.Next() {
 		var (
-			service, project string
+			project, service string
 			firstMs, lastMs  int64
 		)
-		if err := rows.Scan(&service, &project, &firstMs, &lastMs); err != nil {
+		if err := rows.Scan(&project, &service, &firstMs, &lastMs); err != nil {
 			rows.Close()
 			return fmt.Errorf("scan service spans: %w", err)
 		}
 		switch {
 		case lastMs <= atMs:
-			addLastUse(uses, keyID, service, project, lastMs)
+			addLastUse(uses, f.KeyID, service, project, lastMs)
 		case firstMs <= atMs:
-			open = append(open, service)
+			open[projectService{project, service}] = true
 		}
 	}
 	rows.Close()
@@ -495,34 +562,52 @@ func (rd *Reader) oneKeyLastUsedAt(ctx context.Context, keyID string, at time.Ti
 		if !start.Before(end) {
 			continue
 		}
-		found := map[string]bool{}
-		if err := rd.readLastUsed(ctx, KeyLastUsedIn(KeyUseFilter{KeyID: keyID}, open, Range{Start: start, End: end}), uses, found); err != nil {
+		var services []string
+		for ps := range open {
+			services = append(services, ps.service)
+		}
+		slices.Sort(services)
+		services = slices.Compact(services)
+		// A window can hold services settled already, or open in another project only:
+		// only the open (project, service) pairs take their answer from it.
+		var found []projectService
+		err := rd.readLastUsed(ctx, KeyLastUsedIn(KeyUseFilter{KeyID: f.KeyID, Project: f.Project, Projects: f.Projects}, services, Range{Start: start, End: end}),
+			func(key, service, project string, lastMs int64) {
+				if ps := (projectService{project, service}); open[ps] {
+					addLastUse(uses, key, service, project, lastMs)
+					found = append(found, ps)
+				}
+			})
+		if err != nil {
 			return err
 		}
-		open = slices.DeleteFunc(open, func(s string) bool { return found[s] })
+		for _, ps := range found {
+			delete(open, ps)
+		}
 		end = start
 	}
 	// Services in name order, as every last-used query returns them.
-	if u, ok := uses[keyID]; ok {
-		slices.SortFunc(u.services, func(a, b ServiceUse) int { return strings.Compare(a.Service, b.Service) })
+	for pk, u := range uses {
+		if pk.key == f.KeyID {
+			slices.SortFunc(u.services, func(a, b ServiceUse) int { return strings.Compare(a.Service, b.Service) })
+		}
 	}
 	return nil
 }
 
-func addLastUse(uses map[string]keyUse, key, service, project string, lastMs int64) {
+func addLastUse(uses map[projectKey]keyUse, key, service, project string, lastMs int64) {
 	last := time.UnixMilli(lastMs).UTC()
-	u := uses[key]
-	u.project = project
+	pk := projectKey{project, key}
+	u := uses[pk]
 	if last.After(u.last) {
 		u.last = last
 	}
 	u.services = append(u.services, ServiceUse{Service: service, LastUsedAt: last})
-	uses[key] = u
+	uses[pk] = u
 }
 
-// readLastUsed runs a last-used query into uses, marking each service read in found (when
-// not nil).
-func (rd *Reader) readLastUsed(ctx context.Context, q Query, uses map[string]keyUse, found map[string]bool) error {
+// readLastUsed runs a last-used query, passing each row to add.
+func (rd *Reader) readLastUsed(ctx context.Context, q Query, add func(key, service, project string, lastMs int64)) error {
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return fmt.Errorf("query last used: %w", err)
@@ -536,10 +621,7 @@ func (rd *Reader) readLastUsed(ctx context.Context, q Query, uses map[string]key
 		if err := rows.Scan(&key, &service, &project, &lastMs); err != nil {
 			return fmt.Errorf("scan last used: %w", err)
 		}
-		addLastUse(uses, key, service, project, lastMs)
-		if found != nil {
-			found[service] = true
-		}
+		add(key, service, project, lastMs)
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read last used: %w", err)

@@ -81,6 +81,15 @@ func floorSec(ms int64) int64 {
 	return ms / 1000
 }
 
+// projectsStamp is a set of projects in a page token's fingerprint: nil (no filter) and empty
+// (no project) differ.
+func projectsStamp(projects []string) string {
+	if projects == nil {
+		return "*"
+	}
+	return strings.Join(projects, "\x00")
+}
+
 // InvalidError is a problem with the caller's input; the API maps it to InvalidArgument.
 type InvalidError struct {
 	Field  string

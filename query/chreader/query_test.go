@@ -52,28 +52,30 @@ func TestSplitRange(t *testing.T) {
 	}
 }
 
+// A key is (project, key_id): rows are per project and service, filtered to the caller's
+// projects in SQL, and the cursor is (project, service).
 func TestKeyServicesSQL(t *testing.T) {
 	r := Range{Start: mustTime(t, "2026-11-01T10:00:30.5Z"), End: mustTime(t, "2026-11-01T10:05:10Z")}
-	got := KeyServices("key_a", r, "billing", 101)
-	wantSQL := `SELECT service, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
+	got := KeyServices(UsageFilter{Value: "key_a", Projects: []string{"acme", "beta"}}, r, &usageCursor{Project: "acme", Listed: "billing"}, 101)
+	wantSQL := `SELECT project, service, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
 FROM
 (
-    SELECT service, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
+    SELECT project, service, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
     FROM usage_key_minute
-    WHERE key_id = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND service > ?
-    GROUP BY service
+    WHERE key_id = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND has(?, project) AND (project > ? OR (project = ? AND service > ?))
+    GROUP BY project, service
     UNION ALL
-    SELECT service, any(project) AS project_any, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count, maxIf(event_time_ms, status_code < 400) AS success_ms
+    SELECT project, service, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count, maxIf(event_time_ms, status_code < 400) AS success_ms
     FROM usage_events
-    WHERE key_id = ? AND service > ? AND ((event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?) OR (event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?))
-    GROUP BY service
+    WHERE key_id = ? AND has(?, project) AND (project > ? OR (project = ? AND service > ?)) AND ((event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?) OR (event_time >= toDateTime(?) AND event_time <= toDateTime(?) AND event_time_ms >= ? AND event_time_ms < ?))
+    GROUP BY project, service
 )
-GROUP BY service
-ORDER BY service
+GROUP BY project, service
+ORDER BY project, service
 LIMIT ?`
 	wantArgs := []any{
-		"key_a", int64(1793527260), int64(1793527500), "billing",
-		"key_a", "billing",
+		"key_a", int64(1793527260), int64(1793527500), []string{"acme", "beta"}, "acme", "acme", "billing",
+		"key_a", []string{"acme", "beta"}, "acme", "acme", "billing",
 		int64(1793527230), int64(1793527260), int64(1793527230500), int64(1793527260000),
 		int64(1793527500), int64(1793527510), int64(1793527500000), int64(1793527510000),
 		101,
@@ -88,19 +90,19 @@ LIMIT ?`
 
 func TestServiceKeysSQLAlignedRangeReadsOnlyTheRollup(t *testing.T) {
 	r := Range{Start: mustTime(t, "2026-11-01T00:00:00Z"), End: mustTime(t, "2026-11-02T00:00:00Z")}
-	got := ServiceKeys("billing", r, "", 11)
-	wantSQL := `SELECT key_id, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
+	got := ServiceKeys(UsageFilter{Value: "billing"}, r, nil, 11)
+	wantSQL := `SELECT project, key_id, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
 FROM
 (
-    SELECT key_id, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
+    SELECT project, key_id, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
     FROM usage_by_service_minute
-    WHERE service = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND key_id > ?
-    GROUP BY key_id
+    WHERE service = ? AND minute >= toDateTime(?) AND minute < toDateTime(?)
+    GROUP BY project, key_id
 )
-GROUP BY key_id
-ORDER BY key_id
+GROUP BY project, key_id
+ORDER BY project, key_id
 LIMIT ?`
-	wantArgs := []any{"billing", int64(1793491200), int64(1793577600), "", 11}
+	wantArgs := []any{"billing", int64(1793491200), int64(1793577600), 11}
 	if got.SQL != wantSQL {
 		t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
 	}
@@ -111,7 +113,7 @@ LIMIT ?`
 
 func TestAuditEventsSQL(t *testing.T) {
 	r := Range{Start: mustTime(t, "2026-11-01T00:00:00Z"), End: mustTime(t, "2026-11-01T00:00:01.5Z")}
-	got := AuditEvents(AuditFilter{Project: "acme", Action: "rotated"}, r, &auditCursor{TimeMs: 1793491200900, EventID: "ev9"}, 51)
+	got := AuditEvents(AuditFilter{Project: "acme", Projects: []string{"acme", "beta"}, Action: "rotated"}, r, &auditCursor{TimeMs: 1793491200900, EventID: "ev9"}, 51)
 	wantSQL := `SELECT event_id, event_time_ms, project, key_id, action, new_key_id, actor, actor_type, reason, expires_at, budget_amount_micros, budget_period, scopes, attribute_keys, attribute_values, change_fields, change_before, change_after
 FROM lifecycle_events
 WHERE event_time >= toDateTime(?)
@@ -120,10 +122,11 @@ WHERE event_time >= toDateTime(?)
   AND event_time_ms < ?
   AND project = ?
   AND action = ?
+  AND has(?, project)
   AND (event_time_ms < ? OR (event_time_ms = ? AND event_id < ?))
 ORDER BY event_time_ms DESC, event_id DESC
 LIMIT ?`
-	wantArgs := []any{int64(1793491200), int64(1793491201), int64(1793491200000), int64(1793491201500), "acme", "rotated", int64(1793491200900), int64(1793491200900), "ev9", 51}
+	wantArgs := []any{int64(1793491200), int64(1793491201), int64(1793491200000), int64(1793491201500), "acme", "rotated", []string{"acme", "beta"}, int64(1793491200900), int64(1793491200900), "ev9", 51}
 	if got.SQL != wantSQL {
 		t.Errorf("SQL:\n%s\nwant:\n%s", got.SQL, wantSQL)
 	}
@@ -179,17 +182,17 @@ func TestChainQueriesSQL(t *testing.T) {
 }
 
 func TestUsageAllHistorySQL(t *testing.T) {
-	got := UsageAllHistory(true, "key_a", "billing", 101)
-	want := `SELECT service, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
+	got := UsageAllHistory(true, UsageFilter{Value: "key_a", Project: "acme"}, &usageCursor{Project: "acme", Listed: "billing"}, 101)
+	want := `SELECT project, service, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
 FROM key_service_totals
-WHERE key_id = ? AND service > ?
-GROUP BY service
-ORDER BY service
+WHERE key_id = ? AND project = ? AND (project > ? OR (project = ? AND service > ?))
+GROUP BY project, service
+ORDER BY project, service
 LIMIT ?`
-	if got.SQL != want || !reflect.DeepEqual(got.Args, []any{"key_a", "billing", 101}) {
+	if got.SQL != want || !reflect.DeepEqual(got.Args, []any{"key_a", "acme", "acme", "acme", "billing", 101}) {
 		t.Errorf("got\n%s\n%#v", got.SQL, got.Args)
 	}
-	if got := UsageAllHistory(false, "billing", "", 5); !strings.Contains(got.SQL, "WHERE service = ? AND key_id > ?\nGROUP BY key_id") {
+	if got := UsageAllHistory(false, UsageFilter{Value: "billing"}, nil, 5); !strings.Contains(got.SQL, "WHERE service = ?\nGROUP BY project, key_id") {
 		t.Errorf("keys of a service:\n%s", got.SQL)
 	}
 }

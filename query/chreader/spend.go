@@ -78,7 +78,7 @@ type SpendSpec struct {
 // spendCursor is the sort key of the last row of a page.
 type spendCursor struct {
 	Bucket time.Time
-	Values []string // one per dimension of the spec
+	Values []string // one per grouping column of the spec (SpendSpec.columns)
 }
 
 // source is the rollup that answers the spec and its time column: the daily one whenever
@@ -106,10 +106,16 @@ func (s SpendSpec) where() ([]string, []any) {
 	return where, args
 }
 
+// columns are the grouping columns. A key is (project, key_id): grouping by key groups by
+// its project too (right after key_id) unless project is a dimension already, so the same key
+// id in two projects is two rows, never one.
 func (s SpendSpec) columns() []string {
-	cols := make([]string, len(s.GroupBy))
-	for i, d := range s.GroupBy {
-		cols[i] = d.column
+	var cols []string
+	for _, d := range s.GroupBy {
+		cols = append(cols, d.column)
+		if d == DimensionKey && !slices.Contains(s.GroupBy, DimensionProject) {
+			cols = append(cols, DimensionProject.column)
+		}
 	}
 	return cols
 }
@@ -190,25 +196,25 @@ type SpendRequest struct {
 // SpendRow is the spend of one bucket and one combination of dimension values.
 type SpendRow struct {
 	Bucket time.Time
-	// Set for the dimensions grouped by, empty otherwise.
+	// Set for the dimensions grouped by, empty otherwise; Project is set with KeyID.
 	Project, KeyID, Service, Model string
 	Requests                       uint64
 	InputTokens, OutputTokens      uint64
 	CostMicros                     int64
 }
 
-func (r *SpendRow) field(d Dimension) *string {
-	switch d {
-	case DimensionKey:
+func (r *SpendRow) field(column string) *string {
+	switch column {
+	case DimensionKey.column:
 		return &r.KeyID
-	case DimensionService:
+	case DimensionService.column:
 		return &r.Service
-	case DimensionModel:
+	case DimensionModel.column:
 		return &r.Model
-	case DimensionProject:
+	case DimensionProject.column:
 		return &r.Project
 	}
-	panic("query: unknown dimension " + d.column)
+	panic("query: unknown spend column " + column)
 }
 
 // SpendPage is one page of a spend report with the totals of the whole report.
@@ -289,8 +295,9 @@ func (rd *Reader) Spend(ctx context.Context, req SpendRequest) (SpendPage, error
 		return SpendPage{}, err
 	}
 	filters := spendTokenFilters(req, spec)
-	// Cursor: bucket, one value per dimension, then the resolved range.
-	n := len(spec.GroupBy)
+	columns := spec.columns()
+	// Cursor: bucket, one value per grouping column, then the resolved range.
+	n := len(columns)
 	fields, err := decodePageToken(req.PageToken, n+3, filters...)
 	if err != nil {
 		return SpendPage{}, err
@@ -307,6 +314,19 @@ func (rd *Reader) Spend(ctx context.Context, req SpendRequest) (SpendPage, error
 		}
 		after = &spendCursor{Bucket: time.Unix(secs[0], 0).UTC(), Values: fields[1 : n+1]}
 		spec.Range = Range{Start: time.Unix(secs[1], 0).UTC(), End: time.Unix(secs[2], 0).UTC()}
+	}
+	if fields == nil && req.Filter.KeyID != "" && req.Filter.Project == "" {
+		// A key is (project, key_id): a key id known in several projects is several keys, whose
+		// spend is not to be added up. Checked on the first page (the token binds the rest).
+		// The API passes no project only for callers who read every project (others name one,
+		// or have only one), so every project is looked at.
+		projects, err := rd.keyProjects(ctx, KeyProjects(req.Filter.KeyID, nil))
+		if err != nil {
+			return SpendPage{}, err
+		}
+		if len(projects) > 1 {
+			return SpendPage{}, ambiguousKey(req.Filter.KeyID, projects)
+		}
 	}
 
 	// The totals first: QueryRow releases its connection before the page's rows hold one.
@@ -340,8 +360,8 @@ func (rd *Reader) Spend(ctx context.Context, req SpendRequest) (SpendPage, error
 		page.Rows = page.Rows[:limit]
 		last := page.Rows[limit-1]
 		cursor := []string{strconv.FormatInt(last.Bucket.Unix(), 10)}
-		for _, d := range spec.GroupBy {
-			cursor = append(cursor, *last.field(d))
+		for _, c := range columns {
+			cursor = append(cursor, *last.field(c))
 		}
 		cursor = append(cursor, strconv.FormatInt(spec.Range.Start.Unix(), 10), strconv.FormatInt(spec.Range.End.Unix(), 10))
 		page.NextPageToken = encodePageToken(cursor, filters...)
@@ -359,8 +379,8 @@ func (rd *Reader) readSpendRows(ctx context.Context, q Query, spec SpendSpec, pa
 	for rows.Next() {
 		var r SpendRow
 		dest := []any{&r.Bucket}
-		for _, d := range spec.GroupBy {
-			dest = append(dest, r.field(d))
+		for _, c := range spec.columns() {
+			dest = append(dest, r.field(c))
 		}
 		dest = append(dest, &r.Requests, &r.InputTokens, &r.OutputTokens, &r.CostMicros)
 		if err := rows.Scan(dest...); err != nil {
@@ -373,4 +393,25 @@ func (rd *Reader) readSpendRows(ctx context.Context, q Query, spec SpendSpec, pa
 		return fmt.Errorf("read spend: %w", err)
 	}
 	return nil
+}
+
+// keyProjects runs a KeyProjects query.
+func (rd *Reader) keyProjects(ctx context.Context, q Query) ([]string, error) {
+	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
+	if err != nil {
+		return nil, fmt.Errorf("query projects of a key: %w", err)
+	}
+	defer rows.Close()
+	var projects []string
+	for rows.Next() {
+		var p string
+		if err := rows.Scan(&p); err != nil {
+			return nil, fmt.Errorf("scan projects of a key: %w", err)
+		}
+		projects = append(projects, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read projects of a key: %w", err)
+	}
+	return projects, nil
 }

@@ -20,15 +20,16 @@ func TestSpendQuerySQL(t *testing.T) {
 		wantArgs []any
 	}{
 		{
+			// A key is (project, key_id): grouping by key groups by its project too.
 			name:  "by key per day, first page",
 			spec:  SpendSpec{GroupBy: []Dimension{DimensionKey}, Bucket: budget.Day, Range: day},
 			limit: 101,
-			wantSQL: `SELECT toStartOfDay(day, 'UTC') AS bucket, key_id, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+			wantSQL: `SELECT toStartOfDay(day, 'UTC') AS bucket, key_id, project, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
 FROM spend_daily
 WHERE day >= toDateTime(?)
   AND day < toDateTime(?)
-GROUP BY bucket, key_id
-ORDER BY bucket, key_id
+GROUP BY bucket, key_id, project
+ORDER BY bucket, key_id, project
 LIMIT ?`,
 			wantArgs: []any{int64(1772323200), int64(1772496000), 101},
 		},
@@ -39,9 +40,9 @@ LIMIT ?`,
 				Range:  Range{Start: mustTime(t, "2026-02-01T00:00:00Z"), End: mustTime(t, "2026-05-01T00:00:00Z")},
 				Filter: SpendFilter{Project: "acme", KeyID: "key_a", Service: "billing", Model: "gpt-4o"},
 			},
-			after: &spendCursor{Bucket: mustTime(t, "2026-03-01T00:00:00Z"), Values: []string{"key_a", "claude"}},
+			after: &spendCursor{Bucket: mustTime(t, "2026-03-01T00:00:00Z"), Values: []string{"key_a", "acme", "claude"}},
 			limit: 3,
-			wantSQL: `SELECT toDateTime(toStartOfMonth(day, 'UTC'), 'UTC') AS bucket, key_id, model, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+			wantSQL: `SELECT toDateTime(toStartOfMonth(day, 'UTC'), 'UTC') AS bucket, key_id, project, model, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
 FROM spend_daily
 WHERE day >= toDateTime(?)
   AND day < toDateTime(?)
@@ -49,12 +50,26 @@ WHERE day >= toDateTime(?)
   AND key_id = ?
   AND service = ?
   AND model = ?
-  AND (bucket > toDateTime(?) OR (bucket = toDateTime(?) AND (key_id > ? OR (key_id = ? AND model > ?))))
-GROUP BY bucket, key_id, model
-ORDER BY bucket, key_id, model
+  AND (bucket > toDateTime(?) OR (bucket = toDateTime(?) AND (key_id > ? OR (key_id = ? AND (project > ? OR (project = ? AND model > ?))))))
+GROUP BY bucket, key_id, project, model
+ORDER BY bucket, key_id, project, model
 LIMIT ?`,
 			wantArgs: []any{int64(1769904000), int64(1777593600), "acme", "key_a", "billing", "gpt-4o",
-				int64(1772323200), int64(1772323200), "key_a", "key_a", "claude", 3},
+				int64(1772323200), int64(1772323200), "key_a", "key_a", "acme", "acme", "claude", 3},
+		},
+		{
+			// Project as a dimension of its own: the key's project is not added twice.
+			name:  "by project and key",
+			spec:  SpendSpec{GroupBy: []Dimension{DimensionProject, DimensionKey}, Bucket: budget.Day, Range: day},
+			limit: 101,
+			wantSQL: `SELECT toStartOfDay(day, 'UTC') AS bucket, project, key_id, sum(requests) AS request_count, sum(total_input_tokens) AS input_tokens, sum(total_output_tokens) AS output_tokens, sum(total_cost_micros) AS cost_micros
+FROM spend_daily
+WHERE day >= toDateTime(?)
+  AND day < toDateTime(?)
+GROUP BY bucket, project, key_id
+ORDER BY bucket, project, key_id
+LIMIT ?`,
+			wantArgs: []any{int64(1772323200), int64(1772496000), 101},
 		},
 		{
 			name:  "by service per hour after a cursor",

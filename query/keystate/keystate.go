@@ -66,27 +66,35 @@ func At(keyID string, events []Event, at time.Time) (State, bool) {
 }
 
 // AllAt folds the events of many keys and returns the state at the instant at of every key
-// known then, ordered by key id.
+// known then, ordered by key id, then project. A key is (project, key id): the same key id in
+// two projects is two keys, each folded from its own project's events (a rotation belongs
+// to the project of its event, for both of its keys).
 func AllAt(events []Event, at time.Time) []State {
 	sorted := slices.Clone(events)
 	sort.SliceStable(sorted, func(i, j int) bool { return less(sorted[i], sorted[j]) })
-	byKey := map[string][]Event{}
+	type projectKey struct{ project, key string }
+	byKey := map[projectKey][]Event{}
 	for _, e := range sorted {
 		if e.Time.After(at) {
 			break
 		}
-		byKey[e.KeyID] = append(byKey[e.KeyID], e)
+		byKey[projectKey{e.Project, e.KeyID}] = append(byKey[projectKey{e.Project, e.KeyID}], e)
 		if e.Action == keytrailv1.Action_ACTION_ROTATED && e.NewKeyID != "" && e.NewKeyID != e.KeyID {
-			byKey[e.NewKeyID] = append(byKey[e.NewKeyID], e)
+			byKey[projectKey{e.Project, e.NewKeyID}] = append(byKey[projectKey{e.Project, e.NewKeyID}], e)
 		}
 	}
 	out := make([]State, 0, len(byKey))
-	for key, evs := range byKey {
-		if s, ok := fold(key, evs, at); ok {
+	for pk, evs := range byKey {
+		if s, ok := fold(pk.key, evs, at); ok {
 			out = append(out, s)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].KeyID < out[j].KeyID })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].KeyID != out[j].KeyID {
+			return out[i].KeyID < out[j].KeyID
+		}
+		return out[i].Project < out[j].Project
+	})
 	return out
 }
 

@@ -252,6 +252,28 @@ func TestAllAtOrdersByKeyAndSkipsUnknownKeys(t *testing.T) {
 	}
 }
 
+// A key is (project, key id): the same key id in two projects is two keys, each folded from
+// its own project's events (a rotation's new key belongs to the rotation's project).
+func TestAllAtKeepsProjectsApart(t *testing.T) {
+	inProject := func(project string) opt { return func(e *Event) { e.Project = project } }
+	events := []Event{
+		ev("a1", "key_x", created, 0),
+		ev("b1", "key_x", created, hour, inProject("beta"), actor("bob")),
+		ev("b2", "key_x", disable, 2*hour, inProject("beta"), actor("bob")),
+		ev("b3", "key_w", rotated, 3*hour, inProject("beta"), actor("bob"), newKey("key_x")),
+	}
+	got := AllAt(events, at(4*hour))
+	want := []State{
+		{KeyID: "key_w", Project: "beta", Status: active, ReplacedByKeyID: "key_x", LastEventAt: at(3 * hour), StatusSince: at(3 * hour), AsOf: at(4 * hour)},
+		{KeyID: "key_x", Project: "acme", Status: active, CreatedAt: t0, CreatedBy: "alice", StatusSince: t0, LastEventAt: t0, AsOf: at(4 * hour)},
+		{KeyID: "key_x", Project: "beta", Status: disabled, CreatedAt: at(hour), CreatedBy: "bob", ReplacesKeyID: "key_w",
+			StatusSince: at(2 * hour), LastEventAt: at(3 * hour), AsOf: at(4 * hour)},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got\n%s\nwant\n%s", show(got...), show(want...))
+	}
+}
+
 func show(states ...State) string {
 	out := ""
 	for _, s := range states {

@@ -353,9 +353,17 @@ func TestTLSAndClientCertificates(t *testing.T) {
 		if got := serviceKeysREST(t, code, body); !slices.Equal(got, acmeOnly) {
 			t.Errorf("REST as %s: %v, want %v", tlsKnownCN, got, acmeOnly)
 		}
-		code, body = e.get(t, c, "/v1/keys/key_globex/services", nil, nil)
+		code, body = e.get(t, c, "/v1/keys/key_globex/services", url.Values{"project": {"globex"}}, nil)
 		if code != http.StatusForbidden || !strings.Contains(body, `not allowed to read project \"globex\"`) {
 			t.Errorf("REST as %s, globex key: %d %s, want 403", tlsKnownCN, code, body)
+		}
+		// Without the project, another project's key id is no key of the caller's.
+		code, body = e.get(t, c, "/v1/keys/key_globex/services", nil, nil)
+		var none struct {
+			Services []json.RawMessage `json:"services"`
+		}
+		if code != http.StatusOK || json.Unmarshal([]byte(body), &none) != nil || len(none.Services) != 0 {
+			t.Errorf("REST as %s, globex key id without a project: %d %s, want 200 and no services", tlsKnownCN, code, body)
 		}
 		code, body = e.get(t, c, "/v1/spend", url.Values{"project": {"globex"}}, nil)
 		if code != http.StatusForbidden {
@@ -367,7 +375,7 @@ func TestTLSAndClientCertificates(t *testing.T) {
 		if got := serviceKeysGRPC(t, resp, err); !slices.Equal(got, acmeOnly) {
 			t.Errorf("gRPC as %s: %v, want %v", tlsKnownCN, got, acmeOnly)
 		}
-		_, err = client.ListKeyServices(ctx, &keytrailv1.ListKeyServicesRequest{KeyId: "key_globex"})
+		_, err = client.ListKeyServices(ctx, &keytrailv1.ListKeyServicesRequest{KeyId: "key_globex", Project: "globex"})
 		wantStatus(t, "gRPC as "+tlsKnownCN+", globex key", err, codes.PermissionDenied, `not allowed to read project "globex"`)
 		spend, err := client.GetSpend(ctx, &keytrailv1.GetSpendRequest{})
 		if err != nil || spend.GetTotalRequests() != 1 || spend.GetTotalCostMicros() != 100 {

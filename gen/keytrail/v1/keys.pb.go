@@ -298,7 +298,10 @@ type GetKeyRequest struct {
 	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	// The instant to describe; default now. At most 1 minute ahead of the server's clock,
 	// not before 2000-01-01.
-	At            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	At *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=at,proto3" json:"at,omitempty"`
+	// The key's project. Optional: needed only when the key id exists in several of the
+	// projects the caller may read (the answer is then InvalidArgument naming them).
+	Project       string `protobuf:"bytes,3,opt,name=project,proto3" json:"project,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -345,6 +348,13 @@ func (x *GetKeyRequest) GetAt() *timestamppb.Timestamp {
 		return x.At
 	}
 	return nil
+}
+
+func (x *GetKeyRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
 }
 
 type GetKeyResponse struct {
@@ -499,7 +509,7 @@ func (x *ListKeysRequest) GetPageToken() string {
 
 type ListKeysResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Ordered by key id.
+	// Ordered by key id, then project (a key id can exist in several projects).
 	Keys          []*KeyState `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
 	NextPageToken string      `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -579,11 +589,12 @@ const file_keytrail_v1_keys_proto_rawDesc = "" +
 	"\flast_used_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"lastUsedAt\x12M\n" +
 	"\x14last_used_by_service\x18\x0e \x03(\v2\x1c.keytrail.v1.ServiceLastUsedR\x11lastUsedByService\x12/\n" +
-	"\x05as_of\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\"^\n" +
+	"\x05as_of\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x04asOf\"\x82\x01\n" +
 	"\rGetKeyRequest\x12!\n" +
 	"\x06key_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x05keyId\x12*\n" +
-	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"9\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\"\n" +
+	"\aproject\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\aproject\"9\n" +
 	"\x0eGetKeyResponse\x12'\n" +
 	"\x03key\x18\x01 \x01(\v2\x15.keytrail.v1.KeyStateR\x03key\"\xaa\x03\n" +
 	"\x0fListKeysRequest\x12\"\n" +

@@ -138,8 +138,12 @@ type ListKeyServicesRequest struct {
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// At most 1000; 0 means the default of 100.
-	PageSize      int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The key's project. Optional: a key is (project, key_id), and a key id can exist in several
+	// projects; without project the answer holds a row per project and service, each naming its
+	// project, over the projects the caller may read.
+	Project       string `protobuf:"bytes,6,opt,name=project,proto3" json:"project,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -209,9 +213,16 @@ func (x *ListKeyServicesRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListKeyServicesRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
 type ListKeyServicesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Ordered by service name.
+	// Ordered by project, then service name.
 	Services []*KeyServiceUsage `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
 	// Empty when this is the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
@@ -264,12 +275,15 @@ func (x *ListKeyServicesResponse) GetNextPageToken() string {
 }
 
 type ListServiceKeysRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	PageSize      int32                  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string                 `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Service   string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	PageSize  int32                  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string                 `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Optional: only this project's keys. Without it, every project the caller may read; a row
+	// per project and key id, each naming its project.
+	Project       string `protobuf:"bytes,6,opt,name=project,proto3" json:"project,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -339,9 +353,16 @@ func (x *ListServiceKeysRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListServiceKeysRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
 type ListServiceKeysResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Ordered by key id.
+	// Ordered by project, then key id.
 	Keys          []*KeyServiceUsage `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
 	NextPageToken string             `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -830,7 +851,7 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\rrequest_count\x18\x06 \x01(\x03R\frequestCount\x12\x1f\n" +
 	"\verror_count\x18\a \x01(\x03R\n" +
 	"errorCount\x12=\n" +
-	"\flast_success\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\"\x89\x03\n" +
+	"\flast_success\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vlastSuccess\"\xad\x03\n" +
 	"\x16ListKeyServicesRequest\x12!\n" +
 	"\x06key_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x05keyId\x129\n" +
@@ -840,12 +861,13 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\tpage_size\x18\x04 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n" +
+	"page_token\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\x12\"\n" +
+	"\aproject\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\aproject:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n" +
 	"\n" +
 	"time_range\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"{\n" +
 	"\x17ListKeyServicesResponse\x128\n" +
 	"\bservices\x18\x01 \x03(\v2\x1c.keytrail.v1.KeyServiceUsageR\bservices\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x8c\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xb0\x03\n" +
 	"\x16ListServiceKeysRequest\x12$\n" +
 	"\aservice\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\aservice\x129\n" +
@@ -855,7 +877,8 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\tpage_size\x18\x04 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n" +
+	"page_token\x18\x05 \x01(\tB\b\xbaH\x05r\x03\x18\x80\bR\tpageToken\x12\"\n" +
+	"\aproject\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\aproject:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n" +
 	"\n" +
 	"time_range\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"s\n" +
 	"\x17ListServiceKeysResponse\x120\n" +

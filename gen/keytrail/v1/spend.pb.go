@@ -194,7 +194,9 @@ type GetSpendRequest struct {
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Optional filters.
-	Project       string `protobuf:"bytes,5,opt,name=project,proto3" json:"project,omitempty"`
+	Project string `protobuf:"bytes,5,opt,name=project,proto3" json:"project,omitempty"`
+	// A key is (project, key_id): without project, a key id known in several projects is
+	// InvalidArgument naming them (the totals would add up different keys).
 	KeyId         string `protobuf:"bytes,6,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	Service       string `protobuf:"bytes,7,opt,name=service,proto3" json:"service,omitempty"`
 	Model         string `protobuf:"bytes,8,opt,name=model,proto3" json:"model,omitempty"`
@@ -307,7 +309,8 @@ func (x *GetSpendRequest) GetPageToken() string {
 type SpendRow struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	BucketStart *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=bucket_start,json=bucketStart,proto3" json:"bucket_start,omitempty"`
-	// Set for the dimensions grouped by, empty otherwise.
+	// Set for the dimensions grouped by, empty otherwise. A key is (project, key_id): grouping
+	// by key sets project too.
 	Project      string `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
 	KeyId        string `protobuf:"bytes,3,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	Service      string `protobuf:"bytes,4,opt,name=service,proto3" json:"service,omitempty"`
@@ -425,7 +428,7 @@ func (x *SpendRow) GetCost() string {
 
 type GetSpendResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Ordered by bucket, then the dimensions.
+	// Ordered by bucket, then the dimensions (a key by key_id, then project).
 	Rows []*SpendRow `protobuf:"bytes,1,rep,name=rows,proto3" json:"rows,omitempty"`
 	// Sums over every row of the query (all pages).
 	TotalRequests   int64  `protobuf:"varint,2,opt,name=total_requests,json=totalRequests,proto3" json:"total_requests,omitempty"`
