@@ -279,10 +279,10 @@ func (h *harness) answers(conn driver.Conn, hs history) []answer {
 				return "/v1/keys/" + keyName(spreadKey(i, calls)) + "/services", nil
 			},
 			raw: func(ctx context.Context, i int) error {
-				return readAll(ctx, conn, `SELECT service, any(project), min(event_time_ms), max(event_time_ms), count(), countIf(status_code >= 400), maxIf(event_time_ms, status_code < 400)
-FROM usage_events WHERE key_id = ? GROUP BY service ORDER BY service LIMIT 101`, keyName(spreadKey(max(i, 0), calls)))
+				return readAll(ctx, conn, `SELECT project, service, min(event_time_ms), max(event_time_ms), count(), countIf(status_code >= 400), maxIf(event_time_ms, status_code < 400)
+FROM usage_events WHERE key_id = ? GROUP BY project, service ORDER BY project, service LIMIT 101`, keyName(spreadKey(max(i, 0), calls)))
 			},
-			rawNote: "raw: GROUP BY service over the key's rows of usage_events (its sort-key prefix)",
+			rawNote: "raw: GROUP BY project, service over the key's rows of usage_events (its sort-key prefix)",
 		},
 		{
 			name: "keys per service",
@@ -290,10 +290,10 @@ FROM usage_events WHERE key_id = ? GROUP BY service ORDER BY service LIMIT 101`,
 				return "/v1/services/" + serviceName(i*fleetServices/calls%fleetServices) + "/keys", nil
 			},
 			raw: func(ctx context.Context, i int) error {
-				return readAll(ctx, conn, `SELECT key_id, any(project), min(event_time_ms), max(event_time_ms), count(), countIf(status_code >= 400), maxIf(event_time_ms, status_code < 400)
-FROM usage_events WHERE service = ? GROUP BY key_id ORDER BY key_id LIMIT 101`, serviceName(max(i, 0)*fleetServices/calls%fleetServices))
+				return readAll(ctx, conn, `SELECT project, key_id, min(event_time_ms), max(event_time_ms), count(), countIf(status_code >= 400), maxIf(event_time_ms, status_code < 400)
+FROM usage_events WHERE service = ? GROUP BY project, key_id ORDER BY project, key_id LIMIT 101`, serviceName(max(i, 0)*fleetServices/calls%fleetServices))
 			},
-			rawNote: "raw: GROUP BY key_id over usage_events WHERE service = ? (a full scan of the column)",
+			rawNote: "raw: GROUP BY project, key_id over usage_events WHERE service = ? (a full scan of the column)",
 		},
 		{
 			name: "rotation status", p99Limit: 100,
@@ -351,8 +351,8 @@ GROUP BY bucket, key_id ORDER BY bucket, key_id LIMIT 101`, spendFrom.Unix(), sp
 				if err := readAll(ctx, conn, q.SQL, q.Args...); err != nil {
 					return err
 				}
-				return readAll(ctx, conn, `SELECT service, any(project), max(event_time_ms) FROM usage_events
-WHERE key_id = ? AND event_time <= toDateTime(?) AND event_time_ms <= ? GROUP BY service`, key, stateAt.Unix(), stateAt.UnixMilli())
+				return readAll(ctx, conn, `SELECT project, service, max(event_time_ms) FROM usage_events
+WHERE key_id = ? AND event_time <= toDateTime(?) AND event_time_ms <= ? GROUP BY project, service`, key, stateAt.Unix(), stateAt.UnixMilli())
 			},
 			rawNote: "raw: the key's lifecycle rows (the API reads the same) and last use per service from usage_events",
 		},
