@@ -199,6 +199,43 @@ func TestHandlersMapRequestsToTheReader(t *testing.T) {
 	})
 }
 
+// A key is (project, key_id): the per-key handlers hand the caller's projects to the reader,
+// which filters them in SQL, instead of checking the rows' projects afterwards.
+func TestPerKeyHandlersPassTheCallersProjects(t *testing.T) {
+	f := &fakeReader{key: chreader.Key{State: keystate.State{KeyID: "default", Project: "acme"}}}
+	srv, _ := startFake(t, f)
+	for _, c := range []struct {
+		name, token, project string
+		wantProject          string
+		wantProjects         []string
+	}{
+		{"admin", apitest.AdminToken, "", "", nil},
+		{"admin naming a project", apitest.AdminToken, "globex", "globex", nil},
+		{"reader of two", tokFakeAcmeGlobex, "", "", []string{"acme", "globex"}},
+		{"reader of two naming one", tokFakeAcmeGlobex, "acme", "acme", nil},
+	} {
+		params := url.Values{}
+		if c.project != "" {
+			params.Set("project", c.project)
+		}
+		fakeGet(t, srv, "/v1/keys/default/services", params, c.token, nil)
+		if want := (chreader.UsageRequest{Value: "default", Project: c.wantProject, Projects: c.wantProjects}); !reflect.DeepEqual(f.usageReq, want) {
+			t.Errorf("%s: services request %+v, want %+v", c.name, f.usageReq, want)
+		}
+		fakeGet(t, srv, "/v1/keys/default", params, c.token, nil)
+		if want := (chreader.KeyRequest{KeyID: "default", Project: c.wantProject, Projects: c.wantProjects}); !reflect.DeepEqual(f.keyReq, want) {
+			t.Errorf("%s: key request %+v, want %+v", c.name, f.keyReq, want)
+		}
+	}
+	// A project the caller may not read is refused before the reader is asked.
+	f.keyReq = chreader.KeyRequest{}
+	code, body := srv.Get(t, "/v1/keys/default", url.Values{"project": {"initech"}}, tokFakeAcmeGlobex)
+	wantREST(t, "key of initech as the acme+globex reader", code, body, http.StatusForbidden, codes.PermissionDenied, `not allowed to read project "initech"`)
+	if f.keyReq.KeyID != "" {
+		t.Errorf("the reader was asked %+v", f.keyReq)
+	}
+}
+
 func TestHandlersMapAnswersToProtos(t *testing.T) {
 	f := &fakeReader{}
 	srv, _ := startFake(t, f)
