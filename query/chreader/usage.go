@@ -113,41 +113,6 @@ LIMIT ?`, axis.listed, strings.Join(parts, "\n    UNION ALL\n"))
 	return Query{SQL: sql, Args: args}
 }
 
-// usageQuery is the services of a key merged across the projects that have the key id (one
-// row per service, any project named): what the rotation report reads today. Every usage
-// list reads usageQueryIn.
-func usageQuery(axis usageAxis, fixedValue string, r Range, after string, limit int) Query {
-	s := splitRange(r)
-	var parts []string
-	var args []any
-	if s.hasRollup() {
-		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, minMerge(first_seen_ms) AS first_ms, maxMerge(last_seen_ms) AS last_ms, countMerge(requests) AS request_count, sumMerge(errors) AS error_count, maxIfMerge(last_success_ms) AS success_ms
-    FROM %[3]s
-    WHERE %[1]s = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) AND %[2]s > ?
-    GROUP BY %[2]s`, axis.fixed, axis.listed, axis.rollup))
-		args = append(args, fixedValue, s.RollupFrom.Unix(), s.RollupTo.Unix(), after)
-	}
-	if len(s.Edges) > 0 {
-		cond, condArgs := s.edgeCondition()
-		parts = append(parts, fmt.Sprintf(`    SELECT %[2]s, any(project) AS project_any, min(event_time_ms) AS first_ms, max(event_time_ms) AS last_ms, count() AS request_count, countIf(status_code >= 400) AS error_count, maxIf(event_time_ms, status_code < 400) AS success_ms
-    FROM usage_events
-    WHERE %[1]s = ? AND %[2]s > ? AND %[3]s
-    GROUP BY %[2]s`, axis.fixed, axis.listed, cond))
-		args = append(args, fixedValue, after)
-		args = append(args, condArgs...)
-	}
-	sql := fmt.Sprintf(`SELECT %[1]s, any(project_any) AS project, min(first_ms) AS first_seen_ms, max(last_ms) AS last_seen_ms, sum(request_count) AS requests, sum(error_count) AS errors, max(success_ms) AS last_success_ms
-FROM
-(
-%[2]s
-)
-GROUP BY %[1]s
-ORDER BY %[1]s
-LIMIT ?`, axis.listed, strings.Join(parts, "\n    UNION ALL\n"))
-	args = append(args, limit)
-	return Query{SQL: sql, Args: args}
-}
-
 // UsageAllHistory answers a usage list over all history from the all-time totals table,
 // which holds one row per key x service after merges: the cheapest read there is. Used when
 // the caller gives no time range. The table is sorted by key, so the keys of a service
