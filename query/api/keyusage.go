@@ -12,20 +12,21 @@ import (
 
 // GetKeyUsage is a key's requests, errors and cost per service over time: the series the
 // console charts for a key and around a flagged anomaly bucket.
+// A key is (project, key_id): it is read from the projects the caller may read (or the one
+// it names), in SQL; a key id known in several of them without a project is InvalidArgument
+// naming those projects.
 func (s *queryService) GetKeyUsage(ctx context.Context, req *keytrailv1.GetKeyUsageRequest) (*keytrailv1.GetKeyUsageResponse, error) {
+	project, projects, err := readableProjects(ctx, req.GetProject())
+	if err != nil {
+		return nil, err
+	}
 	rep, err := s.reader.KeyUsage(ctx, chreader.KeyUsageRequest{
-		KeyID: req.GetKeyId(), Service: req.GetService(),
+		KeyID: req.GetKeyId(), Project: project, Projects: projects, Service: req.GetService(),
 		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
 		Bucket: req.GetBucket().AsDuration(),
 	})
 	if err != nil {
 		return nil, s.toStatus(ctx, "GetKeyUsage", err)
-	}
-	// A key belongs to one project; its rows say which.
-	for _, project := range rep.Projects {
-		if err := mayRead(ctx, project); err != nil {
-			return nil, err
-		}
 	}
 	resp := &keytrailv1.GetKeyUsageResponse{KeyId: rep.KeyID, Bucket: durationpb.New(rep.Bucket)}
 	if len(rep.Projects) > 0 {

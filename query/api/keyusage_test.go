@@ -131,9 +131,18 @@ func TestGetKeyUsage(t *testing.T) {
 	})
 
 	t.Run("other project's reader", func(t *testing.T) {
-		code, _, body := get(t, "key_k", window, "ktk_other_reader")
+		// Naming the key's project is refused; without it, acme's key id is no key of the
+		// reader's (an unknown key's answer, naming no project).
+		inAcme := url.Values{"project": {"acme"}}
+		for k, v := range window {
+			inAcme[k] = v
+		}
+		code, _, body := get(t, "key_k", inAcme, "ktk_other_reader")
 		if code != http.StatusForbidden || !strings.Contains(body, `not allowed to read project \"acme\"`) {
 			t.Errorf("reader of other on an acme key: %d %s", code, body)
+		}
+		if code, a, body := get(t, "key_k", window, "ktk_other_reader"); code != http.StatusOK || a.Project != "" || len(a.Series) != 0 {
+			t.Errorf("reader of other on an acme key id without a project: %d %s", code, body)
 		}
 		if code, a, body := get(t, "key_z", window, "ktk_other_reader"); code != http.StatusOK || len(a.Series) != 1 {
 			t.Errorf("reader of other on its own key: %d %s", code, body)

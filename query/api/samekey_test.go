@@ -332,6 +332,41 @@ func TestSameKeyIDInSeveralProjects(t *testing.T) {
 		})
 	})
 
+	// GET /v1/keys/default/usage: one key's series over time, like its state.
+	t.Run("key usage", func(t *testing.T) {
+		hour := &keytrailv1.GetKeyUsageRequest{KeyId: "default", StartTime: skTS(skAt("11:00:00")), EndTime: skTS(skNow), Bucket: durationpb.New(time.Hour)}
+		series := func(project string, s ...*keytrailv1.UsageSeries) *keytrailv1.GetKeyUsageResponse {
+			return &keytrailv1.GetKeyUsageResponse{KeyId: "default", Project: project, Bucket: durationpb.New(time.Hour),
+				BucketStarts: []*timestamppb.Timestamp{skTS(skAt("11:00:00"))}, Series: s}
+		}
+		alpha := series("alpha", &keytrailv1.UsageSeries{Service: "billing", Requests: []int64{60}, Errors: []int64{0}, CostMicros: []int64{60_000}})
+		beta := series("beta",
+			&keytrailv1.UsageSeries{Service: "billing", Requests: []int64{80}, Errors: []int64{0}, CostMicros: []int64{80_000}},
+			&keytrailv1.UsageSeries{Service: "reports", Requests: []int64{1}, Errors: []int64{1}, CostMicros: []int64{1000}})
+		for _, c := range []struct {
+			name, token string
+			want        *keytrailv1.GetKeyUsageResponse
+			wantErr     string
+		}{
+			{"admin", apitest.AdminToken, nil, `project: key "default" exists in projects alpha, beta, gamma; pass one of them`},
+			{"auditor", tokSKAuditor, nil, `project: key "default" exists in projects alpha, beta, gamma; pass one of them`},
+			{"alpha reader", tokSKAlpha, alpha, ""},
+			{"beta reader", tokSKBeta, beta, ""},
+			{"alpha+beta reader", tokSKAlphaBeta, nil, `project: key "default" exists in projects alpha, beta; pass one of them`},
+		} {
+			resp, err := s.Client.GetKeyUsage(skAs(c.token), hour)
+			if c.wantErr != "" {
+				wantGRPC(t, "usage of default as "+c.name, err, codes.InvalidArgument, c.wantErr)
+				continue
+			}
+			skWant(t, "usage of default as "+c.name, resp, err, c.want)
+		}
+		inBeta := proto.Clone(hour).(*keytrailv1.GetKeyUsageRequest)
+		inBeta.Project = "beta"
+		resp, err := s.Client.GetKeyUsage(skAs(tokSKAlphaBeta), inBeta)
+		skWant(t, "usage of beta/default as the alpha+beta reader", resp, err, beta)
+	})
+
 	// GET /v1/keys: a key per project, ordered by key id then project.
 	t.Run("key list", func(t *testing.T) {
 		want := map[string][]*keytrailv1.KeyState{

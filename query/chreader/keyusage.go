@@ -29,6 +29,12 @@ var defaultUsageSeriesWidths = []time.Duration{5 * time.Minute, 15 * time.Minute
 // KeyUsageRequest asks for one key's usage per service over time.
 type KeyUsageRequest struct {
 	KeyID string
+	// Project, when set, is the key's project. Without it the key id is looked up in every
+	// project of Projects (every project when nil); known in more than one it is ambiguous
+	// (an *InvalidError on project naming them).
+	Project string
+	// Projects, when not nil, are the projects the caller may read.
+	Projects []string
 	// Service keeps one service; "" keeps every service.
 	Service string
 	// Start defaults to End - DefaultUsageSeriesWindow, End to now.
@@ -48,8 +54,8 @@ type UsageSeries struct {
 // KeyUsageReport is a key's usage per service in buckets of Bucket from From to To.
 type KeyUsageReport struct {
 	KeyID string
-	// Projects are the projects the key's rows carry (one for a well-behaved gateway fleet);
-	// the API checks the caller may read every one.
+	// Projects are the projects the key's rows carry: at most one, the key's, read within
+	// the request's projects.
 	Projects []string
 	Bucket   time.Duration
 	From, To time.Time
@@ -66,8 +72,9 @@ func (r KeyUsageReport) BucketStarts() []time.Time {
 }
 
 // KeyUsageSeries sums a key's 5-minute cells into buckets of width, numbered from from, per
-// project and service. service "" keeps every service.
-func KeyUsageSeries(keyID, service string, from, to time.Time, width time.Duration) Query {
+// project and service, within a project (when set) and a set of projects (when not nil).
+// service "" keeps every service.
+func KeyUsageSeries(keyID, service, project string, projects []string, from, to time.Time, width time.Duration) Query {
 	sql := `SELECT intDiv(toUInt32(bucket) - ?, ?) AS n, project, service, sum(requests) AS request_count, sum(errors) AS error_count, sum(total_cost_micros) AS cost
 FROM usage_key_5min
 WHERE key_id = ? AND bucket >= toDateTime(?) AND bucket < toDateTime(?)`
@@ -76,6 +83,11 @@ WHERE key_id = ? AND bucket >= toDateTime(?) AND bucket < toDateTime(?)`
 		sql += " AND service = ?"
 		args = append(args, service)
 	}
+	filters, filterArgs := projectKeyFilters(project, projects, "")
+	for _, f := range filters {
+		sql += " AND " + f
+	}
+	args = append(args, filterArgs...)
 	sql += `
 GROUP BY n, project, service
 ORDER BY service, n`
@@ -134,15 +146,28 @@ func bucketCount(start, end time.Time, width time.Duration) int64 {
 }
 
 // KeyUsage reads a key's usage series, one per service, dense (zeros where a service had no
-// request in a bucket).
+// request in a bucket). A key is (project, key_id): the series are one project's, read within
+// the request's projects; a key id no project of the request knows has no series.
 func (rd *Reader) KeyUsage(ctx context.Context, req KeyUsageRequest) (KeyUsageReport, error) {
 	from, to, width, err := usageSeriesWindow(req, rd.now())
 	if err != nil {
 		return KeyUsageReport{}, err
 	}
 	rep := KeyUsageReport{KeyID: req.KeyID, Bucket: width, From: from, To: to}
+	if req.Projects != nil && len(req.Projects) == 0 {
+		return rep, nil
+	}
+	if req.Project == "" {
+		projects, err := rd.keyProjects(ctx, KeyProjects(req.KeyID, req.Projects))
+		if err != nil {
+			return KeyUsageReport{}, err
+		}
+		if len(projects) > 1 {
+			return KeyUsageReport{}, ambiguousKey(req.KeyID, projects)
+		}
+	}
 	n := int(to.Sub(from) / width)
-	q := KeyUsageSeries(req.KeyID, req.Service, from, to, width)
+	q := KeyUsageSeries(req.KeyID, req.Service, req.Project, req.Projects, from, to, width)
 	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
 	if err != nil {
 		return KeyUsageReport{}, fmt.Errorf("query key usage series: %w", err)
@@ -166,8 +191,7 @@ func (rd *Reader) KeyUsage(ctx context.Context, req KeyUsageRequest) (KeyUsageRe
 		if bucket < 0 || int(bucket) >= n {
 			continue // cannot happen with the WHERE above; never index past the series
 		}
-		// Rows come ordered by service: a new service starts a new series. Two projects'
-		// rows of one service add up into it.
+		// Rows come ordered by service: a new service starts a new series.
 		if len(rep.Series) == 0 || rep.Series[len(rep.Series)-1].Service != service {
 			rep.Series = append(rep.Series, UsageSeries{Service: service, Requests: make([]uint64, n), Errors: make([]uint64, n), CostMicros: make([]int64, n)})
 		}

@@ -11,6 +11,8 @@ func TestKeyUsageSeriesSQL(t *testing.T) {
 	from := mustTime(t, "2026-11-01T10:00:00Z")
 	for _, tc := range []struct {
 		service  string
+		project  string
+		projects []string
 		wantSQL  string
 		wantArgs []any
 	}{
@@ -32,8 +34,18 @@ GROUP BY n, project, service
 ORDER BY service, n`,
 			wantArgs: []any{int64(1793527200), int64(900), "key_a", int64(1793527200), int64(1793534400), "billing"},
 		},
+		{
+			// A key is (project, key_id): within the project asked for and the caller's.
+			project: "acme", projects: []string{"acme", "beta"},
+			wantSQL: `SELECT intDiv(toUInt32(bucket) - ?, ?) AS n, project, service, sum(requests) AS request_count, sum(errors) AS error_count, sum(total_cost_micros) AS cost
+FROM usage_key_5min
+WHERE key_id = ? AND bucket >= toDateTime(?) AND bucket < toDateTime(?) AND project = ? AND has(?, project)
+GROUP BY n, project, service
+ORDER BY service, n`,
+			wantArgs: []any{int64(1793527200), int64(900), "key_a", int64(1793527200), int64(1793534400), "acme", []string{"acme", "beta"}},
+		},
 	} {
-		got := KeyUsageSeries("key_a", tc.service, from, from.Add(2*time.Hour), 15*time.Minute)
+		got := KeyUsageSeries("key_a", tc.service, tc.project, tc.projects, from, from.Add(2*time.Hour), 15*time.Minute)
 		if got.SQL != tc.wantSQL || !reflect.DeepEqual(got.Args, tc.wantArgs) {
 			t.Errorf("service %q: got\n%s\n%#v", tc.service, got.SQL, got.Args)
 		}

@@ -661,16 +661,18 @@ func TestConsoleInBrowser(t *testing.T) {
 		if want := shown(int64(len(keys.Keys))) + " keys"; !strings.HasPrefix(counts, want) {
 			t.Errorf("reader's search counts %q, want %q first", counts, want)
 		}
+		// A key is (project, key_id): another project's key id is, for this reader, no key at
+		// all. The API answers as for a key id that does not exist, naming no project.
 		b.open(base, "/key/"+story.SpikeKey)
-		denied := poll[string](b, "the 403", `(() => { const e = document.querySelector('[data-test=error][data-kind=forbidden]'); return e && e.innerText; })()`)
-		if !strings.Contains(denied, "403") {
-			t.Errorf("another project's key: error %q, want the 403 named", denied)
+		unknown := poll[string](b, "the 404", `(() => { const e = document.querySelector('[data-test=error][data-kind=notfound]'); return e && e.innerText; })()`)
+		if !strings.Contains(unknown, "404") || strings.Contains(unknown, `"globex"`) {
+			t.Errorf("another project's key: error %q, want the 404 named and no other project", unknown)
 		}
-		// Nothing else of the key is drawn: its lists would read as empty, not as refused.
+		// Nothing else of the key is drawn: its lists would read as empty, not as unknown.
 		if sections := poll[int](b, "the key page's sections", `document.querySelectorAll('main section').length`); sections != 1 {
-			t.Errorf("another project's key shows %d sections, want only the refused state", sections)
+			t.Errorf("another project's key shows %d sections, want only the unknown key", sections)
 		}
-		b.shot("forbidden")
+		b.shot("not-found")
 	})
 
 	t.Run("server down", func(t *testing.T) {

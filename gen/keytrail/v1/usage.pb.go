@@ -36,7 +36,10 @@ type GetKeyUsageRequest struct {
 	// Bucket width: a whole number of 5 minutes, at most 1 day. Default: the smallest of
 	// 5m, 15m, 1h, 6h and 1d that cuts the range into at most 300 buckets. At most 2000
 	// buckets per answer.
-	Bucket        *durationpb.Duration `protobuf:"bytes,5,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	Bucket *durationpb.Duration `protobuf:"bytes,5,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	// The key's project. Optional: a key is (project, key_id); without it, a key id known in
+	// several of the projects the caller may read is InvalidArgument naming them.
+	Project       string `protobuf:"bytes,6,opt,name=project,proto3" json:"project,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -104,6 +107,13 @@ func (x *GetKeyUsageRequest) GetBucket() *durationpb.Duration {
 		return x.Bucket
 	}
 	return nil
+}
+
+func (x *GetKeyUsageRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
 }
 
 // UsageSeries is one service's use of the key, one value per bucket of the answer.
@@ -261,7 +271,7 @@ var File_keytrail_v1_usage_proto protoreflect.FileDescriptor
 
 const file_keytrail_v1_usage_proto_rawDesc = "" +
 	"\n" +
-	"\x17keytrail/v1/usage.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x03\n" +
+	"\x17keytrail/v1/usage.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x03\n" +
 	"\x12GetKeyUsageRequest\x12!\n" +
 	"\x06key_id\x18\x01 \x01(\tB\n" +
 	"\xbaH\ar\x05\x10\x01\x18\x80\x02R\x05keyId\x12\"\n" +
@@ -269,7 +279,8 @@ const file_keytrail_v1_usage_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12A\n" +
-	"\x06bucket\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\x0e\xbaH\v\xaa\x01\b\"\x04\b\x80\xa3\x052\x00R\x06bucket:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n" +
+	"\x06bucket\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\x0e\xbaH\v\xaa\x01\b\"\x04\b\x80\xa3\x052\x00R\x06bucket\x12\"\n" +
+	"\aproject\x18\x06 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\aproject:\x87\x01\xbaH\x83\x01\x1a\x80\x01\n" +
 	"\n" +
 	"time_range\x12!end_time must be after start_time\x1aO!has(this.start_time) || !has(this.end_time) || this.end_time > this.start_time\"|\n" +
 	"\vUsageSeries\x12\x18\n" +
