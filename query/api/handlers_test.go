@@ -144,6 +144,7 @@ func fakeGet(t *testing.T, srv *apitest.Server, path string, params url.Values, 
 }
 
 func TestHandlersMapRequestsToTheReader(t *testing.T) {
+	t.Parallel()
 	f := &fakeReader{}
 	srv, _ := startFake(t, f)
 	start, end := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
@@ -202,6 +203,7 @@ func TestHandlersMapRequestsToTheReader(t *testing.T) {
 // A key is (project, key_id): the per-key handlers hand the caller's projects to the reader,
 // which filters them in SQL, instead of checking the rows' projects afterwards.
 func TestPerKeyHandlersPassTheCallersProjects(t *testing.T) {
+	t.Parallel()
 	f := &fakeReader{key: chreader.Key{State: keystate.State{KeyID: "default", Project: "acme"}}}
 	srv, _ := startFake(t, f)
 	for _, c := range []struct {
@@ -237,6 +239,7 @@ func TestPerKeyHandlersPassTheCallersProjects(t *testing.T) {
 }
 
 func TestHandlersMapAnswersToProtos(t *testing.T) {
+	t.Parallel()
 	f := &fakeReader{}
 	srv, _ := startFake(t, f)
 	ctx := context.Background()
@@ -317,6 +320,7 @@ func TestHandlersMapAnswersToProtos(t *testing.T) {
 }
 
 func TestHandlerErrorsMapToStatuses(t *testing.T) {
+	t.Parallel()
 	f := &fakeReader{}
 	srv, log := startFake(t, f)
 	notFoundAt := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)

@@ -144,6 +144,7 @@ func skWant[M proto.Message](t *testing.T, what string, got M, err error, want M
 }
 
 func TestSameKeyIDInSeveralProjects(t *testing.T) {
+	t.Parallel()
 	s := startSameKeyAPI(t)
 
 	usage := func(project, service string, first, last, success time.Time, requests, errors int64) *keytrailv1.KeyServiceUsage {
