@@ -1,11 +1,16 @@
 package event
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"math"
 	"regexp"
+	"sort"
 	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
@@ -46,15 +51,26 @@ func LooksLikeSecret(v string) bool {
 	if len(v) < 16 {
 		return false
 	}
+	if hasSecretMarker(v) && knownSecretShapes.MatchString(v) {
+		return true
+	}
+	found := false
+	forEachEntropyToken(v, func(int, int) bool { found = true; return false })
+	return found
+}
+
+func hasSecretMarker(v string) bool {
 	for _, m := range secretMarkers {
 		if strings.Contains(v, m) {
-			if knownSecretShapes.MatchString(v) {
-				return true
-			}
-			break
+			return true
 		}
 	}
-	// Long random-looking tokens: find runs of token characters of 32 or more.
+	return false
+}
+
+// forEachEntropyToken calls fn with the bounds of each run of token characters of 32 or
+// more that looks random; fn returns false to stop.
+func forEachEntropyToken(v string, fn func(start, end int) bool) {
 	start := -1
 	for i := 0; i <= len(v); i++ {
 		if i < len(v) && isTokenByte(v[i]) {
@@ -63,12 +79,176 @@ func LooksLikeSecret(v string) bool {
 			}
 			continue
 		}
-		if start >= 0 && i-start >= 32 && highEntropyToken(v[start:i]) {
-			return true
+		if start >= 0 && i-start >= 32 && highEntropyToken(v[start:i]) && !fn(start, i) {
+			return
 		}
 		start = -1
 	}
-	return false
+}
+
+// secretSpans returns the byte ranges of v holding secret-shaped tokens, in order and not
+// overlapping. It is LooksLikeSecret's detector, located: v has a span exactly when
+// LooksLikeSecret(v).
+func secretSpans(v string) [][2]int {
+	if len(v) < 16 {
+		return nil
+	}
+	var spans [][2]int
+	if hasSecretMarker(v) {
+		for _, m := range knownSecretShapes.FindAllStringIndex(v, -1) {
+			spans = append(spans, [2]int{m[0], m[1]})
+		}
+	}
+	forEachEntropyToken(v, func(start, end int) bool {
+		spans = append(spans, [2]int{start, end})
+		return true
+	})
+	if len(spans) < 2 {
+		return spans
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i][0] < spans[j][0] })
+	merged := spans[:1]
+	for _, s := range spans[1:] {
+		last := &merged[len(merged)-1]
+		if s[0] < last[1] {
+			last[1] = max(last[1], s[1])
+			continue
+		}
+		merged = append(merged, s)
+	}
+	return merged
+}
+
+// RedactText replaces every secret-shaped token inside free text (an error detail, a header
+// value, a log field) by its fingerprint and returns the result and how many it replaced.
+// Unlike the field redaction of events, the text around a token is kept: it is what tells
+// an operator which field was at fault.
+func RedactText(v string) (string, int) {
+	spans := secretSpans(v)
+	if len(spans) == 0 {
+		return v, 0
+	}
+	var b strings.Builder
+	prev := 0
+	for _, s := range spans {
+		b.WriteString(v[prev:s[0]])
+		b.WriteString(Fingerprint(v[s[0]:s[1]]))
+		prev = s[1]
+	}
+	b.WriteString(v[prev:])
+	return b.String(), len(spans)
+}
+
+// RedactSubject redacts a NATS subject token by token, so that its structure survives: a
+// secret-shaped project token becomes Fingerprint(token), the value RedactUsage gives the
+// event's project, and a replay to the redacted subject still matches the redacted event.
+func RedactSubject(subject string) (string, int) {
+	if len(subject) < 16 {
+		return subject, 0
+	}
+	tokens := strings.Split(subject, ".")
+	n := 0
+	for i, t := range tokens {
+		if LooksLikeSecret(t) {
+			tokens[i] = Fingerprint(t)
+			n++
+		}
+	}
+	if n == 0 {
+		return subject, 0
+	}
+	return strings.Join(tokens, "."), n
+}
+
+// MaskSecrets returns a copy of b with every secret-shaped token overwritten by a mask of
+// the same length: its fingerprint, cut or padded with '*'. It is for payloads that cannot
+// be decoded: lengths and offsets stay as they were, the secret does not.
+func MaskSecrets(b []byte) ([]byte, int) {
+	spans := secretSpans(string(b))
+	if len(spans) == 0 {
+		return b, 0
+	}
+	out := bytes.Clone(b)
+	for _, s := range spans {
+		mask := Fingerprint(string(b[s[0]:s[1]]))
+		n := s[1] - s[0]
+		if len(mask) > n {
+			mask = mask[:n]
+		}
+		copy(out[s[0]:s[1]], mask)
+		for i := s[0] + len(mask); i < s[1]; i++ {
+			out[i] = '*'
+		}
+	}
+	return out, len(spans)
+}
+
+// RedactPayload redacts the secret-shaped values of a message payload, for the dead-letter
+// copy of a rejected message. A payload that decodes as an event of kind (with the encoding
+// contentType names; validation aside) is redacted field by field exactly as ingestion
+// redacts a valid event (RedactUsage, RedactLifecycle) and re-encoded, unknown fields
+// dropped: replayed once the cause of its rejection is fixed, it yields the row the original
+// would have. A payload that does not decode gets MaskSecrets. A payload with no
+// secret-shaped token comes back unchanged (the same slice) with 0.
+func RedactPayload(kind Kind, contentType string, data []byte) ([]byte, int) {
+	if len(secretSpans(string(data))) == 0 {
+		return data, 0
+	}
+	if m, enc, ok := decodeUnvalidated(kind, contentType, data); ok {
+		var n int
+		switch e := m.(type) {
+		case *keytrailv1.UsageEvent:
+			n = RedactUsage(e)
+		case *keytrailv1.LifecycleEvent:
+			n = RedactLifecycle(e)
+		}
+		if out, err := enc.Marshal(m); err == nil {
+			// The tokens found were in unknown fields (now dropped) or spanned field
+			// boundaries of the binary encoding; either way none is left in a field.
+			return out, max(n, 1)
+		}
+	}
+	return MaskSecrets(data)
+}
+
+// PayloadEventID is the event id of a payload that decodes as an event of kind (validation
+// aside), or "" when it does not decode.
+func PayloadEventID(kind Kind, contentType string, data []byte) string {
+	m, _, ok := decodeUnvalidated(kind, contentType, data)
+	if !ok {
+		return ""
+	}
+	switch e := m.(type) {
+	case *keytrailv1.UsageEvent:
+		return e.GetEventId()
+	case *keytrailv1.LifecycleEvent:
+		return e.GetEventId()
+	}
+	return ""
+}
+
+// decodeUnvalidated decodes a payload without checking it against the contract, dropping
+// unknown fields (whatever they hold cannot be checked for secrets field by field).
+func decodeUnvalidated(kind Kind, contentType string, data []byte) (proto.Message, Encoding, bool) {
+	enc, err := ParseContentType(contentType)
+	if err != nil {
+		return nil, 0, false
+	}
+	var m proto.Message
+	switch kind {
+	case KindUsage:
+		m = &keytrailv1.UsageEvent{}
+	case KindLifecycle:
+		m = &keytrailv1.LifecycleEvent{}
+	default:
+		return nil, 0, false
+	}
+	if enc == EncodingJSON {
+		err = protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(data, m)
+	} else {
+		err = proto.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(data, m)
+	}
+	return m, enc, err == nil
 }
 
 func isTokenByte(c byte) bool {
@@ -123,10 +303,12 @@ func redact(p *string) int {
 }
 
 // RedactUsage replaces secret-shaped values in a usage event's text fields with their
-// fingerprints and returns how many it replaced.
+// fingerprints and returns how many it replaced. The event id and project are included: a
+// gateway that puts a secret there must not get it stored either, and the fingerprint is
+// stable, so duplicates of the event are still recognised.
 func RedactUsage(e *keytrailv1.UsageEvent) int {
 	n := 0
-	for _, p := range []*string{&e.KeyId, &e.Service, &e.GatewayInstance, &e.Method, &e.Endpoint, &e.Model, &e.Provider, &e.ClientIp, &e.RequestId} {
+	for _, p := range []*string{&e.EventId, &e.Project, &e.KeyId, &e.Service, &e.GatewayInstance, &e.Method, &e.Endpoint, &e.Model, &e.Provider, &e.ClientIp, &e.RequestId} {
 		n += redact(p)
 	}
 	return n
@@ -135,7 +317,7 @@ func RedactUsage(e *keytrailv1.UsageEvent) int {
 // RedactLifecycle does the same for a lifecycle event, attributes and changes included.
 func RedactLifecycle(e *keytrailv1.LifecycleEvent) int {
 	n := 0
-	for _, p := range []*string{&e.KeyId, &e.NewKeyId, &e.Actor, &e.Reason} {
+	for _, p := range []*string{&e.EventId, &e.Project, &e.KeyId, &e.NewKeyId, &e.Actor, &e.Reason} {
 		n += redact(p)
 	}
 	for i := range e.Scopes {
