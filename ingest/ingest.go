@@ -50,6 +50,16 @@ type Config struct {
 	FetchSize int
 	// MaxBackoff caps the wait between retries of a failed write or dead-letter publish.
 	MaxBackoff time.Duration
+	// DeadLetters keeps the dead letters the dead-letter stream refuses; default: the Sink,
+	// which must then implement DeadLetterStore.
+	DeadLetters DeadLetterStore
+	// DeadLetterAttempts bounds the publishes of one dead letter to the dead-letter stream
+	// when they fail in a way that may pass (timeouts); a refusal by the server is final at
+	// once. Then the dead letter goes to DeadLetters. Default 3.
+	DeadLetterAttempts int
+	// StallTimeout is how long the consumer may have a backlog without the ingester making
+	// progress before Stalled reports it (default 2m).
+	StallTimeout time.Duration
 	// ShutdownTimeout bounds the final flush when Run's context ends (default 15s).
 	ShutdownTimeout time.Duration
 	// RecentIDs is how many recent event ids are remembered to catch a reused id (default
@@ -69,11 +79,13 @@ func (c Config) Validate() error {
 	}
 	if c.Sink == nil {
 		errs = append(errs, errors.New("ingest: sink is required"))
+	} else if _, ok := c.Sink.(DeadLetterStore); !ok && c.DeadLetters == nil {
+		errs = append(errs, errors.New("ingest: a dead-letter store is required (the sink does not implement DeadLetterStore): dead letters the dead-letter stream refuses must be kept somewhere"))
 	}
 	if err := c.Streams.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.BatchSize < 0 || c.FetchSize < 0 || c.FlushInterval < 0 || c.MaxBackoff < 0 {
+	if c.BatchSize < 0 || c.FetchSize < 0 || c.FlushInterval < 0 || c.MaxBackoff < 0 || c.DeadLetterAttempts < 0 || c.StallTimeout < 0 {
 		errs = append(errs, errors.New("ingest: sizes and durations must not be negative"))
 	}
 	if c.BatchSize > 0 && c.Streams.MaxAckPending > 0 {
@@ -101,6 +113,7 @@ type Ingester struct {
 	log      *slog.Logger
 	metrics  *Metrics
 	deduper  Deduper
+	dlStore  DeadLetterStore
 	recent   *recentIDs // used by the reading goroutine only
 
 	// Delivery tracking of the AckAll consumer, used by the reading goroutine only (see
@@ -112,6 +125,11 @@ type Ingester struct {
 	// to hold a taken record: until then every record is checked against storage (see
 	// takeOver for why that is exact).
 	checkStored atomic.Bool
+
+	// Progress, for Stalled: when the ingester last acknowledged a batch or found nothing
+	// to do (unix nanoseconds), and the stall it reports (nil when none).
+	lastProgress atomic.Int64
+	stall        atomic.Pointer[error]
 }
 
 // errDeliveryGap reports deliveries this reader never received (see takeOver).
@@ -125,6 +143,9 @@ type batch struct {
 	held    []jetstream.Msg
 	last    jetstream.Msg
 	started time.Time
+	// deadLetters are the dead letters of this batch that the dead-letter stream refused;
+	// the flush keeps them in the DeadLetterStore before it acknowledges the batch.
+	deadLetters []*DeadLetter
 	// flushed is closed once the writer is done with the batch (stored and acked, or given up
 	// on at shutdown).
 	flushed chan struct{}
@@ -152,6 +173,15 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = 5 * time.Second
 	}
+	if cfg.DeadLetterAttempts == 0 {
+		cfg.DeadLetterAttempts = 3
+	}
+	if cfg.StallTimeout == 0 {
+		cfg.StallTimeout = 2 * time.Minute
+	}
+	if cfg.DeadLetters == nil {
+		cfg.DeadLetters, _ = cfg.Sink.(DeadLetterStore)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -175,16 +205,19 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 		return nil, fmt.Errorf("ingest: bind consumer %s on %s: %w", cfg.Streams.Durable, cfg.Streams.EventsStream, err)
 	}
 	deduper, _ := cfg.Sink.(Deduper)
-	return &Ingester{
+	in := &Ingester{
 		cfg:      cfg,
 		consumer: consumer,
 		log:      cfg.Logger.With("component", "ingester"),
 		metrics:  cfg.Metrics,
 		deduper:  deduper,
+		dlStore:  cfg.DeadLetters,
 		recent:   newRecentIDs(cfg.RecentIDs),
 		// A shared durable acks message by message: nothing to take over.
 		needTakeOver: !cfg.Streams.SharedConsumer,
-	}, nil
+	}
+	in.progressed()
+	return in, nil
 }
 
 // Run consumes until ctx is cancelled, then flushes what it holds (bounded by
@@ -341,7 +374,7 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 	if err != nil {
 		// Only a message without a JetStream reply subject lacks metadata; a pull consumer
 		// never hands one out, but dead-letter it rather than guess.
-		in.deadLetter(ctx, msg, &event.Invalid{Reason: event.ReasonUndecodable, Detail: "no jetstream metadata: " + err.Error()}, 0)
+		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonUndecodable, Detail: "no jetstream metadata: " + err.Error()}, nil)
 		return true
 	}
 	ev, err := in.cfg.Streams.Subjects.Decode(msg.Subject(), msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.cfg.Now())
@@ -350,7 +383,7 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 		if !errors.As(err, &inv) {
 			inv = &event.Invalid{Reason: event.ReasonUndecodable, Detail: err.Error()}
 		}
-		in.deadLetter(ctx, msg, inv, meta.Sequence.Stream)
+		in.deadLetter(ctx, b, msg, inv, meta)
 		return true
 	}
 	kind := ev.Kind.String()
@@ -362,14 +395,15 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 	}
 	r := Record{
 		Event: ev, StreamSeq: meta.Sequence.Stream, ContentHash: contentHash(ev), msg: msg,
-		MaybeStored: meta.NumDelivered > 1 || in.checkStored.Load(),
+		// A replayed dead letter may have been replayed (and stored) before.
+		MaybeStored: meta.NumDelivered > 1 || in.checkStored.Load() || msg.Headers().Get(HeaderReplayOf) != "",
 	}
 	switch in.recent.check(ev.ID(), r.ContentHash) {
 	case AlreadyStored:
 		in.metrics.duplicates.WithLabelValues(kind).Inc()
 		return true
 	case Conflict:
-		in.deadLetter(ctx, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id was already taken with different content"}, r.StreamSeq)
+		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id was already taken with different content"}, meta)
 		return true
 	}
 	b.records = append(b.records, r)
@@ -465,7 +499,8 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 		case AlreadyStored:
 			in.metrics.duplicates.WithLabelValues(r.Event.Kind.String()).Inc()
 		case Conflict:
-			in.deadLetter(ctx, r.msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id is already stored with different content"}, r.StreamSeq)
+			meta, _ := r.msg.Metadata()
+			in.deadLetter(ctx, b, r.msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id is already stored with different content"}, meta)
 		default:
 			kept = append(kept, r)
 		}
@@ -483,10 +518,12 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 //     leases are extended so JetStream does not redeliver them. Before each retry the
 //     records are checked against storage as in step 0: a write reported as failed may
 //     have been committed.
-//  2. Ack the newest message taken. With AckAll this acknowledges every message up to it:
-//     the stored ones and the dead-lettered ones (already republished before this point).
-//     If the ack is lost, JetStream redelivers the batch and the Sink sees it again with
-//     MaybeStored set; nothing is lost.
+//  2. Keep the dead letters the dead-letter stream refused in the DeadLetterStore, retrying
+//     like step 1: a rejected message is acknowledged only once it is kept somewhere.
+//  3. Ack the newest message taken. With AckAll this acknowledges every message up to it:
+//     the stored ones and the dead-lettered ones (republished before this point, or kept
+//     in step 2). If the ack is lost, JetStream redelivers the batch and the Sink sees it
+//     again with MaybeStored set; nothing is lost.
 func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 	if !in.dropStored(ctx, b) {
 		return false
@@ -530,7 +567,40 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 			in.metrics.inserted.WithLabelValues(r.Event.Kind.String()).Inc()
 		}
 	}
+	if !in.keepDeadLetters(ctx, b) {
+		return false
+	}
 	in.ack(b)
+	return true
+}
+
+// keepDeadLetters writes the batch's refused dead letters to the DeadLetterStore, retrying
+// until it succeeds; it returns false when ctx ended first.
+func (in *Ingester) keepDeadLetters(ctx context.Context, b *batch) bool {
+	if len(b.deadLetters) == 0 {
+		return true
+	}
+	backoff := 100 * time.Millisecond
+	lastLeaseExtension := time.Now()
+	for attempt := 1; ; attempt++ {
+		err := in.dlStore.WriteDeadLetters(ctx, b.deadLetters)
+		if err == nil {
+			break
+		}
+		in.log.Warn("keeping dead letters in ClickHouse failed; retrying", "dead_letters", len(b.deadLetters), "attempt", attempt, "error", err)
+		if !sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(backoff*2, in.cfg.MaxBackoff)
+		if time.Since(lastLeaseExtension) > in.cfg.Streams.AckWait/3 {
+			extendLeases(b.held)
+			lastLeaseExtension = time.Now()
+		}
+	}
+	for _, d := range b.deadLetters {
+		in.deadLettered(d)
+	}
+	b.deadLetters = nil
 	return true
 }
 
@@ -538,6 +608,7 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 // message, or one ack per message on a shared (AckExplicit) consumer. The rows are stored
 // by now; a lost ack only means redelivery, which dropStored absorbs.
 func (in *Ingester) ack(b *batch) {
+	defer in.progressed()
 	if in.cfg.Streams.SharedConsumer {
 		for _, m := range b.held {
 			if err := m.Ack(); err != nil {
@@ -573,20 +644,64 @@ func (in *Ingester) leaseKeeper(b *batch) func() {
 	}
 }
 
+// progressed records that the ingester moved on: a batch acknowledged, or nothing to do.
+func (in *Ingester) progressed() {
+	now := time.Now()
+	in.lastProgress.Store(now.UnixNano())
+	in.metrics.lastProgress.Set(float64(now.UnixNano()) / 1e9)
+}
+
+// Stalled reports an ingester that has had a backlog (messages pending or awaiting its ack)
+// for longer than StallTimeout without acknowledging anything; nil otherwise. A stall means
+// events are not reaching storage: ClickHouse refusing writes, or a message the ingester
+// cannot get past. The readiness probe (/readyz) reports it.
+func (in *Ingester) Stalled() error {
+	if err := in.stall.Load(); err != nil {
+		return *err
+	}
+	return nil
+}
+
+// checkStall updates the stall state from the consumer's backlog.
+func (in *Ingester) checkStall(backlog uint64, ackFloor uint64, lastAckFloor *uint64) {
+	if backlog == 0 || ackFloor != *lastAckFloor {
+		// Idle, or the ack floor moved (this ingester or, on a shared durable, another).
+		in.progressed()
+	}
+	*lastAckFloor = ackFloor
+	since := time.Since(time.Unix(0, in.lastProgress.Load()))
+	if backlog > 0 && since > in.cfg.StallTimeout {
+		if in.stall.Load() == nil {
+			in.log.Error("ingestion stalled: the consumer has a backlog and nothing was acknowledged", "backlog", backlog, "for", since.Round(time.Second), "stall_timeout", in.cfg.StallTimeout)
+		}
+		err := fmt.Errorf("ingester stalled: %d messages waiting and nothing acknowledged for %s (stall timeout %s)", backlog, since.Round(time.Second), in.cfg.StallTimeout)
+		in.stall.Store(&err)
+		in.metrics.stalled.Set(1)
+		return
+	}
+	if in.stall.Swap(nil) != nil {
+		in.log.Info("ingestion resumed")
+	}
+	in.metrics.stalled.Set(0)
+}
+
 func extendLeases(held []jetstream.Msg) {
 	for _, m := range held {
 		_ = m.InProgress()
 	}
 }
 
+// watchLag reads the consumer's backlog for the lag metrics and the stall check.
 func (in *Ingester) watchLag(ctx context.Context) {
-	t := time.NewTicker(2 * time.Second)
+	t := time.NewTicker(min(2*time.Second, max(in.cfg.StallTimeout/4, 50*time.Millisecond)))
 	defer t.Stop()
+	var ackFloor uint64
 	for {
 		info, err := in.consumer.Info(ctx)
 		if err == nil {
 			in.metrics.pending.Set(float64(info.NumPending))
 			in.metrics.ackPending.Set(float64(info.NumAckPending))
+			in.checkStall(info.NumPending+uint64(info.NumAckPending), info.AckFloor.Stream, &ackFloor)
 		}
 		select {
 		case <-ctx.Done():
