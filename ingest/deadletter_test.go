@@ -35,13 +35,15 @@ type dlEnv struct {
 // newDLEnv runs an ingester; configure may change the configuration before New.
 func newDLEnv(t *testing.T, streams broker.StreamConfig, configure func(*ingest.Config)) *dlEnv {
 	t.Helper()
-	e := &dlEnv{js: testenv.NewJetStream(t, streams), db: testenv.ClickHouse(t), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &dlEnv{js: testenv.NewJetStream(t, streams), db: testenv.ClickHouse(t), logs: &syncBuffer{}}
 	e.start(t, configure)
 	return e
 }
 
+// start runs an ingester (a new one after stop: fresh memory and metrics).
 func (e *dlEnv) start(t *testing.T, configure func(*ingest.Config)) {
 	t.Helper()
+	e.reg = prometheus.NewRegistry()
 	sink, err := chsink.New(chsink.Config{Conn: e.db.Conn})
 	if err != nil {
 		t.Fatal(err)
@@ -355,5 +357,42 @@ func TestDeletedDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 	}
 	if got := poisonCounters(t, e.reg, "keytrail_ingest_dead_letter_fallback_total", "cause"); fmt.Sprint(got) != "map[no_stream:1]" {
 		t.Errorf("fallbacks by cause %v", got)
+	}
+}
+
+// A dead letter replayed twice (the second time after the ingester restarted, under
+// another message id, past JetStream's duplicate window and the ingester's memory of recent
+// ids) must not be stored twice: a message marked Keytrail-Replay-Of is checked against
+// storage like a redelivery.
+// Expect: the event stored once, the replay counted as a duplicate, the events around it
+// stored.
+func TestReplayedMessageIsCheckedAgainstStorage(t *testing.T) {
+	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
+	replayed := usageEvent("e1", "key_a", "billing", time.Now().Add(-time.Minute), 200)
+	b, _ := proto.Marshal(replayed)
+	replay := func(msgID string) {
+		msg := nats.NewMsg(e.js.Streams.Subjects.Usage("acme"))
+		msg.Header.Set(nats.MsgIdHdr, msgID)
+		msg.Header.Set("Keytrail-Replay-Of", "KEYTRAIL_DEADLETTER/1")
+		msg.Data = b
+		e.publishMsg(t, msg)
+	}
+	replay("replay-e1-first")
+	e.waitDrained(t)
+	testenv.WaitForEvents(t, e.db, 1, 0, 10*time.Second)
+	if err := e.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	e.start(t, nil)
+	e.publishValid(t, "f1") // ends the new ingester's check of its first records
+	e.waitDrained(t)
+	replay("replay-e1-second")
+	e.publishValid(t, "g1")
+	e.waitDrained(t)
+	testenv.WaitForEvents(t, e.db, 3, 0, 10*time.Second)
+	wantUsageStoredOnce(t, e.db, 3)
+	if got := poisonCounters(t, e.reg, "keytrail_ingest_duplicates_dropped_total", "kind"); fmt.Sprint(got) != "map[usage:1]" {
+		t.Errorf("duplicates dropped %v, want the replay", got)
 	}
 }
