@@ -39,6 +39,7 @@ type Config struct {
 	SharedConsumer bool
 	AckWait        time.Duration
 	MaxAckPending  int
+	StallTimeout   time.Duration
 
 	AlertInterval      time.Duration
 	AlertWindow        time.Duration
@@ -144,6 +145,9 @@ func (c Config) Validate() error {
 	if c.AckWait <= 0 {
 		errs = append(errs, invalid("ack-wait", c.AckWait.String(), "a positive duration"))
 	}
+	if c.StallTimeout <= 0 {
+		errs = append(errs, invalid("ingest-stall-timeout", c.StallTimeout.String(), "a positive duration"))
+	}
 	if c.MaxAckPending <= 0 {
 		errs = append(errs, invalid("max-ack-pending", strconv.Itoa(c.MaxAckPending), "a positive number"))
 	} else if c.BatchSize > 0 {
@@ -190,6 +194,7 @@ func flagSet(name string, c *Config) *flag.FlagSet {
 	fs.DurationVar(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
 	fs.DurationVar(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for the ingester's ack before redelivering")
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 50_000, "most messages the ingester may hold unacknowledged (at least two batches)")
+	fs.DurationVar(&c.StallTimeout, "ingest-stall-timeout", 2*time.Minute, "readiness fails while the ingester has a backlog and has acknowledged nothing for this long")
 	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", false, "let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created)")
 	fs.DurationVar(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")
 	fs.DurationVar(&c.AlertWindow, "alert-window", 30*time.Minute, "recent range each alert scan examines (must cover ingestion delay)")

@@ -116,6 +116,7 @@ type Main struct {
 	nc       *nats.Conn
 	ch       driver.Conn
 	recorder *auditlog.Recorder
+	ingester *ingest.Ingester
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -188,12 +189,13 @@ func (m *Main) Start(parent context.Context) error {
 		}
 		ing, err := ingest.New(ctx, ingest.Config{
 			JetStream: js, Streams: streams, Sink: sink,
-			BatchSize: cfg.BatchSize, FlushInterval: cfg.FlushInterval,
+			BatchSize: cfg.BatchSize, FlushInterval: cfg.FlushInterval, StallTimeout: cfg.StallTimeout,
 			Metrics: ingest.NewMetrics(m.registry), Logger: m.log,
 		})
 		if err != nil {
 			return err
 		}
+		m.ingester = ing
 		m.goRun("ingester", func() error { return ing.Run(ctx) })
 	}
 
@@ -280,13 +282,16 @@ func (m *Main) Start(parent context.Context) error {
 	return nil
 }
 
-// ready is the readiness probe: storage and NATS reachable.
+// ready is the readiness probe: storage and NATS reachable, and ingestion not stalled.
 func (m *Main) ready(ctx context.Context) error {
 	if m.nc == nil || !m.nc.IsConnected() {
 		return errors.New("nats not connected")
 	}
 	if err := m.ch.Ping(ctx); err != nil {
 		return fmt.Errorf("clickhouse: %w", err)
+	}
+	if m.ingester != nil {
+		return m.ingester.Stalled()
 	}
 	return nil
 }
