@@ -33,6 +33,12 @@ func TestReadyzReportsAStalledIngester(t *testing.T) {
 	if err := db.Conn.Exec(ctx, "DETACH TABLE usage_events"); err != nil {
 		t.Fatal(err)
 	}
+	attached := false
+	t.Cleanup(func() { // a detached table would outlive the test database's DROP
+		if !attached {
+			_ = db.Conn.Exec(context.Background(), "ATTACH TABLE usage_events")
+		}
+	})
 	nc, err := nats.Connect(m.NATSURL)
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +64,7 @@ func TestReadyzReportsAStalledIngester(t *testing.T) {
 	if err := db.Conn.Exec(ctx, "ATTACH TABLE usage_events"); err != nil {
 		t.Fatal(err)
 	}
+	attached = true
 	testenv.WaitForEvents(t, db, 1, 0, 20*time.Second)
 	testenv.Eventually(t, 15*time.Second, func() error {
 		code, body := testenv.Get(t, base, "/readyz", nil, "")
