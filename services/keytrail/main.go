@@ -7,6 +7,8 @@
 //	keytrail rotation check --old KEY [flags]    is the old key of a roll safe to revoke?
 //	                                             exit 0 safe, 3 not yet, 1 error, 2 usage
 //	keytrail token new --name N --role R         make an API token and its tokens-file entry
+//	keytrail deadletters list [--reason R]       show dead letters (stream and fallback table)
+//	keytrail deadletters replay [--reason R]     republish them once their cause is fixed
 package main
 
 import (
@@ -93,8 +95,10 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return runRotation(ctx, args, stdout)
 	case "token":
 		return runToken(args, stdout)
+	case "deadletters":
+		return runDeadLetters(ctx, args, stdout)
 	}
-	return &exitCodeError{exitUsage, fmt.Errorf("unknown command %q (want serve, migrate, rotation or token)", command)}
+	return &exitCodeError{exitUsage, fmt.Errorf("unknown command %q (want serve, migrate, rotation, token or deadletters)", command)}
 }
 
 // Main is one running keytrail process. Start brings the parts up in dependency order;
