@@ -3,10 +3,15 @@
 // An Ingester pulls from the durable consumer in batches, decodes and validates each message
 // (package event), buffers the valid ones and flushes them to a Sink when the buffer is full
 // or old enough. A message that fails validation is republished to the dead-letter subject
-// with its reason and never blocks the messages behind it.
+// with its reason and never blocks the messages behind it (deadletter.go): the copy is
+// redacted and always fits NATS's limits, and when the dead-letter stream refuses it after a
+// bounded retry, the flush keeps it in a DeadLetterStore (ClickHouse's dead_letters table)
+// before acknowledging it. Stalled reports a consumer backlog that has not moved for
+// StallTimeout, for the readiness probe.
 //
 // Guarantee (at-least-once, in stream order): a message is acknowledged only after every
-// message up to it has been stored by the Sink or dead-lettered. The consumer uses AckAll, so
+// message up to it has been stored by the Sink or dead-lettered (in the dead-letter stream or
+// the DeadLetterStore). The consumer uses AckAll, so
 // one ack per flush covers the batch. If the process dies between the Sink write and the
 // ack, JetStream redelivers the batch; stopping those redeliveries from becoming duplicate
 // rows is the Sink's job (see the effectively-once notes in docs/guarantees.md).
