@@ -127,6 +127,9 @@ func newDeadLetter(subjects event.Subjects, stream string, msg jetstream.Msg, wh
 	d.Payload, n = event.RedactPayload(kind, msg.Headers().Get(event.ContentTypeHeader), data)
 	d.Redacted += n
 
+	if maxMsg <= 0 { // not told by a server yet: NATS's default
+		maxMsg = 1 << 20
+	}
 	d.keepHeaders(msg.Headers(), maxHeaderBytes-headerSize(d.keytrailHeaders())-optionalHeaderReserve)
 	room := maxMsg - headerSize(d.keytrailHeaders()) - headerSize(d.Header) - optionalHeaderReserve
 	if keep := max(0, min(len(d.Payload), maxDeadLetterPayload, room)); keep < len(d.Payload) {
