@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -298,4 +299,27 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 func fingerprintHex(v string) string {
 	sum := sha256.Sum256([]byte(v))
 	return hex.EncodeToString(sum[:12])
+}
+
+func TestDeadLettersUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"deadletters"},
+		{"deadletters", "purge"},
+		{"deadletters", "list", "--since", "yesterday"},
+		{"deadletters", "replay", "extra"},
+	} {
+		var out strings.Builder
+		err := run(context.Background(), args, &out)
+		var coded *exitCodeError
+		if !errors.As(err, &coded) || coded.code != exitUsage {
+			t.Errorf("%v: %v, want a usage error (exit %d)", args, err, exitUsage)
+		}
+	}
+	if got, err := parseSince("2026-12-01T00:00:00Z", time.Now()); err != nil || !got.Equal(time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("parseSince(RFC 3339) = %v, %v", got, err)
+	}
+	now := time.Now()
+	if got, err := parseSince("90m", now); err != nil || !got.Equal(now.Add(-90*time.Minute)) {
+		t.Errorf("parseSince(90m) = %v, %v", got, err)
+	}
 }
