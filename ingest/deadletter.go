@@ -333,7 +333,8 @@ func (in *Ingester) publishDeadLetter(ctx context.Context, b *batch, d *DeadLett
 	backoff := 100 * time.Millisecond
 	var err error
 	for attempt := 1; ; attempt++ {
-		pubCtx, cancel := context.WithTimeout(ctx, deadLetterPublishTimeout)
+		// Not cut short by shutdown: the message is in the batch the shutdown flush acks.
+		pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterPublishTimeout)
 		// No retries inside the client on "no responders": a deleted stream is final here.
 		_, err = in.cfg.JetStream.PublishMsg(pubCtx, out, jetstream.WithRetryAttempts(0))
 		cancel()
@@ -371,8 +372,6 @@ func refusedByServer(err error) bool {
 func publishFailureCause(ctx context.Context, err error) string {
 	var apiErr *jetstream.APIError
 	switch {
-	case ctx.Err() != nil:
-		return "shutdown"
 	case errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders):
 		return "no_stream"
 	case errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadHeaderMsg):
@@ -386,6 +385,9 @@ func publishFailureCause(ctx context.Context, err error) string {
 			return "stream_full"
 		}
 		return "refused"
+	}
+	if ctx.Err() != nil {
+		return "shutdown"
 	}
 	return "unavailable"
 }
