@@ -702,6 +702,11 @@ func (in *Ingester) watchLag(ctx context.Context) {
 			in.metrics.pending.Set(float64(info.NumPending))
 			in.metrics.ackPending.Set(float64(info.NumAckPending))
 			in.checkStall(info.NumPending+uint64(info.NumAckPending), info.AckFloor.Stream, &ackFloor)
+		} else if since := time.Since(time.Unix(0, in.lastProgress.Load())); ctx.Err() == nil && since > in.cfg.StallTimeout {
+			// Without the consumer's state the ingester cannot fetch either.
+			err := fmt.Errorf("ingester stalled: cannot read the consumer's state (%v) and nothing acknowledged for %s", err, since.Round(time.Second))
+			in.stall.Store(&err)
+			in.metrics.stalled.Set(1)
 		}
 		select {
 		case <-ctx.Done():
