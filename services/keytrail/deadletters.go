@@ -39,6 +39,8 @@ type deadLettersCmd struct {
 	streams broker.StreamConfig
 	filter  chsink.DeadLetterFilter
 	stdout  io.Writer
+	// streamMissing is set by read when the dead-letter stream does not exist.
+	streamMissing bool
 }
 
 // keptLetter is a dead letter and where it is kept.
@@ -98,6 +100,9 @@ func runDeadLetters(ctx context.Context, args []string, stdout io.Writer) error 
 	if err != nil {
 		return &exitCodeError{exitError, err}
 	}
+	if c.streamMissing && !*asJSON {
+		fmt.Fprintf(stdout, "note: the dead-letter stream %s does not exist; until a keytrail process starts and creates it, dead letters go to the dead_letters table\n", streams.DeadLetterStream)
+	}
 	if sub == "list" {
 		if *asJSON {
 			return printDeadLettersJSON(stdout, letters)
@@ -148,6 +153,7 @@ func (c *deadLettersCmd) readStream(ctx context.Context) ([]keptLetter, error) {
 	s, err := c.js.Stream(ctx, c.streams.DeadLetterStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		// Deleted: what it refused meanwhile is in the table, read next.
+		c.streamMissing = true
 		return nil, nil
 	}
 	if err != nil {

@@ -181,6 +181,10 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 	}
 	publish("e4", "", pb(event("e4"))) // into the dead_letters table
 	drained(t, js)
+	out, err := deadletters(t, js, db, "list")
+	if err != nil || !strings.HasPrefix(out, "note: the dead-letter stream KEYTRAIL_DEADLETTER does not exist") || !strings.Contains(out, "dead_letters/KEYTRAIL_EVENTS/1") {
+		t.Errorf("list without the stream (%v):\n%s", err, out)
+	}
 	if err := broker.EnsureStreams(ctx, js.JS, js.Streams); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +202,7 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 	}
 
 	// list: all five, oldest first, from both places.
-	out, err := deadletters(t, js, db, "list", "--json")
+	out, err = deadletters(t, js, db, "list", "--json")
 	if err != nil {
 		t.Fatalf("list: %v\n%s", err, out)
 	}
