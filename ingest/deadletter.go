@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/internal/retry"
 )
 
 // Headers the ingester sets on a dead-lettered message. The original's headers are kept
@@ -326,28 +327,28 @@ func (in *Ingester) deadLetter(ctx context.Context, b *batch, msg jetstream.Msg,
 }
 
 // publishDeadLetter publishes d to the dead-letter stream, retrying an error that may pass
-// (a timeout, a lost connection) up to DeadLetterAttempts times; a refusal by the server (no
-// such stream, stream full, message too large) is final at once.
+// (a timeout, a lost connection) up to DeadLetterAttempts tries in all; a refusal by the
+// server (no such stream, stream full, message too large) is final at once.
 func (in *Ingester) publishDeadLetter(ctx context.Context, b *batch, d *DeadLetter) error {
 	out := d.message(in.cfg.Streams.Subjects)
-	backoff := 100 * time.Millisecond
-	var err error
-	for attempt := 1; ; attempt++ {
-		// Not cut short by shutdown: the message is in the batch the shutdown flush acks.
+	policy := in.retryPolicy()
+	policy.Attempts = in.cfg.DeadLetterAttempts
+	return retry.Do(ctx, policy, func(attempt int) error {
+		if attempt > 1 {
+			extendLeases(b.held)
+		}
+		// Not cut short by shutdown (the message is in the batch the shutdown flush acks),
+		// and no retries inside the client on "no responders": a deleted stream is final.
 		pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), deadLetterPublishTimeout)
-		// No retries inside the client on "no responders": a deleted stream is final here.
-		_, err = in.cfg.JetStream.PublishMsg(pubCtx, out, jetstream.WithRetryAttempts(0))
-		cancel()
-		if err == nil || refusedByServer(err) || attempt >= in.cfg.DeadLetterAttempts {
-			return err
+		defer cancel()
+		_, err := in.cfg.JetStream.PublishMsg(pubCtx, out, jetstream.WithRetryAttempts(0))
+		if err != nil && refusedByServer(err) {
+			return retry.Permanent(err)
 		}
+		return err
+	}, func(attempt int, err error, _ time.Duration) {
 		in.log.Warn("dead-letter publish failed; retrying", "reason", d.Reason, "stream_seq", d.StreamSeq, "attempt", attempt, "error", err)
-		if !sleep(ctx, backoff) {
-			return err
-		}
-		backoff = min(backoff*2, in.cfg.MaxBackoff)
-		extendLeases(b.held)
-	}
+	})
 }
 
 // deadLettered counts and logs a dead letter once it is kept.

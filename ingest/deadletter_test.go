@@ -27,7 +27,7 @@ type dlEnv struct {
 	js   *testenv.JetStream
 	db   *testenv.Database
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *testenv.SyncBuffer
 	ing  *ingest.Ingester
 	stop func() error
 }
@@ -35,7 +35,7 @@ type dlEnv struct {
 // newDLEnv runs an ingester; configure may change the configuration before New.
 func newDLEnv(t *testing.T, streams broker.StreamConfig, configure func(*ingest.Config)) *dlEnv {
 	t.Helper()
-	e := &dlEnv{js: testenv.NewJetStream(t, streams), db: testenv.ClickHouse(t), logs: &syncBuffer{}}
+	e := &dlEnv{js: testenv.NewJetStream(t, streams), db: testenv.ClickHouse(t), logs: &testenv.SyncBuffer{}}
 	e.start(t, configure)
 	return e
 }
@@ -227,6 +227,7 @@ func publishRawProtocol(t *testing.T, serverURL, subject, header string, payload
 // under 64 KiB, the original payload's length and hash, the big payload cut to 256 KiB;
 // nothing in the fallback table; nothing pending or awaiting an ack.
 func TestDeadLetterCopyFitsNATSLimits(t *testing.T) {
+	t.Parallel()
 	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
 
 	e.publishValid(t, "v1")
@@ -288,6 +289,7 @@ func TestDeadLetterCopyFitsNATSLimits(t *testing.T) {
 // in the dead_letters table with their reason and cause stream_full; the fallback counted
 // by cause and logged; all three counted as dead letters; nothing left unacknowledged.
 func TestFullDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
+	t.Parallel()
 	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
 	ctx := context.Background()
 	s, err := e.js.JS.Stream(ctx, e.js.Streams.DeadLetterStream)
@@ -331,6 +333,7 @@ func TestFullDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 // Expect: the valid events stored, the first rejected message in the dead_letters table
 // (cause no_stream), the second in the recreated stream, nothing left unacknowledged.
 func TestDeletedDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
+	t.Parallel()
 	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
 	ctx := context.Background()
 	if err := e.js.JS.DeleteStream(ctx, e.js.Streams.DeadLetterStream); err != nil {
@@ -367,6 +370,7 @@ func TestDeletedDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 // Expect: the event stored once, the replay counted as a duplicate, the events around it
 // stored.
 func TestReplayedMessageIsCheckedAgainstStorage(t *testing.T) {
+	t.Parallel()
 	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
 	replayed := usageEvent("e1", "key_a", "billing", time.Now().Add(-time.Minute), 200)
 	b, _ := proto.Marshal(replayed)

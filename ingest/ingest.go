@@ -580,22 +580,17 @@ func (in *Ingester) keepDeadLetters(ctx context.Context, b *batch) bool {
 	if len(b.deadLetters) == 0 {
 		return true
 	}
-	backoff := 100 * time.Millisecond
-	lastLeaseExtension := time.Now()
-	for attempt := 1; ; attempt++ {
-		err := in.dlStore.WriteDeadLetters(ctx, b.deadLetters)
-		if err == nil {
-			break
+	keepLeases := in.leaseKeeper(b)
+	err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
+		if attempt > 1 {
+			keepLeases()
 		}
-		in.log.Warn("keeping dead letters in ClickHouse failed; retrying", "dead_letters", len(b.deadLetters), "attempt", attempt, "error", err)
-		if !sleep(ctx, backoff) {
-			return false
-		}
-		backoff = min(backoff*2, in.cfg.MaxBackoff)
-		if time.Since(lastLeaseExtension) > in.cfg.Streams.AckWait/3 {
-			extendLeases(b.held)
-			lastLeaseExtension = time.Now()
-		}
+		return in.dlStore.WriteDeadLetters(ctx, b.deadLetters)
+	}, func(attempt int, err error, wait time.Duration) {
+		in.log.Warn("keeping dead letters in ClickHouse failed; retrying", "dead_letters", len(b.deadLetters), "attempt", attempt, "backoff", wait, "error", err)
+	})
+	if err != nil {
+		return false // only ctx ends the retries
 	}
 	for _, d := range b.deadLetters {
 		in.deadLettered(d)

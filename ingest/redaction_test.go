@@ -116,6 +116,7 @@ func secretCells(t *testing.T, db *testenv.Database, secrets map[string]string) 
 // ingestion would store it (fingerprints in place of the secrets) and its headers give the
 // original payload's length and sha256; the valid event is stored under its fingerprint.
 func TestNoSecretReachesDeadLettersTablesOrLogs(t *testing.T) {
+	t.Parallel()
 	secrets := map[string]string{
 		"project":          "sk-proj-Aa1Bb2Cc3Dd4Ee5Ff6Gg7Hh8Ii9Jj0",
 		"request_id":       "ghp_Bb1Cc2Dd3Ee4Ff5Gg6Hh7Ii8Jj9Kk0Ll1Mm2",

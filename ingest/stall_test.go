@@ -52,6 +52,7 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 // progress, Stalled names the backlog and keytrail_ingest_stalled is 1; once storage accepts
 // the events they are stored, Stalled is nil and the gauge 0.
 func TestStalledIngesterIsReported(t *testing.T) {
+	t.Parallel()
 	refuse := &atomic.Bool{}
 	e := newDLEnv(t, broker.DefaultStreamConfig(), func(cfg *ingest.Config) {
 		cfg.StallTimeout = 300 * time.Millisecond

@@ -59,9 +59,11 @@ func runDeadLetters(ctx context.Context, args []string, stdout io.Writer) error 
 	sub := args[0]
 	fs := flag.NewFlagSet("keytrail deadletters "+sub, flag.ContinueOnError)
 	fs.SetOutput(stdout)
-	natsURL := fs.String("nats-url", env("nats-url", "nats://127.0.0.1:4222"), "NATS holding the dead-letter stream: keytrail's -nats-url, or the embedded server's -nats-listen address (env KEYTRAIL_NATS_URL)")
-	dsn := fs.String("clickhouse-dsn", env("clickhouse-dsn", storage.DefaultDSN), "ClickHouse holding the dead_letters table (env KEYTRAIL_CLICKHOUSE_DSN)")
-	prefix := fs.String("subject-prefix", env("subject-prefix", "keytrail"), "first token of every keytrail subject (env KEYTRAIL_SUBJECT_PREFIX)")
+	// As for `rotation check`, only the connection settings have environment variables (the
+	// same ones keytrail serve reads); what to list or replay is always on the command line.
+	natsURL := fs.String("nats-url", envDefault("KEYTRAIL_NATS_URL", "nats://127.0.0.1:4222"), "NATS holding the dead-letter stream: keytrail's -nats-url, or the embedded server's -nats-listen address (env KEYTRAIL_NATS_URL)")
+	dsn := fs.String("clickhouse-dsn", envDefault("KEYTRAIL_CLICKHOUSE_DSN", storage.DefaultDSN), "ClickHouse holding the dead_letters table (env KEYTRAIL_CLICKHOUSE_DSN)")
+	prefix := fs.String("subject-prefix", envDefault("KEYTRAIL_SUBJECT_PREFIX", "keytrail"), "first token of every keytrail subject (env KEYTRAIL_SUBJECT_PREFIX)")
 	reason := fs.String("reason", "", "only dead letters with this Keytrail-Reason")
 	since := fs.String("since", "", "only dead letters made since this time: RFC 3339, or a duration back from now (24h)")
 	asJSON := fs.Bool("json", false, "list: print every field as JSON, payload included")

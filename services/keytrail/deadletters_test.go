@@ -33,6 +33,7 @@ import (
 // once the table is back the event is stored (rollups too), /readyz answers 200 and the
 // gauge is 0.
 func TestReadyzReportsAStalledIngester(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t)
 	m := startKeytrail(t, db, "-role", "ingest", "-ingest-stall-timeout", "500ms")
 	base := "http://" + m.HTTPAddr
@@ -152,6 +153,7 @@ func deadletters(t *testing.T, js *testenv.JetStream, db *testenv.Database, args
 // as the fingerprint ingestion gives it, and leaves the undecodable one listed; replaying
 // again (after --keep) and then once more stores nothing twice.
 func TestDeadLettersListAndReplay(t *testing.T) {
+	t.Parallel()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	db := testenv.ClickHouse(t)
 	ctx := context.Background()
@@ -306,6 +308,7 @@ func fingerprintHex(v string) string {
 }
 
 func TestDeadLettersUsageErrors(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{
 		{"deadletters"},
 		{"deadletters", "purge"},
