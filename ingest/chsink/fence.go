@@ -28,6 +28,14 @@ const (
 	fenceMaxWait = 30 * time.Second
 )
 
+// InsertContext tags ctx with a fresh query id in this database's insert namespace, so that
+// the storage check's fence waits for an insert sent with it like for the sink's own (the
+// rollup reconciliation tags its repairs this way). Like every Sink method it must not run
+// concurrently with the sink's other calls.
+func (s *Sink) InsertContext(ctx context.Context) (context.Context, error) {
+	return s.insertContext(ctx)
+}
+
 // insertContext tags ctx with a fresh query id in this database's insert namespace.
 func (s *Sink) insertContext(ctx context.Context) (context.Context, error) {
 	prefix, err := s.insertNamespace(ctx)

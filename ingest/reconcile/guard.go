@@ -1,0 +1,172 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/ingest"
+)
+
+// Guard wraps the ingester's sink (Config.Sink) so that the rollups are checked where an
+// insert can have stopped half way, before the ingester acknowledges anything:
+//
+//   - Every Write and storage check runs under the reconciler's lock, so a comparison never
+//     sees this process's inserts half done.
+//   - When the storage check (Classify) finds usage events already stored, they were written
+//     by an insert whose acknowledgement never came: a killed ingester's, a write reported as
+//     failed, or one cut short by a ClickHouse crash. The cells of their days and keys are
+//     compared and repaired before Classify returns. The ingester acknowledges those events
+//     only after that, so if the process dies during the check JetStream redelivers them and
+//     the next ingester checks again.
+func (r *Reconciler) Guard() ingest.Sink { return &guard{r: r} }
+
+type guard struct{ r *Reconciler }
+
+var (
+	_ ingest.Sink    = (*guard)(nil)
+	_ ingest.Deduper = (*guard)(nil)
+)
+
+func (g *guard) Write(ctx context.Context, records []ingest.Record) error {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	err := g.r.sink.Write(ctx, records)
+	if err != nil {
+		g.r.writeFailed = true
+	}
+	return err
+}
+
+func (g *guard) Classify(ctx context.Context, records []ingest.Record) ([]ingest.Presence, error) {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	presence, err := g.r.sink.Classify(ctx, records)
+	if err != nil {
+		return nil, err
+	}
+	var stored []ingest.Record
+	for i, rec := range records {
+		if presence[i] == ingest.AlreadyStored && rec.Event.Kind == event.KindUsage {
+			stored = append(stored, rec)
+		}
+	}
+	if len(stored) > 0 {
+		if err := g.r.afterRedelivery(ctx, stored); err != nil {
+			return nil, err
+		}
+	}
+	g.r.writeFailed = false
+	return presence, nil
+}
+
+// Bounds of the redelivery check's retries of cells another writer was inserting into.
+const (
+	deferredRetries = 3
+	deferredBackoff = 200 * time.Millisecond
+	// clockSkew is how far the ingester's clock (ingested_at) may be from ClickHouse's.
+	clockSkew = 5 * time.Minute
+)
+
+// afterRedelivery checks the rollups of the days and keys of usage events a storage check
+// found already stored. The bucketed rollups are always compared. The all-time rollups
+// (whose check reads the keys' whole history) are compared for every key when the insert
+// may have been cut short: this process saw a write fail, or the ClickHouse server started
+// after those events were stored (a crash mid-insert); otherwise for the keys the bucketed
+// comparison found short. Runs under r.mu.
+func (r *Reconciler) afterRedelivery(ctx context.Context, stored []ingest.Record) error {
+	var (
+		days []time.Time
+		keys []string
+	)
+	for _, rec := range stored {
+		days = append(days, rec.Event.Usage.GetTime().AsTime())
+		keys = append(keys, rec.Event.Usage.GetKeyId())
+	}
+	cut := r.writeFailed
+	reason := "a write of this ingester failed"
+	if !cut {
+		restarted, err := r.restartedSince(ctx, stored)
+		if err != nil {
+			return err
+		}
+		cut, reason = restarted, "ClickHouse restarted after they were stored"
+	}
+	scope := Scope{Days: days, Keys: keys, AllTime: cut}
+	for attempt := 1; ; attempt++ {
+		rep, err := r.check(ctx, scope, TriggerRedelivery)
+		r.record(TriggerRedelivery, rep, err)
+		if err != nil {
+			return fmt.Errorf("check the rollups of %d redelivered events already stored: %w", len(stored), err)
+		}
+		if rep.Repaired() > 0 || cut {
+			attrs := []any{"events", len(stored), "hours_checked", rep.HoursChecked, "cells_repaired", rep.Repaired(), "all_time_checked", cut}
+			if cut {
+				attrs = append(attrs, "why", reason)
+			}
+			r.log.Info("checked the rollups of events an unacknowledged insert had stored", attrs...)
+		}
+		if rep.DeferredCells() == 0 {
+			return nil
+		}
+		if attempt == deferredRetries {
+			r.log.Warn("rollup cells stayed busy with other writers' inserts; left to the sweep",
+				"cells", rep.DeferredCells(), "keys", len(slices.Compact(slices.Sorted(slices.Values(keys)))))
+			return nil
+		}
+		if !sleep(ctx, deferredBackoff) {
+			return ctx.Err()
+		}
+	}
+}
+
+// restartedSince reports whether the ClickHouse server started after (or within clockSkew
+// of) the earliest ingested_at of the given stored events: their insert may have been running
+// when it went down.
+func (r *Reconciler) restartedSince(ctx context.Context, stored []ingest.Record) (bool, error) {
+	var serverStart int64
+	if err := r.conn.QueryRow(ctx, serverStartSQL).Scan(&serverStart); err != nil {
+		return false, fmt.Errorf("reconcile: read the server's uptime: %w", err)
+	}
+	earliest := int64(-1)
+	// Chunked like the ingester's storage check: ids and keys are bound into the query text.
+	for chunk := range slices.Chunk(stored, 1000) {
+		var keys, ids []string
+		var minT, maxT int64
+		for i, rec := range chunk {
+			t := rec.Event.Usage.GetTime().AsTime().Unix()
+			keys, ids = append(keys, rec.Event.Usage.GetKeyId()), append(ids, rec.Event.Usage.GetEventId())
+			if i == 0 || t < minT {
+				minT = t
+			}
+			if i == 0 || t > maxT {
+				maxT = t
+			}
+		}
+		var at int64
+		var n uint64
+		if err := r.conn.QueryRow(ctx, ingestedSQL, keys, ids, minT, maxT).Scan(&at, &n); err != nil {
+			return false, fmt.Errorf("reconcile: read when redelivered events were stored: %w", err)
+		}
+		if n > 0 && (earliest < 0 || at < earliest) {
+			earliest = at
+		}
+	}
+	if earliest < 0 {
+		return true, nil // not found: assume the worst
+	}
+	return serverStart >= earliest-int64(clockSkew/time.Second), nil
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
