@@ -6,8 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +23,7 @@ import (
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest/broker"
-	"github.com/keytrail/keytrail/internal/storage"
+	"github.com/keytrail/keytrail/internal/testenv"
 	"github.com/keytrail/keytrail/migrations"
 	"github.com/keytrail/keytrail/publisher"
 )
@@ -40,13 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	keytrailBin = filepath.Join(dir, "keytrail")
-	goCmd := "go"
-	if root := os.Getenv("GOROOT"); root != "" {
-		if _, err := os.Stat(filepath.Join(root, "bin", "go")); err == nil {
-			goCmd = filepath.Join(root, "bin", "go")
-		}
-	}
-	build := exec.Command(goCmd, "build", "-o", keytrailBin, "github.com/keytrail/keytrail/services/keytrail")
+	build := exec.Command(testenv.GoCommand(), "build", "-o", keytrailBin, "github.com/keytrail/keytrail/services/keytrail")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "faulttest: build keytrail:", err)
@@ -141,58 +133,72 @@ func (l load) cost(i int) int64 { return int64(i % 997) }
 func (l load) want() totals {
 	w := totals{Rows: int64(l.n), Distinct: int64(l.n)}
 	for i := range l.n {
-		if l.status(i) >= 400 {
+		e := l.event(i)
+		if e.GetStatusCode() >= 400 {
 			w.Errors++
 		}
-		w.Cost += l.cost(i)
+		w.InputTokens += int64(e.GetInputTokens())
+		w.OutputTokens += int64(e.GetOutputTokens())
+		w.Cost += e.GetCostMicros()
 	}
 	w.Rollups = map[string]int64{}
 	for _, q := range rollupQueries {
-		switch q.measure {
-		case "requests":
-			w.Rollups[q.name] = w.Rows
-		case "errors":
-			w.Rollups[q.name] = w.Errors
-		case "cost":
-			w.Rollups[q.name] = w.Cost
-		}
+		w.Rollups[q.name] = w.of(q.of)
 	}
 	return w
 }
 
 // totals is what storage holds: the raw table and every rollup fed by its materialized views.
 type totals struct {
-	Rows, Distinct, Errors, Cost int64
-	Rollups                      map[string]int64
+	Rows, Distinct, Errors, InputTokens, OutputTokens, Cost int64
+	Rollups                                                 map[string]int64
+}
+
+// of is the raw total of a quantity.
+func (t totals) of(q migrations.Quantity) int64 {
+	return map[migrations.Quantity]int64{migrations.Requests: t.Rows, migrations.Errors: t.Errors,
+		migrations.InputTokens: t.InputTokens, migrations.OutputTokens: t.OutputTokens, migrations.Cost: t.Cost}[q]
 }
 
 func (t totals) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "usage_events count()=%d uniqExact(event_id)=%d errors=%d sum(cost_micros)=%d", t.Rows, t.Distinct, t.Errors, t.Cost)
+	fmt.Fprintf(&b, "usage_events count()=%d uniqExact(event_id)=%d errors=%d input_tokens=%d output_tokens=%d sum(cost_micros)=%d",
+		t.Rows, t.Distinct, t.Errors, t.InputTokens, t.OutputTokens, t.Cost)
 	for _, q := range rollupQueries {
 		fmt.Fprintf(&b, ", %s=%d", q.name, t.Rollups[q.name])
 	}
 	return b.String()
 }
 
-// rollupQueries read the totals of every rollup table the usage materialized views feed.
-var rollupQueries = func() []struct{ name, measure, sql string } {
-	var out []struct{ name, measure, sql string }
-	for _, r := range migrations.UsageRollups {
-		for _, m := range []struct{ measure, expr string }{{"requests", r.Requests}, {"errors", r.Errors}, {"cost", r.Cost}} {
-			if m.expr != "" {
-				out = append(out, struct{ name, measure, sql string }{r.Table + "." + m.measure, m.measure, "SELECT toInt64(" + m.expr + ") FROM " + r.Table})
+// rollupQueries read the total of every additive column (requests, errors, tokens, cost) of
+// every rollup the usage materialized views feed. Every fault-test event has a client IP,
+// so key_client_ip_totals counts them all too.
+var rollupQueries = func() []struct {
+	name, sql string
+	of        migrations.Quantity
+} {
+	var out []struct {
+		name, sql string
+		of        migrations.Quantity
+	}
+	for _, r := range migrations.Rollups {
+		for _, c := range r.Columns {
+			if c.Of.Additive() {
+				out = append(out, struct {
+					name, sql string
+					of        migrations.Quantity
+				}{r.Table + "." + c.Name, "SELECT toInt64(" + r.Merge(c) + ") FROM " + r.Table, c.Of})
 			}
 		}
 	}
-	// Every fault-test event has a client IP, so this rollup counts them all too.
-	return append(out, struct{ name, measure, sql string }{"key_client_ip_totals.requests", "requests", "SELECT toInt64(countMerge(requests)) FROM key_client_ip_totals"})
+	return out
 }()
 
 func readTotals(ctx context.Context, conn driver.Conn) (totals, error) {
 	var t totals
-	if err := conn.QueryRow(ctx, `SELECT toInt64(count()), toInt64(uniqExact(event_id)), toInt64(countIf(status_code >= 400)), toInt64(sum(cost_micros)) FROM usage_events`).
-		Scan(&t.Rows, &t.Distinct, &t.Errors, &t.Cost); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT toInt64(count()), toInt64(uniqExact(event_id)), toInt64(countIf(status_code >= 400)),
+    toInt64(sum(input_tokens)), toInt64(sum(output_tokens)), toInt64(sum(cost_micros)) FROM usage_events`).
+		Scan(&t.Rows, &t.Distinct, &t.Errors, &t.InputTokens, &t.OutputTokens, &t.Cost); err != nil {
 		return t, fmt.Errorf("read usage_events totals: %w", err)
 	}
 	t.Rollups = map[string]int64{}
@@ -206,8 +212,8 @@ func readTotals(ctx context.Context, conn driver.Conn) (totals, error) {
 	return t, nil
 }
 
-// waitExactlyOnce waits until storage holds exactly the load, every rollup agreeing, and
-// returns the totals. It fails at once when there are more rows than events or two rows for
+// waitExactlyOnce waits until storage holds exactly the load, every rollup's totals and
+// then every rollup cell agreeing with the raw rows, and returns the totals. It fails at once when there are more rows than events or two rows for
 // one id: rows are never deleted, so a duplicate can never go away by waiting.
 func waitExactlyOnce(t *testing.T, conn driver.Conn, l load, timeout time.Duration) totals {
 	t.Helper()
@@ -222,6 +228,12 @@ func waitExactlyOnce(t *testing.T, conn driver.Conn, l load, timeout time.Durati
 		case got.Rows > want.Rows || got.Distinct != got.Rows:
 			t.Fatalf("duplicates stored: %v; want %v", got, want)
 		case fmt.Sprint(got) == fmt.Sprint(want):
+			// Totals agree; every cell must too (first and last seen included).
+			cellsStarted := time.Now()
+			if m := testenv.RollupMismatches(t, conn, 5); len(m) > 0 {
+				t.Fatalf("rollup totals equal the raw ones but cells differ:\n%s", strings.Join(m, "\n"))
+			}
+			t.Logf("every rollup cell equals the raw rows (compared in %s)", time.Since(cellsStarted).Round(time.Millisecond))
 			return got
 		}
 		if time.Now().After(deadline) {
@@ -464,6 +476,21 @@ func (p *ingesterProcess) kill() {
 	p.cmd = nil
 }
 
+// pause stops the process where it is (SIGSTOP); resume lets it go on (SIGCONT).
+func (p *ingesterProcess) pause() {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		p.t.Fatalf("pause keytrail: %v", err)
+	}
+}
+
+func (p *ingesterProcess) resume() {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		p.t.Fatalf("resume keytrail: %v", err)
+	}
+}
+
 // stop asks the process to shut down (SIGTERM) and waits for it.
 func (p *ingesterProcess) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
@@ -500,96 +527,4 @@ func (p *ingesterProcess) logs() string {
 func (p *ingesterProcess) logTail(n int) string {
 	lines := strings.Split(strings.TrimRight(p.logs(), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// clickHouseServer is a private ClickHouse started with deploy/clickhouse/local.sh in a
-// temporary directory on free ports, for tests that stop it. The shared test server is never
-// touched.
-type clickHouseServer struct {
-	t                              *testing.T
-	script, dir                    string
-	tcpPort, httpPort, interserver int
-}
-
-// startPrivateClickHouse starts the server and stops it when the test ends.
-func startPrivateClickHouse(t *testing.T) *clickHouseServer {
-	t.Helper()
-	script, err := filepath.Abs(filepath.Join("..", "..", "deploy", "clickhouse", "local.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &clickHouseServer{t: t, script: script, dir: t.TempDir()}
-	c.tcpPort, c.httpPort, c.interserver = freePorts(t)
-	t.Cleanup(func() { c.run("stop") })
-	c.start()
-	return c
-}
-
-// freePorts picks three consecutive free ports at random in 20000-29999, so parallel runs
-// and other instances (19000/18123 and friends) do not clash.
-func freePorts(t *testing.T) (int, int, int) {
-	t.Helper()
-	for range 50 {
-		base := 20000 + rand.IntN(9997)
-		ok := true
-		for p := base; p < base+3 && ok; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				continue
-			}
-			l.Close()
-		}
-		if ok {
-			return base, base + 1, base + 2
-		}
-	}
-	t.Fatal("no three free ports found")
-	return 0, 0, 0
-}
-
-func (c *clickHouseServer) DSN(database string) string {
-	return fmt.Sprintf("clickhouse://127.0.0.1:%d/%s?dial_timeout=2s", c.tcpPort, database)
-}
-
-func (c *clickHouseServer) start() {
-	c.t.Helper()
-	if out, err := c.run("start"); err != nil {
-		c.t.Fatalf("start private clickhouse: %v\n%s", err, out)
-	}
-}
-
-func (c *clickHouseServer) stop() {
-	c.t.Helper()
-	if out, err := c.run("stop"); err != nil {
-		c.t.Fatalf("stop private clickhouse: %v\n%s", err, out)
-	}
-}
-
-func (c *clickHouseServer) run(command string) (string, error) {
-	cmd := exec.Command(c.script, command)
-	cmd.Env = append(os.Environ(),
-		"KEYTRAIL_CH_DIR="+c.dir,
-		"KEYTRAIL_CH_TCP_PORT="+strconv.Itoa(c.tcpPort),
-		"KEYTRAIL_CH_HTTP_PORT="+strconv.Itoa(c.httpPort),
-		"KEYTRAIL_CH_INTERSERVER_PORT="+strconv.Itoa(c.interserver),
-	)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// openDatabase connects to database on the server (creating it) and applies the schema.
-func openDatabase(t *testing.T, dsn string) driver.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := storage.Open(ctx, storage.Config{DSN: dsn})
-	if err != nil {
-		t.Fatalf("open %s: %v", dsn, err)
-	}
-	if _, err := migrations.Apply(ctx, conn); err != nil {
-		t.Fatalf("apply migrations: %v", err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
 }

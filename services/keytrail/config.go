@@ -41,6 +41,9 @@ type Config struct {
 	MaxAckPending  int
 	StallTimeout   time.Duration
 
+	ReconcileInterval time.Duration
+	ReconcileLookback time.Duration
+
 	AlertInterval      time.Duration
 	AlertWindow        time.Duration
 	AlertWebhookURL    string
@@ -110,6 +113,12 @@ func (c Config) Validate() error {
 			// The URL is not repeated: it may carry a token.
 			errs = append(errs, fmt.Errorf("%s must be an absolute http(s) URL", ref("alert-webhook-url")))
 		}
+	}
+	if c.ReconcileInterval < 0 {
+		errs = append(errs, invalid("reconcile-interval", c.ReconcileInterval.String(), "0 (no sweep) or a positive duration"))
+	}
+	if c.ReconcileLookback <= 0 {
+		errs = append(errs, invalid("reconcile-lookback", c.ReconcileLookback.String(), "a positive duration"))
 	}
 	if c.AlertInterval < 0 {
 		errs = append(errs, invalid("alert-interval", c.AlertInterval.String(), "0 (off) or a positive duration"))
@@ -196,6 +205,8 @@ func flagSet(name string, c *Config) *flag.FlagSet {
 	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 50_000, "most messages the ingester may hold unacknowledged (at least two batches)")
 	fs.DurationVar(&c.StallTimeout, "ingest-stall-timeout", 2*time.Minute, "readiness fails while the ingester has a backlog and has acknowledged nothing for this long")
 	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", false, "let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created)")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 10*time.Minute, "how often an ingesting process sweeps the rollups for cells short of usage_events and repairs them; 0 turns the sweep off (the check after a redelivery always runs)")
+	fs.DurationVar(&c.ReconcileLookback, "reconcile-lookback", 24*time.Hour, "what each rollup sweep compares: the UTC days overlapping this span back from now")
 	fs.DurationVar(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")
 	fs.DurationVar(&c.AlertWindow, "alert-window", 30*time.Minute, "recent range each alert scan examines (must cover ingestion delay)")
 	fs.StringVar(&c.AlertWebhookURL, "alert-webhook-url", "", "also POST every alert to this URL")

@@ -38,6 +38,7 @@ import (
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/ingest/reconcile"
 	"github.com/keytrail/keytrail/internal/storage"
 	"github.com/keytrail/keytrail/migrations"
 	"github.com/keytrail/keytrail/query/alerting"
@@ -185,14 +186,20 @@ func (m *Main) Start(parent context.Context) error {
 		m.log.Info("applied migrations", "versions", applied)
 	}
 
-	// 3. The ingester.
+	// 3. The ingester, its sink guarded by the rollup reconciliation (which repairs what an
+	// insert cut between its raw part and its views left out of the rollups, before the
+	// ingester acknowledges it, and sweeps on a schedule).
 	if cfg.runsIngest() {
 		sink, err := chsink.New(chsink.Config{Conn: m.ch})
 		if err != nil {
 			return err
 		}
+		rec, err := m.reconciler(ctx, js, sink)
+		if err != nil {
+			return err
+		}
 		ing, err := ingest.New(ctx, ingest.Config{
-			JetStream: js, Streams: streams, Sink: sink,
+			JetStream: js, Streams: streams, Sink: rec.Guard(),
 			BatchSize: cfg.BatchSize, FlushInterval: cfg.FlushInterval, StallTimeout: cfg.StallTimeout,
 			Metrics: ingest.NewMetrics(m.registry), Logger: m.log,
 		})
@@ -201,6 +208,7 @@ func (m *Main) Start(parent context.Context) error {
 		}
 		m.ingester = ing
 		m.goRun("ingester", func() error { return ing.Run(ctx) })
+		m.goRun("reconcile", func() error { return rec.Run(ctx) })
 	}
 
 	// 4. The query API, behind authentication and the query audit log.
@@ -284,6 +292,24 @@ func (m *Main) Start(parent context.Context) error {
 
 	m.log.Info("keytrail started", "role", cfg.Role, "nats", m.NATSURL, "grpc", m.GRPCAddr, "http", m.HTTPAddr)
 	return nil
+}
+
+// reconciler builds the rollup reconciliation of the ingester's database. Its repairs are
+// serialized with other processes writing the same database by a JetStream lease.
+func (m *Main) reconciler(ctx context.Context, js jetstream.JetStream, sink *chsink.Sink) (*reconcile.Reconciler, error) {
+	var database string
+	if err := m.ch.QueryRow(ctx, "SELECT currentDatabase()").Scan(&database); err != nil {
+		return nil, fmt.Errorf("read the current database: %w", err)
+	}
+	lease, err := reconcile.NewNATSLease(ctx, reconcile.LeaseConfig{JetStream: js, Database: database})
+	if err != nil {
+		return nil, err
+	}
+	return reconcile.New(reconcile.Config{
+		Conn: m.ch, Sink: sink, Lock: lease,
+		Interval: m.Config.ReconcileInterval, Lookback: m.Config.ReconcileLookback,
+		Registerer: m.registry, Logger: m.log,
+	})
 }
 
 // ready is the readiness probe: storage and NATS reachable, and ingestion not stalled.
