@@ -55,14 +55,14 @@
 // Correct = raw − rollup is right only if both reads saw the same inserts. Three things
 // make sure of it:
 //
-//  1. The reads are ordered raw, fence, rollups, raw again. The fence waits until every
-//     INSERT ClickHouse is running has ended, views included (system.processes). So an insert whose raw
-//     rows the first read saw has finished its views before the rollups are read (or died,
-//     which is what is being repaired). An insert whose raw part lands after the first read
-//     changes the raw counts of its cells, which the second read sees: those cells are
-//     deferred (counted, left for a later check), not judged. An insert landing after the
-//     second read is in neither raw read and, its views coming after its raw part, in no
-//     rollup read either.
+//  1. The reads are ordered raw, fence, rollups, raw again (the second raw read only when
+//     some cell disagrees). The fence waits until every INSERT ClickHouse is running has
+//     ended, views included (system.processes). So an insert whose raw rows the first read
+//     saw has finished its views before the rollups are read (or died, which is what is
+//     being repaired). An insert whose raw part lands after the first read changes the raw
+//     counts of its cells, which the second read sees: those cells are deferred (counted,
+//     left for a later check), not judged. An insert landing after the second read is in
+//     neither raw read and, its views coming after its raw part, in no rollup read either.
 //  2. This process's own inserts cannot interleave: Guard holds the reconciler's lock around
 //     every write and storage check of the ingester, and a check holds it throughout. With
 //     one ingester per durable (the default) nothing else inserts, so nothing is deferred;

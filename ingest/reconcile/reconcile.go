@@ -277,8 +277,9 @@ func dayStarts(ts []time.Time) []int64 {
 //  1. raw, in full;
 //  2. the fence (awaitInserts): every insert running now has ended, views included;
 //  3. each rollup;
-//  4. raw again, counts only. A fine cell whose count changed between 1 and 4 had an insert
-//     land in it meanwhile: the rollup cells it folds into are deferred, not judged.
+//  4. raw again, counts only, when some cell disagrees (when all agree there is nothing to
+//     repair). A fine cell whose count changed between 1 and 4 had an insert land in it
+//     meanwhile: the rollup cells it folds into are deferred, not judged.
 //  5. corrections, tagged so that a later fence waits for them.
 func (r *Reconciler) checkBucketed(ctx context.Context, days []int64, keys []string, trigger string) (Report, map[string]bool, error) {
 	rep := newReport()
@@ -296,28 +297,47 @@ func (r *Reconciler) checkBucketed(ctx context.Context, days []int64, keys []str
 	if err := r.awaitInserts(ctx); err != nil {
 		return rep, nil, err
 	}
+	projects, services := map[string]bool{}, map[string]bool{}
+	for f := range first {
+		projects[f.project], services[f.service] = true, true
+	}
 	held := map[string]map[cell]amounts{}
+	raws := map[string]map[cell]amounts{}
+	agree := true
 	for _, ro := range migrations.Rollups {
 		if ro.AllTime() {
 			continue
 		}
-		if held[ro.Table], err = r.readRollup(ctx, ro, append([]any{keys}, from, to, days)); err != nil {
+		if held[ro.Table], err = r.readRollup(ctx, ro, rollupArgs(ro, keys, sortedKeys(projects), sortedKeys(services), from, to, days)); err != nil {
 			return rep, nil, err
 		}
-	}
-	second, err := r.readFine(ctx, true, args)
-	if err != nil {
-		return rep, nil, err
-	}
-	changed := map[fineCell]bool{}
-	for f, a := range first {
-		if second[f].add[migrations.Requests] != a.add[migrations.Requests] {
-			changed[f] = true
+		raw := map[cell]amounts{}
+		for f, a := range first {
+			c := fold(ro, f)
+			sum := raw[c]
+			sum.merge(a)
+			raw[c] = sum
 		}
+		raws[ro.Table] = raw
+		agree = agree && allAgree(ro, raw, held[ro.Table])
 	}
-	for f := range second {
-		if _, ok := first[f]; !ok {
-			changed[f] = true
+	// The second raw read tells cells an insert landed in meanwhile; when every cell agrees
+	// there is nothing to repair and nothing it could change.
+	changed := map[fineCell]bool{}
+	if !agree {
+		second, err := r.readFine(ctx, true, args)
+		if err != nil {
+			return rep, nil, err
+		}
+		for f, a := range first {
+			if second[f].add[migrations.Requests] != a.add[migrations.Requests] {
+				changed[f] = true
+			}
+		}
+		for f := range second {
+			if _, ok := first[f]; !ok {
+				changed[f] = true
+			}
 		}
 	}
 	hours := map[int64]bool{}
@@ -330,33 +350,17 @@ func (r *Reconciler) checkBucketed(ctx context.Context, days []int64, keys []str
 		if ro.AllTime() {
 			continue
 		}
-		raw := map[cell]amounts{}
-		keyOf := map[cell]string{}
-		for f, a := range first {
-			c := fold(ro, f)
-			sum := raw[c]
-			sum.merge(a)
-			raw[c] = sum
-			keyOf[c] = f.key
-		}
+		raw := raws[ro.Table]
 		busy := map[cell]bool{}
 		for f := range changed {
-			c := fold(ro, f)
-			busy[c] = true
-			keyOf[c] = f.key
-		}
-		keyIndex := slices.Index(ro.Dims, "key_id")
-		for c := range held[ro.Table] {
-			if _, ok := keyOf[c]; !ok {
-				keyOf[c] = c.dimValues()[keyIndex]
-			}
+			busy[fold(ro, f)] = true
 		}
 		fixes, err := r.judge(ro, raw, held[ro.Table], busy, 0, &rep)
 		if err != nil {
 			return rep, nil, err
 		}
 		for c := range busy {
-			suspect[keyOf[c]] = true
+			suspect[keyOfCell(ro, c)] = true
 		}
 		if len(fixes) == 0 {
 			continue
@@ -366,7 +370,7 @@ func (r *Reconciler) checkBucketed(ctx context.Context, days []int64, keys []str
 		}
 		buckets := map[int64]bool{}
 		for _, f := range fixes {
-			suspect[keyOf[f.cell]] = true
+			suspect[keyOfCell(ro, f.cell)] = true
 			buckets[f.cell.bucket-f.cell.bucket%3600] = true
 		}
 		rep.HoursRepaired[ro.Table] += len(buckets)
@@ -394,23 +398,37 @@ func (r *Reconciler) checkAllTime(ctx context.Context, keys []string, trigger st
 		if err := r.awaitInserts(ctx); err != nil {
 			return rep, err
 		}
-		held, err := r.readRollup(ctx, ro, []any{keys})
-		if err != nil {
-			return rep, err
+		projects, services := map[string]bool{}, map[string]bool{}
+		for c := range first {
+			vals := c.dimValues()
+			for i, d := range ro.Dims {
+				switch d {
+				case "project":
+					projects[vals[i]] = true
+				case "service":
+					services[vals[i]] = true
+				}
+			}
 		}
-		second, err := r.readAllTimeRaw(ctx, ro, true, keys)
+		held, err := r.readRollup(ctx, ro, rollupArgs(ro, keys, sortedKeys(projects), sortedKeys(services), 0, 0, nil))
 		if err != nil {
 			return rep, err
 		}
 		busy := map[cell]bool{}
-		for c, a := range first {
-			if second[c].add[migrations.Requests] != a.add[migrations.Requests] {
-				busy[c] = true
+		if !allAgree(ro, first, held) {
+			second, err := r.readAllTimeRaw(ctx, ro, true, keys)
+			if err != nil {
+				return rep, err
 			}
-		}
-		for c := range second {
-			if _, ok := first[c]; !ok {
-				busy[c] = true
+			for c, a := range first {
+				if second[c].add[migrations.Requests] != a.add[migrations.Requests] {
+					busy[c] = true
+				}
+			}
+			for c := range second {
+				if _, ok := first[c]; !ok {
+					busy[c] = true
+				}
 			}
 		}
 		fixes, err := r.judge(ro, first, held, busy, retainedMs, &rep)
@@ -477,6 +495,37 @@ func (r *Reconciler) judge(ro migrations.Rollup, raw, held map[cell]amounts, bus
 		rep.RowsCorrected[ro.Table] += f.add[migrations.Requests]
 	}
 	return fixes, nil
+}
+
+// keyOfCell is the key_id of a cell of ro.
+func keyOfCell(ro migrations.Rollup, c cell) string {
+	return c.dimValues()[slices.Index(ro.Dims, "key_id")]
+}
+
+// allAgree reports whether every cell raw or the rollup holds agrees.
+func allAgree(ro migrations.Rollup, raw, held map[cell]amounts) bool {
+	for c, a := range raw {
+		if v, _ := compare(ro, c, a, held[c]); v != agrees {
+			return false
+		}
+	}
+	for c, h := range held {
+		if _, ok := raw[c]; !ok {
+			if v, _ := compare(ro, c, amounts{}, h); v != agrees {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func sortedKeys(set map[string]bool) []string {
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func describe(ro migrations.Rollup, c cell) string {

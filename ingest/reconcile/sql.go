@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -56,11 +57,19 @@ func allTimeRawSQL(r migrations.Rollup, countOnly bool) string {
 
 // rollupSQL reads what rollup r holds per cell for some keys (and, for a bucketed table,
 // some days), merged: toUInt64 of the additive columns and toInt64 of the extremes, in
-// r.Columns order. Arguments: keys, then from, to, days for a bucketed table.
+// r.Columns order. It also filters on the projects and services the raw rows of the scope
+// hold (where r has those dimensions), so that a table sorted by project or service first
+// reads only their ranges; a rollup cell of another project or service could only be an
+// excess, which is then not seen. Arguments: rollupArgs.
 func rollupSQL(r migrations.Rollup) string {
 	sel := make([]string, 0, 1+len(r.Dims)+len(r.Columns))
 	group := append([]string(nil), r.Dims...)
 	where := keysFilter
+	for _, d := range []string{"project", "service"} {
+		if slices.Contains(r.Dims, d) {
+			where += " AND " + d + " IN (SELECT arrayJoin(?))"
+		}
+	}
 	if !r.AllTime() {
 		sel = append(sel, "toInt64(toUInt32("+r.Bucket+")) AS b")
 		group = append([]string{"b"}, group...)
@@ -77,12 +86,28 @@ func rollupSQL(r migrations.Rollup) string {
 	return "SELECT " + strings.Join(sel, ", ") + "\nFROM " + r.Table + "\nWHERE " + where + "\nGROUP BY " + strings.Join(group, ", ")
 }
 
+// rollupArgs are rollupSQL's arguments: keys, the projects and services (where r has them),
+// then from, to and days for a bucketed table.
+func rollupArgs(r migrations.Rollup, keys, projects, services []string, from, to int64, days []int64) []any {
+	args := []any{keys}
+	if slices.Contains(r.Dims, "project") {
+		args = append(args, projects)
+	}
+	if slices.Contains(r.Dims, "service") {
+		args = append(args, services)
+	}
+	if !r.AllTime() {
+		args = append(args, from, to, days)
+	}
+	return args
+}
+
 // shortHoursSQL is the sweep's cheap first look at bucketed rollup r: the (hour, key) pairs,
 // or (day, key) for a daily table, of a time range where r counts fewer requests than
-// usage_events holds. The join reads the rollup before it reads raw (the right side of a
-// JOIN is built first), so an insert racing with it makes raw look larger, never the
-// rollup: a pair it does not return was complete. Arguments: from, to (rollup), from, to
-// (raw).
+// usage_events holds. It is only a filter: an insert racing with it can make a pair look
+// short (the exact check that follows finds it complete) or, while its views run, hide a
+// shortfall of the same pair until the next sweep. Arguments: from, to (raw), from, to
+// (rollup).
 func shortHoursSQL(r migrations.Rollup) string {
 	unit := "toStartOfHour"
 	if r.Width >= 24*time.Hour {

@@ -35,11 +35,11 @@ WHERE key_id IN (SELECT arrayJoin(?)) AND client_ip != ''
 GROUP BY project, key_id, client_ip`},
 		{"summing rollup", rollupSQL(rollup(t, "spend_hourly")), `SELECT toInt64(toUInt32(hour)) AS b, project, key_id, service, model, toUInt64(sum(requests)), toUInt64(sum(errors)), toUInt64(sum(total_input_tokens)), toUInt64(sum(total_output_tokens)), toInt64(sum(total_cost_micros))
 FROM spend_hourly
-WHERE key_id IN (SELECT arrayJoin(?)) AND hour >= toDateTime(?) AND hour < toDateTime(?) AND toInt64(toUInt32(toStartOfDay(hour))) IN (SELECT toInt64(arrayJoin(?)))
+WHERE key_id IN (SELECT arrayJoin(?)) AND project IN (SELECT arrayJoin(?)) AND service IN (SELECT arrayJoin(?)) AND hour >= toDateTime(?) AND hour < toDateTime(?) AND toInt64(toUInt32(toStartOfDay(hour))) IN (SELECT toInt64(arrayJoin(?)))
 GROUP BY b, project, key_id, service, model`},
 		{"aggregating all-time rollup", rollupSQL(rollup(t, "key_service_totals")), `SELECT project, key_id, service, toUInt64(countMerge(requests)), toUInt64(sumMerge(errors)), toInt64(minMerge(first_seen_ms)), toInt64(maxMerge(last_seen_ms)), toInt64(maxIfMerge(last_success_ms))
 FROM key_service_totals
-WHERE key_id IN (SELECT arrayJoin(?))
+WHERE key_id IN (SELECT arrayJoin(?)) AND project IN (SELECT arrayJoin(?)) AND service IN (SELECT arrayJoin(?))
 GROUP BY project, key_id, service`},
 		{"sweep's first look, daily", shortHoursSQL(rollup(t, "spend_daily")), `SELECT h, key_id, raw_n, held_n FROM
 (SELECT toInt64(toUInt32(toStartOfDay(event_time))) AS h, key_id, count() AS raw_n FROM usage_events
