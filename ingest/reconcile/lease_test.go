@@ -17,6 +17,7 @@ import (
 // does not wait; a lease whose holder died (never released, never refreshed) frees itself
 // after its TTL.
 func TestNATSLeaseExcludesAcrossHolders(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
 	lease := func(db string) *reconcile.NATSLease {

@@ -186,6 +186,7 @@ func wantShort(t *testing.T, db *testenv.Database) {
 // it every cell of every rollup equals the raw rows, counts, sums and first/last seen alike.
 // A second check finds nothing.
 func TestCheckAddsWhatEveryViewMissed(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := testenv.ClickHouse(t)
 	rec, reg := newReconciler(t, db, nil)
@@ -252,6 +253,7 @@ func counter(t *testing.T, reg *prometheus.Registry, name, rollup string) float6
 // missed an insert (two bucketed ones and an all-time one) and repair them exactly; the
 // keys of the other insert are left alone.
 func TestSweepFindsAndRepairsShortRollups(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := testenv.ClickHouse(t)
 	now := time.Date(2026, 11, 21, 10, 30, 0, 0, time.UTC)
@@ -296,6 +298,7 @@ func usageRecords(evs []*keytrailv1.UsageEvent, firstSeq uint64) []ingest.Record
 // may have been cut (here: a write of this ingester failed); otherwise the bucketed rollups
 // are compared and it is left for the case where they show the insert was cut.
 func TestRedeliveryCheckRepairsBeforeTheBatchIsAcknowledged(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := testenv.ClickHouse(t)
 	rec, _ := newReconciler(t, db, nil)
@@ -383,6 +386,7 @@ func allPrefixed(lines []string, prefix string) bool {
 // read) makes them busy: they are deferred, not judged, whatever that insert did to the
 // rollups; the next check repairs them exactly.
 func TestCellsWrittenDuringACheckAreDeferred(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := testenv.ClickHouse(t)
 	rec, _ := newReconciler(t, db, nil)
@@ -430,6 +434,7 @@ func TestCellsWrittenDuringACheckAreDeferred(t *testing.T) {
 // instead of adding what its views are about to add: no repair, and every rollup exact
 // once it ends.
 func TestCheckWaitsForAnInsertWhoseViewsAreStillRunning(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := testenv.ClickHouse(t)
 	rec, _ := newReconciler(t, db, nil)
@@ -472,6 +477,7 @@ func TestCheckWaitsForAnInsertWhoseViewsAreStillRunning(t *testing.T) {
 // reported and left alone; so is an all-time cell holding history older than what raw
 // retains (a dropped month). Cells beside them are still repaired.
 func TestExcessAndRetentionAreNotRepaired(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	db := testenv.ClickHouse(t)
 	rec, _ := newReconciler(t, db, nil)
