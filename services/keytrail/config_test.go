@@ -38,6 +38,8 @@ func flagCases() []flagCase {
 		{flag: "max-ack-pending", good: "20000", other: "30000", field: func(c Config) any { return c.MaxAckPending }, want: 20000, bad: []string{"many", "0", "19999"}},
 		{flag: "ingest-stall-timeout", good: "5m", other: "1m", field: func(c Config) any { return c.StallTimeout }, want: 5 * time.Minute, bad: []string{"300", "0s"}},
 		{flag: "ingest-shared-consumer", good: "1", other: "false", field: func(c Config) any { return c.SharedConsumer }, want: true, bad: []string{"yes", "on"}},
+		{flag: "reconcile-interval", good: "0s", other: "1m", field: func(c Config) any { return c.ReconcileInterval }, want: time.Duration(0), bad: []string{"10", "-1m"}},
+		{flag: "reconcile-lookback", good: "72h", other: "1h", field: func(c Config) any { return c.ReconcileLookback }, want: 72 * time.Hour, bad: []string{"1d", "0s", "-1h"}},
 		{flag: "alert-interval", good: "0s", other: "5m", field: func(c Config) any { return c.AlertInterval }, want: time.Duration(0), bad: []string{"1", "-1m"}},
 		{flag: "alert-window", good: "2h", other: "1h", field: func(c Config) any { return c.AlertWindow }, want: 2 * time.Hour, bad: []string{"x", "-1m"}},
 		{flag: "alert-webhook-url", good: "https://hooks.example/alerts", other: "http://other.example/", field: func(c Config) any { return c.AlertWebhookURL }, want: "https://hooks.example/alerts", bad: []string{"hooks.example/alerts", "ftp://hooks.example/"}},
@@ -133,6 +135,7 @@ func TestConfigDefaults(t *testing.T) {
 		Role: "all", NATSListen: "127.0.0.1:4222", NATSStoreDir: ".local/nats", SubjectPrefix: "keytrail",
 		ClickHouseDSN: "clickhouse://127.0.0.1:19000/keytrail", GRPCListen: "127.0.0.1:9090", HTTPListen: "127.0.0.1:8080",
 		BatchSize: 10000, FlushInterval: 500 * time.Millisecond, AckWait: 30 * time.Second, MaxAckPending: 50000,
+		ReconcileInterval: 10 * time.Minute, ReconcileLookback: 24 * time.Hour,
 		StallTimeout: 2 * time.Minute, AlertInterval: time.Minute, AlertWindow: 30 * time.Minute, AlertWebhookFormat: "protojson", AlertNewCallers: "all",
 		LogFormat: "text", LogLevel: "info", MemoryLimit: "auto",
 	}
