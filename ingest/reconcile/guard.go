@@ -8,6 +8,7 @@ import (
 
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/ingest"
+	"github.com/keytrail/keytrail/ingest/chsink"
 )
 
 // Guard wraps the ingester's sink (Config.Sink) so that the rollups are checked where an
@@ -21,9 +22,15 @@ import (
 //     compared and repaired before Classify returns. The ingester acknowledges those events
 //     only after that, so if the process dies during the check JetStream redelivers them and
 //     the next ingester checks again.
-func (r *Reconciler) Guard() ingest.Sink { return &guard{r: r} }
+//
+// The guard embeds the sink, so whatever else the sink offers the ingester (an optional
+// interface it looks for) stays visible through it.
+func (r *Reconciler) Guard() ingest.Sink { return &guard{Sink: r.sink, r: r} }
 
-type guard struct{ r *Reconciler }
+type guard struct {
+	*chsink.Sink
+	r *Reconciler
+}
 
 var (
 	_ ingest.Sink    = (*guard)(nil)
