@@ -33,8 +33,9 @@ type guard struct {
 }
 
 var (
-	_ ingest.Sink    = (*guard)(nil)
-	_ ingest.Deduper = (*guard)(nil)
+	_ ingest.Sink            = (*guard)(nil)
+	_ ingest.Deduper         = (*guard)(nil)
+	_ ingest.DeadLetterStore = (*guard)(nil)
 )
 
 func (g *guard) Write(ctx context.Context, records []ingest.Record) error {
@@ -67,6 +68,14 @@ func (g *guard) Classify(ctx context.Context, records []ingest.Record) ([]ingest
 	}
 	g.r.writeFailed = false
 	return presence, nil
+}
+
+// WriteDeadLetters keeps dead letters through the sink, under the lock like its other
+// writes (the sink is not safe for concurrent use).
+func (g *guard) WriteDeadLetters(ctx context.Context, letters []*ingest.DeadLetter) error {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	return g.r.sink.WriteDeadLetters(ctx, letters)
 }
 
 // Bounds of the redelivery check's retries of cells another writer was inserting into.
