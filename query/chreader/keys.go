@@ -305,12 +305,6 @@ func (rd *Reader) Key(ctx context.Context, req KeyRequest) (Key, error) {
 	return Key{}, ambiguousKey(req.KeyID, projects)
 }
 
-// ambiguousKey is the error for a key id asked about without a project that exists in
-// several of the projects the caller may read (and only those are named).
-func ambiguousKey(keyID string, projects []string) error {
-	return &InvalidError{Field: "project", Reason: fmt.Sprintf("key %q exists in projects %s; pass one of them", keyID, strings.Join(projects, ", "))}
-}
-
 // KeysRequest is the input of Keys. Zero times mean "no filter", except At (zero is now).
 type KeysRequest struct {
 	Project string

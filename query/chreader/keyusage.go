@@ -158,12 +158,8 @@ func (rd *Reader) KeyUsage(ctx context.Context, req KeyUsageRequest) (KeyUsageRe
 		return rep, nil
 	}
 	if req.Project == "" {
-		projects, err := rd.keyProjects(ctx, KeyProjects(req.KeyID, req.Projects))
-		if err != nil {
+		if _, err := rd.keyProject(ctx, req.KeyID, req.Projects); err != nil {
 			return KeyUsageReport{}, err
-		}
-		if len(projects) > 1 {
-			return KeyUsageReport{}, ambiguousKey(req.KeyID, projects)
 		}
 	}
 	n := int(to.Sub(from) / width)

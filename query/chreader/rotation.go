@@ -86,31 +86,6 @@ type keyLifecycle struct {
 	RevokedAt time.Time
 }
 
-// KeyProjects lists the projects in which a key id is known (a lifecycle event or a request),
-// only among projects when it is not nil. A key is (project, key_id): nothing makes key ids
-// unique across projects.
-func KeyProjects(keyID string, projects []string) Query {
-	filter := ""
-	args := []any{keyID}
-	if projects != nil {
-		filter = " AND has(?, project)"
-		args = append(args, projects)
-	}
-	args = append(args, args...)
-	return Query{
-		SQL: `SELECT project
-FROM
-(
-    SELECT project FROM lifecycle_events WHERE key_id = ?` + filter + `
-    UNION ALL
-    SELECT project FROM key_service_totals WHERE key_id = ?` + filter + `
-)
-GROUP BY project
-ORDER BY project`,
-		Args: args,
-	}
-}
-
 // RotationLifecycle is KeyLifecycle within one project.
 func RotationLifecycle(project, keyID string, at time.Time) Query {
 	return Query{
@@ -330,40 +305,24 @@ func (rd *Reader) Rotation(ctx context.Context, req RotationRequest) (RotationRe
 	return rep, nil
 }
 
-// rotationProject resolves the old key's project among those the request allows.
+// rotationProject is the old key's project: the one named, or the one among those the
+// request allows where the old key is known. A key known in none of them is not found.
 func (rd *Reader) rotationProject(ctx context.Context, req RotationRequest, end time.Time) (string, error) {
 	allowed := req.Projects
 	if req.Project != "" {
 		allowed = []string{req.Project}
 	}
-	notFound := &KeyNotFoundError{KeyID: req.OldKey, At: end}
-	if allowed != nil && len(allowed) == 0 {
-		return "", notFound
-	}
-	q := KeyProjects(req.OldKey, allowed)
-	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
-	if err != nil {
-		return "", fmt.Errorf("query projects of %s: %w", req.OldKey, err)
-	}
-	defer rows.Close()
-	var projects []string
-	for rows.Next() {
-		var p string
-		if err := rows.Scan(&p); err != nil {
-			return "", fmt.Errorf("scan projects of %s: %w", req.OldKey, err)
+	project := ""
+	if allowed == nil || len(allowed) > 0 {
+		var err error
+		if project, err = rd.keyProject(ctx, req.OldKey, allowed); err != nil {
+			return "", err
 		}
-		projects = append(projects, p)
 	}
-	if err := rows.Err(); err != nil {
-		return "", fmt.Errorf("read projects of %s: %w", req.OldKey, err)
+	if project == "" {
+		return "", &KeyNotFoundError{KeyID: req.OldKey, At: end}
 	}
-	switch len(projects) {
-	case 0:
-		return "", notFound
-	case 1:
-		return projects[0], nil
-	}
-	return "", &InvalidError{Field: "project", Reason: fmt.Sprintf("key %q exists in projects %s; pass one of them", req.OldKey, strings.Join(projects, ", "))}
+	return project, nil
 }
 
 // keyLifecycle is the old key's state at end (package keystate: an expiry that has passed

@@ -320,12 +320,8 @@ func (rd *Reader) Spend(ctx context.Context, req SpendRequest) (SpendPage, error
 		// spend is not to be added up. Checked on the first page (the token binds the rest).
 		// The API passes no project only for callers who read every project (others name one,
 		// or have only one), so every project is looked at.
-		projects, err := rd.keyProjects(ctx, KeyProjects(req.Filter.KeyID, nil))
-		if err != nil {
+		if _, err := rd.keyProject(ctx, req.Filter.KeyID, nil); err != nil {
 			return SpendPage{}, err
-		}
-		if len(projects) > 1 {
-			return SpendPage{}, ambiguousKey(req.Filter.KeyID, projects)
 		}
 	}
 
@@ -393,25 +389,4 @@ func (rd *Reader) readSpendRows(ctx context.Context, q Query, spec SpendSpec, pa
 		return fmt.Errorf("read spend: %w", err)
 	}
 	return nil
-}
-
-// keyProjects runs a KeyProjects query.
-func (rd *Reader) keyProjects(ctx context.Context, q Query) ([]string, error) {
-	rows, err := rd.conn.Query(ctx, q.SQL, q.Args...)
-	if err != nil {
-		return nil, fmt.Errorf("query projects of a key: %w", err)
-	}
-	defer rows.Close()
-	var projects []string
-	for rows.Next() {
-		var p string
-		if err := rows.Scan(&p); err != nil {
-			return nil, fmt.Errorf("scan projects of a key: %w", err)
-		}
-		projects = append(projects, p)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read projects of a key: %w", err)
-	}
-	return projects, nil
 }
