@@ -8,6 +8,7 @@ import (
 	"github.com/keytrail/keytrail/query/anomaly"
 	"github.com/keytrail/keytrail/query/budget"
 	"github.com/keytrail/keytrail/query/chreader"
+	"github.com/keytrail/keytrail/query/keystate"
 )
 
 // The API's enums are mapped to the domain's here and nowhere else. Requests arrive checked
@@ -80,4 +81,25 @@ func anomalyScope(s keytrailv1.AnomalyScope) (anomaly.Scope, error) {
 		return 0, &chreader.InvalidError{Field: "scope", Reason: fmt.Sprintf("unknown scope %s", s)}
 	}
 	return scope, nil
+}
+
+// keyStatuses maps each key status both ways: a key known from its requests alone is
+// KEY_STATUS_UNSPECIFIED in answers, and KEY_STATUS_UNSPECIFIED as a filter means any status
+// (the reader's zero value).
+var keyStatuses = map[keystate.Status]keytrailv1.KeyStatus{
+	keystate.Unregistered: keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED,
+	keystate.Active:       keytrailv1.KeyStatus_KEY_STATUS_ACTIVE,
+	keystate.Disabled:     keytrailv1.KeyStatus_KEY_STATUS_DISABLED,
+	keystate.Expired:      keytrailv1.KeyStatus_KEY_STATUS_EXPIRED,
+	keystate.Deleted:      keytrailv1.KeyStatus_KEY_STATUS_DELETED,
+}
+
+// keyStatusFilter maps ListKeys' status filter.
+func keyStatusFilter(s keytrailv1.KeyStatus) (keystate.Status, error) {
+	for domain, proto := range keyStatuses {
+		if proto == s {
+			return domain, nil
+		}
+	}
+	return 0, &chreader.InvalidError{Field: "status", Reason: fmt.Sprintf("%s is not a key status", s)}
 }

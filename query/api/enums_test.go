@@ -9,6 +9,7 @@ import (
 	"github.com/keytrail/keytrail/query/anomaly"
 	"github.com/keytrail/keytrail/query/budget"
 	"github.com/keytrail/keytrail/query/chreader"
+	"github.com/keytrail/keytrail/query/keystate"
 )
 
 func TestSpendEnumMapping(t *testing.T) {
@@ -66,6 +67,34 @@ func TestAnomalyScopeMapping(t *testing.T) {
 		if got, err := anomalyScope(s); err != nil || got != want {
 			t.Errorf("%s: %s, %v; want %s", s, got, err, want)
 		}
+	}
+}
+
+func TestKeyStatusMapping(t *testing.T) {
+	want := map[keystate.Status]keytrailv1.KeyStatus{
+		keystate.Unregistered: keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED,
+		keystate.Active:       keytrailv1.KeyStatus_KEY_STATUS_ACTIVE,
+		keystate.Disabled:     keytrailv1.KeyStatus_KEY_STATUS_DISABLED,
+		keystate.Expired:      keytrailv1.KeyStatus_KEY_STATUS_EXPIRED,
+		keystate.Deleted:      keytrailv1.KeyStatus_KEY_STATUS_DELETED,
+	}
+	// Every domain status has its API value, and every API value (each defined in the proto)
+	// reads back as the same status as a filter.
+	for s := keystate.Unregistered; s.Valid(); s++ {
+		proto, ok := keyStatuses[s]
+		if !ok || proto != want[s] {
+			t.Errorf("%s answers as %s, want %s", s, proto, want[s])
+		}
+		if back, err := keyStatusFilter(proto); err != nil || back != s {
+			t.Errorf("filter %s: %s, %v; want %s", proto, back, err, s)
+		}
+	}
+	if len(keyStatuses) != len(keytrailv1.KeyStatus_name) {
+		t.Errorf("%d statuses mapped, the API defines %d", len(keyStatuses), len(keytrailv1.KeyStatus_name))
+	}
+	var invalid *chreader.InvalidError
+	if _, err := keyStatusFilter(99); !errors.As(err, &invalid) || err.Error() != "status: 99 is not a key status" {
+		t.Errorf("undefined status: %v, want InvalidError naming status", err)
 	}
 }
 

@@ -37,10 +37,14 @@ func (s *queryService) ListKeys(ctx context.Context, req *keytrailv1.ListKeysReq
 	if err != nil {
 		return nil, err
 	}
+	statusFilter, err := keyStatusFilter(req.GetStatus())
+	if err != nil {
+		return nil, s.keyStatus(ctx, "ListKeys", err)
+	}
 	page, err := s.reader.Keys(ctx, chreader.KeysRequest{
 		Project:       project,
 		Projects:      projects,
-		Status:        req.GetStatus(),
+		Status:        statusFilter,
 		ExpiresBefore: timeOrZero(req.GetExpiresBefore()),
 		UnusedSince:   timeOrZero(req.GetUnusedSince()),
 		UsedSince:     timeOrZero(req.GetUsedSince()),
@@ -71,7 +75,7 @@ func keyState(k chreader.Key) *keytrailv1.KeyState {
 	out := &keytrailv1.KeyState{
 		KeyId:           k.KeyID,
 		Project:         k.Project,
-		Status:          k.Status,
+		Status:          keyStatuses[k.Status],
 		CreatedAt:       keyTimestamp(k.CreatedAt),
 		CreatedBy:       k.CreatedBy,
 		ExpiresAt:       keyTimestamp(k.ExpiresAt),

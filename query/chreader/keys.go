@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/event"
-	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/query/keystate"
 )
 
@@ -252,7 +251,7 @@ type projectKey struct {
 }
 
 // Key is the state of one key at an instant. A key with requests but no lifecycle event (as
-// of the instant) is returned with status KEY_STATUS_UNSPECIFIED: a key used but never
+// of the instant) is returned with status keystate.Unregistered: a key used but never
 // registered by a gateway is worth seeing, not hiding. A key with neither is a
 // *KeyNotFoundError.
 //
@@ -311,8 +310,8 @@ type KeysRequest struct {
 	// Projects, when not nil, keeps only keys of these projects (the caller's read
 	// permissions). Applied in SQL with the other filters, so pages stay full.
 	Projects []string
-	// Status KEY_STATUS_UNSPECIFIED means any status.
-	Status        keytrailv1.KeyStatus
+	// Status keeps keys with this status; the zero value (keystate.Unregistered) means any.
+	Status        keystate.Status
 	ExpiresBefore time.Time
 	UnusedSince   time.Time
 	UsedSince     time.Time
@@ -338,14 +337,14 @@ type KeysPage struct {
 // events, tens of MB for one call); beyond that, narrow by project.
 //
 // Keys with requests but no lifecycle event are included with status
-// KEY_STATUS_UNSPECIFIED when no status filter is given: the inventory then shows keys in
+// keystate.Unregistered when no status filter is given: the inventory then shows keys in
 // use that no gateway ever registered.
 //
 // Use is joined from key_service_totals when At is unset (as of now), else from the minute
 // rollup plus the raw partial minute (exact as of At, see KeyLastUsedAt). When At is unset the
 // first page pins "now" in the page token, so every page describes the same instant.
 func (rd *Reader) Keys(ctx context.Context, req KeysRequest) (KeysPage, error) {
-	if _, ok := keytrailv1.KeyStatus_name[int32(req.Status)]; !ok {
+	if !req.Status.Valid() {
 		return KeysPage{}, &InvalidError{Field: "status", Reason: "is not a key status"}
 	}
 	at, err := resolveKeyAt(req.At, rd.now())
@@ -421,7 +420,7 @@ func (rd *Reader) Keys(ctx context.Context, req KeysRequest) (KeysPage, error) {
 }
 
 func (req KeysRequest) matches(k Key) bool {
-	if req.Status != keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED && k.Status != req.Status {
+	if req.Status != keystate.Unregistered && k.Status != req.Status {
 		return false
 	}
 	if !req.ExpiresBefore.IsZero() && (k.ExpiresAt.IsZero() || !k.ExpiresAt.Before(req.ExpiresBefore)) {

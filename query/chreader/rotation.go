@@ -332,13 +332,13 @@ func (rd *Reader) keyLifecycle(ctx context.Context, project, keyID string, end t
 	if err != nil {
 		return keyLifecycle{}, err
 	}
-	kl := keyLifecycle{Status: "active"}
+	kl := keyLifecycle{Status: keystate.Active.String()}
 	state, known := keystate.At(keyID, events, end)
 	if !known {
 		return kl, nil
 	}
-	if state.Status != keytrailv1.KeyStatus_KEY_STATUS_ACTIVE && state.Status != keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED {
-		kl.Status = strings.ToLower(strings.TrimPrefix(state.Status.String(), "KEY_STATUS_"))
+	if state.Status != keystate.Active && state.Status != keystate.Unregistered {
+		kl.Status = state.Status.String()
 		kl.RevokedAt = state.StatusSince
 	}
 	for _, e := range events {

@@ -22,8 +22,8 @@
 //   - expires_at, budget: from the latest event that carries one. Scopes: from the latest
 //     event that carries any, or from the latest ACTION_SCOPES_CHANGED even when it carries
 //     none (the scopes were removed).
-//   - Status has a precedence: DELETED > EXPIRED > DISABLED > ACTIVE. Three flags feed it:
-//     deleted, expired, disabled.
+//   - Status (this package's own; the API maps it to its KeyStatus enum) has a precedence:
+//     DELETED > EXPIRED > DISABLED > ACTIVE. Three flags feed it: deleted, expired, disabled.
 //   - ACTION_DISABLED sets disabled; ACTION_ENABLED and ACTION_CREATED clear it
 //     (disabled -> enabled returns to ACTIVE).
 //   - Expiry: the key expires at expires_at whether or not an ACTION_EXPIRED event arrives

@@ -1,6 +1,7 @@
 package keystate
 
 import (
+	"fmt"
 	"slices"
 	"sort"
 	"time"
@@ -24,6 +25,40 @@ type Event struct {
 	Scopes []string
 }
 
+// Status is where a key stands. Its precedence, when several apply, is Deleted > Expired >
+// Disabled > Active.
+type Status int
+
+// The statuses. The zero value is a key no lifecycle event describes (known from its
+// requests alone); At never returns it for a key it knows.
+const (
+	Unregistered Status = iota
+	Active
+	Disabled
+	Expired
+	Deleted
+)
+
+// Valid reports whether s is one of the statuses.
+func (s Status) Valid() bool { return s >= Unregistered && s <= Deleted }
+
+// String is "unregistered", "active", "disabled", "expired" or "deleted", as messages say it.
+func (s Status) String() string {
+	switch s {
+	case Unregistered:
+		return "unregistered"
+	case Active:
+		return "active"
+	case Disabled:
+		return "disabled"
+	case Expired:
+		return "expired"
+	case Deleted:
+		return "deleted"
+	}
+	return fmt.Sprintf("Status(%d)", int(s))
+}
+
 // Budget caps a key's spend per period.
 type Budget struct {
 	AmountMicros int64
@@ -34,7 +69,7 @@ type Budget struct {
 type State struct {
 	KeyID           string
 	Project         string
-	Status          keytrailv1.KeyStatus
+	Status          Status
 	CreatedAt       time.Time
 	CreatedBy       string
 	ExpiresAt       time.Time
@@ -130,18 +165,18 @@ func fold(keyID string, sorted []Event, at time.Time) (State, bool) {
 	return f.s, true
 }
 
-func (f *folder) status() keytrailv1.KeyStatus {
+func (f *folder) status() Status {
 	switch {
 	case !f.known:
-		return keytrailv1.KeyStatus_KEY_STATUS_UNSPECIFIED
+		return Unregistered
 	case f.deleted:
-		return keytrailv1.KeyStatus_KEY_STATUS_DELETED
+		return Deleted
 	case f.expired:
-		return keytrailv1.KeyStatus_KEY_STATUS_EXPIRED
+		return Expired
 	case f.disabled:
-		return keytrailv1.KeyStatus_KEY_STATUS_DISABLED
+		return Disabled
 	}
-	return keytrailv1.KeyStatus_KEY_STATUS_ACTIVE
+	return Active
 }
 
 // change runs a mutation that happens at instant t and records t as status_since when the

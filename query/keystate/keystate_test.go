@@ -19,10 +19,10 @@ const (
 )
 
 const (
-	active   = keytrailv1.KeyStatus_KEY_STATUS_ACTIVE
-	disabled = keytrailv1.KeyStatus_KEY_STATUS_DISABLED
-	expired  = keytrailv1.KeyStatus_KEY_STATUS_EXPIRED
-	deleted  = keytrailv1.KeyStatus_KEY_STATUS_DELETED
+	active   = Active
+	disabled = Disabled
+	expired  = Expired
+	deleted  = Deleted
 )
 
 type opt func(*Event)
@@ -59,7 +59,7 @@ const (
 func TestAt(t *testing.T) {
 	// key_a: created with a 30-day TTL, scopes and a budget; never another event.
 	ttl := []Event{ev("e1", "key_a", created, 0, expires(30*day), scopes("chat", "embed"), budget(5_000_000))}
-	wantTTL := func(asOf time.Time, status keytrailv1.KeyStatus, since time.Time) State {
+	wantTTL := func(asOf time.Time, status Status, since time.Time) State {
 		return State{
 			KeyID: "key_a", Project: "acme", Status: status, CreatedAt: t0, CreatedBy: "alice",
 			ExpiresAt: at(30 * day), Scopes: []string{"chat", "embed"},
