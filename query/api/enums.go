@@ -9,12 +9,35 @@ import (
 	"github.com/keytrail/keytrail/query/budget"
 	"github.com/keytrail/keytrail/query/chreader"
 	"github.com/keytrail/keytrail/query/keystate"
+	"github.com/keytrail/keytrail/query/rotation"
 )
 
 // The API's enums are mapped to the domain's here and nowhere else. Requests arrive checked
 // by protovalidate (defined values, no repeats); these mappings still refuse anything else
 // with the field named, as InvalidArgument, so a request that reaches a handler another way
 // cannot slip an unknown value through.
+
+// fromAPI maps one value of a request's enum through m; a value m does not hold is refused
+// with the field named and the value as the caller sent it ("9 is not a granularity").
+func fromAPI[P interface {
+	comparable
+	fmt.Stringer
+}, D any](m map[P]D, v P, field, kind string) (D, error) {
+	d, ok := m[v]
+	if !ok {
+		return d, &chreader.InvalidError{Field: field, Reason: fmt.Sprintf("%s is not %s", v, kind)}
+	}
+	return d, nil
+}
+
+// inverse is m read the other way, for an enum mapped both ways.
+func inverse[K, V comparable](m map[K]V) map[V]K {
+	out := make(map[V]K, len(m))
+	for k, v := range m {
+		out[v] = k
+	}
+	return out
+}
 
 var spendDimensions = map[keytrailv1.SpendDimension]chreader.Dimension{
 	keytrailv1.SpendDimension_SPEND_DIMENSION_KEY:     chreader.DimensionKey,
@@ -30,9 +53,9 @@ func spendGroupBy(groupBy []keytrailv1.SpendDimension) ([]chreader.Dimension, er
 	}
 	var out []chreader.Dimension
 	for i, pd := range groupBy {
-		d, ok := spendDimensions[pd]
-		if !ok {
-			return nil, &chreader.InvalidError{Field: "group_by", Reason: fmt.Sprintf("%s is not a dimension", pd)}
+		d, err := fromAPI(spendDimensions, pd, "group_by", "a dimension")
+		if err != nil {
+			return nil, err
 		}
 		if slices.Contains(groupBy[:i], pd) {
 			return nil, &chreader.InvalidError{Field: "group_by", Reason: fmt.Sprintf("%s is repeated", pd)}
@@ -50,11 +73,7 @@ var spendBuckets = map[keytrailv1.Granularity]budget.Period{
 }
 
 func spendGranularity(g keytrailv1.Granularity) (budget.Period, error) {
-	p, ok := spendBuckets[g]
-	if !ok {
-		return 0, &chreader.InvalidError{Field: "granularity", Reason: fmt.Sprintf("%s is not a granularity", g)}
-	}
-	return p, nil
+	return fromAPI(spendBuckets, g, "granularity", "a granularity")
 }
 
 var budgetPeriods = map[budget.Period]keytrailv1.BudgetPeriod{
@@ -76,11 +95,7 @@ var anomalyScopes = map[keytrailv1.AnomalyScope]anomaly.Scope{
 }
 
 func anomalyScope(s keytrailv1.AnomalyScope) (anomaly.Scope, error) {
-	scope, ok := anomalyScopes[s]
-	if !ok {
-		return 0, &chreader.InvalidError{Field: "scope", Reason: fmt.Sprintf("unknown scope %s", s)}
-	}
-	return scope, nil
+	return fromAPI(anomalyScopes, s, "scope", "a scope")
 }
 
 // keyStatuses maps each key status both ways: a key known from its requests alone is
@@ -94,12 +109,28 @@ var keyStatuses = map[keystate.Status]keytrailv1.KeyStatus{
 	keystate.Deleted:      keytrailv1.KeyStatus_KEY_STATUS_DELETED,
 }
 
+var keyStatusFilters = inverse(keyStatuses)
+
 // keyStatusFilter maps ListKeys' status filter.
 func keyStatusFilter(s keytrailv1.KeyStatus) (keystate.Status, error) {
-	for domain, proto := range keyStatuses {
-		if proto == s {
-			return domain, nil
-		}
-	}
-	return 0, &chreader.InvalidError{Field: "status", Reason: fmt.Sprintf("%s is not a key status", s)}
+	return fromAPI(keyStatusFilters, s, "status", "a key status")
+}
+
+var serviceMigrations = map[rotation.Migration]keytrailv1.ServiceMigration{
+	rotation.Moved:      keytrailv1.ServiceMigration_SERVICE_MIGRATION_MOVED,
+	rotation.Mixed:      keytrailv1.ServiceMigration_SERVICE_MIGRATION_MIXED,
+	rotation.NotStarted: keytrailv1.ServiceMigration_SERVICE_MIGRATION_NOT_STARTED,
+}
+
+var callerStates = map[rotation.CallerState]keytrailv1.CallerState{
+	rotation.CallerMoved:    keytrailv1.CallerState_CALLER_STATE_MOVED,
+	rotation.CallerPending:  keytrailv1.CallerState_CALLER_STATE_PENDING,
+	rotation.CallerOverdue:  keytrailv1.CallerState_CALLER_STATE_OVERDUE,
+	rotation.CallerAccepted: keytrailv1.CallerState_CALLER_STATE_ACCEPTED,
+	rotation.CallerFailing:  keytrailv1.CallerState_CALLER_STATE_FAILING,
+}
+
+var rotationVerdicts = map[rotation.Verdict]keytrailv1.RotationVerdict{
+	rotation.SafeToRevoke: keytrailv1.RotationVerdict_ROTATION_VERDICT_SAFE_TO_REVOKE,
+	rotation.NotYet:       keytrailv1.RotationVerdict_ROTATION_VERDICT_NOT_YET,
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
@@ -10,6 +11,7 @@ import (
 	"github.com/keytrail/keytrail/query/budget"
 	"github.com/keytrail/keytrail/query/chreader"
 	"github.com/keytrail/keytrail/query/keystate"
+	"github.com/keytrail/keytrail/query/rotation"
 )
 
 func TestSpendEnumMapping(t *testing.T) {
@@ -47,7 +49,7 @@ func TestSpendEnumMapping(t *testing.T) {
 		{"unknown dimension", second(spendGroupBy([]keytrailv1.SpendDimension{42})), "group_by: 42 is not a dimension"},
 		{"repeated dimension", second(spendGroupBy([]keytrailv1.SpendDimension{key, key})), "group_by: SPEND_DIMENSION_KEY is repeated"},
 		{"unknown granularity", second(spendGranularity(9)), "granularity: 9 is not a granularity"},
-		{"unknown scope", second(anomalyScope(9)), "scope: unknown scope 9"},
+		{"unknown scope", second(anomalyScope(9)), "scope: 9 is not a scope"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var invalid *chreader.InvalidError
@@ -95,6 +97,43 @@ func TestKeyStatusMapping(t *testing.T) {
 	var invalid *chreader.InvalidError
 	if _, err := keyStatusFilter(99); !errors.As(err, &invalid) || err.Error() != "status: 99 is not a key status" {
 		t.Errorf("undefined status: %v, want InvalidError naming status", err)
+	}
+}
+
+// Every rotation answer value has its own defined API value, never UNSPECIFIED, and every
+// API value but UNSPECIFIED has a domain value: a value added on one side shows here.
+func TestRotationEnumMapping(t *testing.T) {
+	checkAnswerEnum(t, "migration", serviceMigrations, keytrailv1.ServiceMigration_name)
+	checkAnswerEnum(t, "caller state", callerStates, keytrailv1.CallerState_name)
+	checkAnswerEnum(t, "verdict", rotationVerdicts, keytrailv1.RotationVerdict_name)
+	for _, s := range []rotation.CallerState{rotation.CallerMoved, rotation.CallerPending, rotation.CallerOverdue, rotation.CallerAccepted, rotation.CallerFailing} {
+		if want := "CALLER_STATE_" + strings.ToUpper(s.String()); callerStates[s].String() != want {
+			t.Errorf("%s answers as %s, want %s", s, callerStates[s], want)
+		}
+	}
+	for _, m := range []rotation.Migration{rotation.Moved, rotation.Mixed, rotation.NotStarted} {
+		if want := "SERVICE_MIGRATION_" + strings.ToUpper(strings.ReplaceAll(m.String(), " ", "_")); serviceMigrations[m].String() != want {
+			t.Errorf("%s answers as %s, want %s", m, serviceMigrations[m], want)
+		}
+	}
+	for _, v := range []rotation.Verdict{rotation.SafeToRevoke, rotation.NotYet} {
+		if want := "ROTATION_VERDICT_" + v.String(); rotationVerdicts[v].String() != want {
+			t.Errorf("%s answers as %s, want %s", v, rotationVerdicts[v], want)
+		}
+	}
+}
+
+func checkAnswerEnum[D comparable, P ~int32](t *testing.T, name string, m map[D]P, defined map[int32]string) {
+	t.Helper()
+	seen := map[P]bool{}
+	for d, v := range m {
+		if _, ok := defined[int32(v)]; !ok || v == 0 || seen[v] {
+			t.Errorf("%s: %v answers as %d, undefined, UNSPECIFIED or another value's", name, d, v)
+		}
+		seen[v] = true
+	}
+	if len(seen) != len(defined)-1 {
+		t.Errorf("%s: %d values mapped, the API defines %d besides UNSPECIFIED", name, len(seen), len(defined)-1)
 	}
 }
 

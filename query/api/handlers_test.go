@@ -1,7 +1,6 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/internal/apitest"
+	"github.com/keytrail/keytrail/internal/testenv"
 	"github.com/keytrail/keytrail/query/anomaly"
 	"github.com/keytrail/keytrail/query/api"
 	"github.com/keytrail/keytrail/query/auth"
@@ -97,29 +97,11 @@ func (f *fakeReader) Key(_ context.Context, req chreader.KeyRequest) (chreader.K
 	return f.key, f.err
 }
 
-// syncLog is a log destination the server writes to while the test reads it.
-type syncLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 const tokFakeAcmeGlobex = "ktk_fake_acme_globex"
 
-func startFake(t *testing.T, f *fakeReader) (*apitest.Server, *syncLog) {
+func startFake(t *testing.T, f *fakeReader) (*apitest.Server, *testenv.SyncBuffer) {
 	t.Helper()
-	log := &syncLog{}
+	log := &testenv.SyncBuffer{}
 	srv := apitest.Start(t, nil, apitest.Options{
 		Reader: f,
 		Logger: slog.New(slog.NewTextHandler(log, nil)),

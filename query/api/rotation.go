@@ -15,18 +15,15 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 	// A key is (project, key_id): the reader looks for the old key only in the projects the
 	// caller may read, so a key id known elsewhere too is neither mixed in nor named. A
 	// project the caller names itself is refused by name.
+	project, projects, err := readableProjects(ctx, req.GetProject())
+	if err != nil {
+		return nil, err
+	}
 	rreq := chreader.RotationRequest{
-		OldKey: req.GetOldKeyId(), NewKey: req.GetNewKeyId(), Project: req.GetProject(),
+		OldKey: req.GetOldKeyId(), NewKey: req.GetNewKeyId(), Project: project, Projects: projects,
 		Quiet: req.GetQuietPeriod().AsDuration(), Lookback: req.GetLookback().AsDuration(), Bucket: req.GetBucket().AsDuration(),
 		Start: timeOrZero(req.GetStartTime()), End: timeOrZero(req.GetEndTime()),
 		Accepted: req.GetAcceptPending(),
-	}
-	if rreq.Project != "" {
-		if err := mayRead(ctx, rreq.Project); err != nil {
-			return nil, err
-		}
-	} else if p := caller(ctx); !p.ReadsAllProjects() {
-		rreq.Projects = append([]string{}, p.Projects...)
 	}
 	rep, err := s.reader.Rotation(ctx, rreq)
 	if err != nil {
@@ -53,10 +50,7 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 		LookbackStart:       timestamppb.New(rep.HistoryStart),
 		Lookback:            durationpb.New(rep.Lookback),
 		AcceptedPending:     rep.Accepted,
-		Verdict:             keytrailv1.RotationVerdict_ROTATION_VERDICT_NOT_YET,
-	}
-	if rep.Verdict == rotation.SafeToRevoke {
-		resp.Verdict = keytrailv1.RotationVerdict_ROTATION_VERDICT_SAFE_TO_REVOKE
+		Verdict:             rotationVerdicts[rep.Verdict],
 	}
 	for _, b := range rep.Series {
 		resp.Series = append(resp.Series, &keytrailv1.ShareBucket{
@@ -73,7 +67,7 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 			OldKeyLastSuccess: optionalTime(sv.OldLastSuccess),
 			NewKeyFirstSeen:   optionalTime(sv.NewFirstSeen),
 			NewKeyLastSeen:    optionalTime(sv.NewLastSeen),
-			Migration:         migrationProto(sv.Migration),
+			Migration:         serviceMigrations[sv.Migration],
 		})
 	}
 	for _, a := range rep.AfterRevocation {
@@ -84,7 +78,7 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 	}
 	for _, c := range rep.Callers {
 		pc := &keytrailv1.OldKeyCaller{
-			Service: c.Service, State: callerStateProto(c.State), Requests: int64(c.Requests),
+			Service: c.Service, State: callerStates[c.State], Requests: int64(c.Requests),
 			LastSeen: optionalTime(c.LastSeen), LastSuccess: optionalTime(c.LastSuccess), Runs: int64(c.Runs),
 			ExpectedBy: optionalTime(c.ExpectedBy), NewKeyLastSuccess: optionalTime(c.NewLastSuccess), Evidence: c.Evidence,
 		}
@@ -94,32 +88,4 @@ func (s *queryService) GetRotation(ctx context.Context, req *keytrailv1.GetRotat
 		resp.OldKeyCallers = append(resp.OldKeyCallers, pc)
 	}
 	return resp, nil
-}
-
-func migrationProto(m rotation.Migration) keytrailv1.ServiceMigration {
-	switch m {
-	case rotation.Moved:
-		return keytrailv1.ServiceMigration_SERVICE_MIGRATION_MOVED
-	case rotation.Mixed:
-		return keytrailv1.ServiceMigration_SERVICE_MIGRATION_MIXED
-	case rotation.NotStarted:
-		return keytrailv1.ServiceMigration_SERVICE_MIGRATION_NOT_STARTED
-	}
-	return keytrailv1.ServiceMigration_SERVICE_MIGRATION_UNSPECIFIED
-}
-
-func callerStateProto(c rotation.CallerState) keytrailv1.CallerState {
-	switch c {
-	case rotation.CallerMoved:
-		return keytrailv1.CallerState_CALLER_STATE_MOVED
-	case rotation.CallerPending:
-		return keytrailv1.CallerState_CALLER_STATE_PENDING
-	case rotation.CallerOverdue:
-		return keytrailv1.CallerState_CALLER_STATE_OVERDUE
-	case rotation.CallerAccepted:
-		return keytrailv1.CallerState_CALLER_STATE_ACCEPTED
-	case rotation.CallerFailing:
-		return keytrailv1.CallerState_CALLER_STATE_FAILING
-	}
-	return keytrailv1.CallerState_CALLER_STATE_UNSPECIFIED
 }

@@ -184,17 +184,11 @@ var allMetrics = anomaly.Metrics
 
 // AnomalySpecFor validates a request and applies the defaults.
 func AnomalySpecFor(req AnomalyRequest, now time.Time) (AnomalySpec, error) {
-	end := req.End
-	if end.IsZero() {
-		end = now
+	r, err := rangeBefore(req.Start, req.End, now, anomaly.DefaultWindow)
+	if err != nil {
+		return AnomalySpec{}, err
 	}
-	start := req.Start
-	if start.IsZero() {
-		start = end.Add(-anomaly.DefaultWindow)
-	}
-	if !end.After(start) {
-		return AnomalySpec{}, &InvalidError{Field: "end_time", Reason: "must be after start_time"}
-	}
+	start, end := r.Start, r.End
 	baseline := req.Baseline
 	switch {
 	case baseline == 0:

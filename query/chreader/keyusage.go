@@ -96,17 +96,11 @@ ORDER BY service, n`
 
 // usageSeriesWindow resolves the defaults and widens the range to whole buckets.
 func usageSeriesWindow(req KeyUsageRequest, now time.Time) (from, to time.Time, width time.Duration, err error) {
-	end := req.End
-	if end.IsZero() {
-		end = now
+	r, err := rangeBefore(req.Start, req.End, now, DefaultUsageSeriesWindow)
+	if err != nil {
+		return time.Time{}, time.Time{}, 0, err
 	}
-	start := req.Start
-	if start.IsZero() {
-		start = end.Add(-DefaultUsageSeriesWindow)
-	}
-	if !end.After(start) {
-		return time.Time{}, time.Time{}, 0, &InvalidError{Field: "end_time", Reason: "must be after start_time"}
-	}
+	start, end := r.Start, r.End
 	width = req.Bucket
 	switch {
 	case width == 0:

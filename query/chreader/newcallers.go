@@ -97,19 +97,12 @@ type NewCallersResult struct {
 
 // NewCallersSpecFor validates a request and applies the defaults.
 func NewCallersSpecFor(req NewCallersRequest, now time.Time) (NewCallersSpec, error) {
-	end := req.End
-	if end.IsZero() {
-		end = now
-	}
-	start := req.Start
-	if start.IsZero() {
-		start = end.Add(-DefaultNewCallersWindow)
-	}
-	if !end.After(start) {
-		return NewCallersSpec{}, &InvalidError{Field: "end_time", Reason: "must be after start_time"}
+	r, err := rangeBefore(req.Start, req.End, now, DefaultNewCallersWindow)
+	if err != nil {
+		return NewCallersSpec{}, err
 	}
 	return NewCallersSpec{
-		Range:   Range{Start: start.UTC(), End: end.UTC()},
+		Range:   r,
 		Project: req.Project, Projects: req.Projects, KeyID: req.KeyID,
 		Limit: MaxNewCallers + 1,
 	}, nil

@@ -32,6 +32,18 @@ func NewRange(start, end time.Time, now time.Time) (Range, error) {
 	return Range{Start: start.UTC(), End: end.UTC()}, nil
 }
 
+// rangeBefore is NewRange for the reports that look back from their end: end defaults to
+// now and start to window before end.
+func rangeBefore(start, end, now time.Time, window time.Duration) (Range, error) {
+	if end.IsZero() {
+		end = now
+	}
+	if start.IsZero() {
+		start = end.Add(-window)
+	}
+	return NewRange(start, end, now)
+}
+
 // split divides a range into the whole minutes a per-minute rollup can answer and the
 // partial minutes at the edges, which only the raw events can answer exactly.
 type split struct {

@@ -252,18 +252,11 @@ func resolveSpend(req SpendRequest, now time.Time) (SpendSpec, error) {
 	default:
 		return s, &InvalidError{Field: "granularity", Reason: fmt.Sprintf("%s is not a spend bucket (hour, day or month)", req.Granularity)}
 	}
-	end := req.End
-	if end.IsZero() {
-		end = now
+	r, err := rangeBefore(req.Start, req.End, now, DefaultSpendWindow)
+	if err != nil {
+		return s, err
 	}
-	start := req.Start
-	if start.IsZero() {
-		start = end.Add(-DefaultSpendWindow)
-	}
-	if !end.After(start) {
-		return s, &InvalidError{Field: "end_time", Reason: "must be after start_time"}
-	}
-	from, to := s.Bucket.Cover(start, end)
+	from, to := s.Bucket.Cover(r.Start, r.End)
 	s.Range = Range{Start: from, End: to}
 	s.Filter = req.Filter
 	return s, nil
