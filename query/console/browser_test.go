@@ -12,14 +12,17 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keytrail/keytrail/event"
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/internal/apitest"
 	"github.com/keytrail/keytrail/internal/testenv"
 	"github.com/keytrail/keytrail/query/auth"
@@ -42,7 +45,49 @@ const (
 
 	acmeReaderToken = "ktk_test_acme_reader"
 	pollTimeout     = 30 * time.Second
+
+	// sharedKey is a key id that projects acme and globex both have: two keys (a key is
+	// (project, key_id)), which the console must never mix.
+	sharedKey = "default"
 )
+
+// sharedKeyEvents are the two keys of sharedKey: acme's, active and called by acme-app;
+// globex's, called by globex-app and globex-report, then disabled (after its last call, so it
+// is not a revoked key still called). Every caller is older than an hour: none of them is a
+// new caller in the console's default range.
+func sharedKeyEvents(now time.Time) []any {
+	ago := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(-d)) }
+	lifecycle := func(id, project string, action keytrailv1.Action, at time.Duration) *keytrailv1.LifecycleEvent {
+		return &keytrailv1.LifecycleEvent{EventId: id, Time: ago(at), Project: project, KeyId: sharedKey, Action: action, Actor: "alice", ActorType: keytrailv1.ActorType_ACTOR_TYPE_USER}
+	}
+	events := []any{
+		lifecycle("shared-acme-created", "acme", keytrailv1.Action_ACTION_CREATED, 88*time.Minute),
+		lifecycle("shared-globex-created", "globex", keytrailv1.Action_ACTION_CREATED, 89*time.Minute),
+		lifecycle("shared-globex-disabled", "globex", keytrailv1.Action_ACTION_DISABLED, 20*time.Minute),
+	}
+	use := func(project, service, ip string, i int, at time.Duration, status uint32) *keytrailv1.UsageEvent {
+		return &keytrailv1.UsageEvent{
+			EventId: fmt.Sprintf("shared-%s-%s-%d", project, service, i), Time: ago(at), Project: project, KeyId: sharedKey,
+			Service: service, ClientIp: ip, StatusCode: status, CostMicros: 1500,
+		}
+	}
+	status := func(i, every int, failed uint32) uint32 {
+		if i%every == every-1 {
+			return failed
+		}
+		return 200
+	}
+	for i := range 40 { // every 2 minutes from 85 minutes ago; every 10th fails
+		events = append(events, use("acme", "acme-app", "10.0.0.7", i, 85*time.Minute-time.Duration(i)*2*time.Minute, status(i, 10, 503)))
+	}
+	for i := range 14 { // every 4 minutes from 86 minutes ago to 34 minutes ago; every 5th fails
+		events = append(events, use("globex", "globex-app", "10.1.0.9", i, 86*time.Minute-time.Duration(i)*4*time.Minute, status(i, 5, 500)))
+	}
+	for i := range 6 {
+		events = append(events, use("globex", "globex-report", "10.1.0.9", i, 70*time.Minute-time.Duration(i)*5*time.Minute, 200))
+	}
+	return events
+}
 
 // chromiumPath is the browser the test drives: KEYTRAIL_TEST_CHROMIUM, or Debian's.
 func chromiumPath(t *testing.T) string {
@@ -69,6 +114,15 @@ func feedStory(t *testing.T, db *testenv.Database) simulate.Notable {
 	}
 	events := sc.Tick(start.Add(-storyHistory), now)
 	var usage, lifecycle uint64
+	shared := sharedKeyEvents(now)
+	for _, e := range shared {
+		if _, ok := e.(*keytrailv1.UsageEvent); ok {
+			usage++
+		} else {
+			lifecycle++
+		}
+	}
+	testenv.Insert(t, db, shared...)
 	batch := make([]any, 0, 50_000)
 	flush := func() {
 		testenv.Insert(t, db, batch...)
@@ -228,6 +282,65 @@ func getJSON(t *testing.T, srv *apitest.Server, path string, params url.Values, 
 	}
 }
 
+// projectsAsked lists the project each recorded call of the method (GetKeyUsage, ...) about
+// the key id was made with ("" for none), in call order: what the console sent the API.
+func projectsAsked(srv *apitest.Server, method, keyID string) []string {
+	var out []string
+	for _, r := range srv.Records.All() {
+		if !strings.HasSuffix(r.Method, "/"+method) {
+			continue
+		}
+		var req struct {
+			KeyID   string `json:"keyId"`
+			Project string `json:"project"`
+		}
+		if json.Unmarshal([]byte(r.Request), &req) == nil && req.KeyID == keyID {
+			out = append(out, req.Project)
+		}
+	}
+	return out
+}
+
+// keyServices is GET /v1/keys/{key_id}/services as the tests compare it.
+type keyServices struct {
+	Services []struct {
+		Service string `json:"service"`
+		Req     int64s `json:"request_count"`
+		Err     int64s `json:"error_count"`
+	} `json:"services"`
+}
+
+// rows is the answer as the console shows it: service, requests, errors.
+func (k keyServices) rows() [][3]string {
+	out := [][3]string{}
+	for _, s := range k.Services {
+		out = append(out, [3]string{s.Service, shown(s.Req.Int()), shown(s.Err.Int())})
+	}
+	return out
+}
+
+// keyPageServices waits for the key page of project to show its services, settled, and
+// returns them as rows.
+func keyPageServices(b *browser, project string) [][3]string {
+	b.t.Helper()
+	return poll[[][3]string](b, "the services of the key in "+project, fmt.Sprintf(`(() => {
+		const p = document.querySelector('[data-test=key-project]');
+		const rows = [...document.querySelectorAll('[data-test=key-services] tbody tr')];
+		if (!p || p.innerText !== %q || rows.length === 0 || document.querySelector('[data-test=loading], .stale')) return false;
+		return rows.map(r => [r.dataset.service, r.querySelector('[data-test=requests]').innerText, r.querySelector('[data-test=errors]').innerText]);
+	})()`, project))
+}
+
+// chooser waits for the choice of projects a bare, ambiguous key id gets, and returns the
+// projects offered and where each leads.
+func chooser(b *browser) [][2]string {
+	b.t.Helper()
+	return poll[[][2]string](b, "the choice of projects", `(() => {
+		const rows = [...document.querySelectorAll('[data-test=key-chooser] tbody tr')];
+		return rows.length > 0 && rows.map(r => [r.dataset.project, r.querySelector('[data-test=key-choice]').getAttribute('href')]);
+	})()`)
+}
+
 // int64s parse protojson's int64-as-string numbers.
 type int64s string
 
@@ -318,13 +431,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	t.Run("key", func(t *testing.T) {
 		b := b.on(t)
 		key := story.RotationOldKey
-		var api struct {
-			Services []struct {
-				Service string `json:"service"`
-				Req     int64s `json:"request_count"`
-				Err     int64s `json:"error_count"`
-			} `json:"services"`
-		}
+		var api keyServices
 		// All history: the console's 6-hour range holds all of it.
 		getJSON(t, srv, "/v1/keys/"+key+"/services", nil, admin, &api)
 		b.open(base, "/key/"+key+"?range=6h")
@@ -352,13 +459,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.shot("key")
 
 		// The disabled key a forgotten cron job still calls: refused since it was disabled.
-		var cronAPI struct {
-			Services []struct {
-				Service string `json:"service"`
-				Req     int64s `json:"request_count"`
-				Err     int64s `json:"error_count"`
-			} `json:"services"`
-		}
+		var cronAPI keyServices
 		getJSON(t, srv, "/v1/keys/"+story.DisabledKey+"/services", nil, admin, &cronAPI)
 		b.open(base, "/key/"+story.DisabledKey+"?range=6h")
 		cron := poll[[]string](b, "the disabled key's cron job", fmt.Sprintf(`(() => {
@@ -446,6 +547,86 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.shot("rotation")
 	})
 
+	t.Run("same key id in two projects", func(t *testing.T) {
+		b := b.on(t)
+		// The API: without a project the bare id is two keys, and it says which.
+		code, body := srv.Get(t, "/v1/keys/"+sharedKey, nil, admin)
+		if want := `project: key \"default\" exists in projects acme, globex; pass one of them`; code != http.StatusBadRequest || !strings.Contains(string(body), want) {
+			t.Fatalf("GET /v1/keys/%s: %d %s, want 400 naming acme and globex", sharedKey, code, body)
+		}
+		api := map[string]keyServices{}
+		status := map[string]string{}
+		for _, p := range []string{"acme", "globex"} {
+			var services keyServices
+			getJSON(t, srv, "/v1/keys/"+sharedKey+"/services", url.Values{"project": {p}}, admin, &services)
+			api[p] = services
+			var key struct {
+				Key struct {
+					Status string `json:"status"`
+				} `json:"key"`
+			}
+			getJSON(t, srv, "/v1/keys/"+sharedKey, url.Values{"project": {p}}, admin, &key)
+			status[p] = strings.ToLower(strings.TrimPrefix(key.Key.Status, "KEY_STATUS_"))
+		}
+		if reflect.DeepEqual(api["acme"].rows(), api["globex"].rows()) || status["acme"] == status["globex"] {
+			t.Fatalf("the two keys must differ for this test to tell them apart: %v %v, %v", api["acme"].rows(), api["globex"].rows(), status)
+		}
+		// showsKey checks the key page against the API's answer for that project's key.
+		showsKey := func(project string) {
+			t.Helper()
+			if got, want := keyPageServices(b, project), api[project].rows(); !reflect.DeepEqual(got, want) {
+				t.Errorf("key %s of %s: console shows services %v, the API %v", sharedKey, project, got, want)
+			}
+			if got := poll[string](b, "the key's status", `(() => { const e = document.querySelector('[data-test=key-status]'); return e && e.innerText; })()`); !strings.HasPrefix(got, status[project]) {
+				t.Errorf("key %s of %s: console status %q, the API %s", sharedKey, project, got, status[project])
+			}
+			series := poll[int](b, "the usage chart", `(() => { const c = document.querySelector('[data-test=usage-chart] .u-legend'); return c && c.querySelectorAll('.u-series').length; })()`)
+			if series != len(api[project].Services)+1 {
+				t.Errorf("key %s of %s: usage chart has %d legend entries, want %d services + time", sharedKey, project, series, len(api[project].Services))
+			}
+		}
+
+		// Typed bare into the search box, the id opens a choice of the two projects.
+		b.open(base, "/search")
+		b.do(
+			chromedp.SendKeys(chromedp.CSS(`[data-test=search-input]`), sharedKey),
+			chromedp.Click(chromedp.CSS(`form.search button[type=submit]`)),
+		)
+		want := [][2]string{{"acme", "#/key/default?project=acme"}, {"globex", "#/key/default?project=globex"}}
+		if got := chooser(b); !reflect.DeepEqual(got, want) {
+			t.Errorf("the bare id offers %v, want %v", got, want)
+		}
+		b.settle("the choice of projects")
+		b.shot("key-chooser")
+		b.do(chromedp.Click(chromedp.CSS(`[data-test=key-chooser] tr[data-project=globex] [data-test=key-choice]`)))
+		showsKey("globex")
+
+		// A row of a table names its project: the matches for the id hold one row per
+		// project, and acme's row opens acme's key.
+		b.open(base, "/search?q="+sharedKey)
+		b.do(chromedp.Click(chromedp.CSS(`[data-test=matches] tr[data-key=default][data-project=acme] a`)))
+		showsKey("acme")
+
+		// The key page read every list of the key within its project: the usage chart and the
+		// services were never asked for without one.
+		for _, method := range []string{"GetKeyUsage", "ListKeyServices"} {
+			asked := projectsAsked(srv, method, sharedKey)
+			if !slices.Contains(asked, "acme") || !slices.Contains(asked, "globex") || slices.Contains(asked, "") {
+				t.Errorf("%s of %s asked with projects %q, want acme and globex and never none", method, sharedKey, asked)
+			}
+		}
+
+		// The rotation page and a spend filter on the bare id offer the same choice.
+		b.open(base, "/rotation/"+sharedKey)
+		if got, want := chooser(b), [][2]string{{"acme", "#/rotation/default?project=acme"}, {"globex", "#/rotation/default?project=globex"}}; !reflect.DeepEqual(got, want) {
+			t.Errorf("rotation of the bare id offers %v, want %v", got, want)
+		}
+		b.open(base, "/spend?key="+sharedKey)
+		if got, want := chooser(b), [][2]string{{"acme", "#/spend?key=default&project=acme"}, {"globex", "#/spend?key=default&project=globex"}}; !reflect.DeepEqual(got, want) {
+			t.Errorf("spend of the bare id offers %v, want %v", got, want)
+		}
+	})
+
 	t.Run("spend", func(t *testing.T) {
 		b := b.on(t)
 		from := time.Now().UTC().Add(-7 * 24 * time.Hour).Format(time.RFC3339)
@@ -512,6 +693,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		params := url.Values{"start_time": {from.Format(time.RFC3339Nano)}, "end_time": {to.Format(time.RFC3339Nano)}}
 		var api struct {
 			Anomalies []struct {
+				Project  string  `json:"project"`
 				KeyID    string  `json:"key_id"`
 				Service  string  `json:"service"`
 				Metric   string  `json:"metric"`
@@ -544,6 +726,10 @@ func TestConsoleInBrowser(t *testing.T) {
 			return v && [c.querySelector('[data-test=anomaly-observed]').innerText, c.querySelector('[data-test=anomaly-score]').innerText, v.innerText];
 		})()`, flagged))
 		observed := shown(int64(math.Round(a.Observed)))
+		// The series is the flagged key's, in the flagged key's project.
+		if asked := projectsAsked(srv, "GetKeyUsage", a.KeyID); len(asked) == 0 || slices.ContainsFunc(asked, func(p string) bool { return p != a.Project }) {
+			t.Errorf("the series of %s was asked for with projects %q, want %s each time", a.KeyID, asked, a.Project)
+		}
 		// The series around the bucket (GET /v1/keys/{key}/usage) holds the same count the
 		// scan flagged.
 		want := []string{observed, fmt.Sprintf("%.1f", a.Score), observed}
@@ -661,7 +847,18 @@ func TestConsoleInBrowser(t *testing.T) {
 		if want := shown(int64(len(keys.Keys))) + " keys"; !strings.HasPrefix(counts, want) {
 			t.Errorf("reader's search counts %q, want %q first", counts, want)
 		}
-		// A key is (project, key_id): another project's key id is, for this reader, no key at
+		// A key is (project, key_id): for this reader the shared id is acme's key alone, no
+		// choice to make, and the page's address comes to name the project.
+		b.open(base, "/key/"+sharedKey)
+		var acme keyServices
+		getJSON(t, srv, "/v1/keys/"+sharedKey+"/services", nil, acmeReaderToken, &acme)
+		if got := keyPageServices(b, "acme"); !reflect.DeepEqual(got, acme.rows()) {
+			t.Errorf("the acme reader's %s: console shows services %v, the API %v", sharedKey, got, acme.rows())
+		}
+		if loc := poll[string](b, "the pinned address", `location.hash.includes('project=') && location.hash`); loc != "#/key/default?project=acme" {
+			t.Errorf("the acme reader's %s: address %q, want the project named", sharedKey, loc)
+		}
+		// Another project's key id is, for this reader, no key at
 		// all. The API answers as for a key id that does not exist, naming no project.
 		b.open(base, "/key/"+story.SpikeKey)
 		unknown := poll[string](b, "the 404", `(() => { const e = document.querySelector('[data-test=error][data-kind=notfound]'); return e && e.innerText; })()`)

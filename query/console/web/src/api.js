@@ -80,6 +80,16 @@ export async function api(path, params = {}, { signal } = {}) {
   return body;
 }
 
+// ambiguousProjects reads the projects out of the API's answer to a key id asked about
+// without a project that several readable projects know (HTTP 400, documented in api.md:
+// `project: key "default" exists in projects alpha, beta; pass one of them`); null for any
+// other error. Only projects the caller may read are ever named.
+export function ambiguousProjects(err) {
+  if (!err || err.kind !== "invalid") return null;
+  const m = / exists in projects (.+); pass one of them$/.exec(err.message);
+  return m ? m[1].split(", ") : null;
+}
+
 // allPages follows next_page_token until the list ends or max rows are read.
 export async function allPages(path, params, field, max, opts) {
   const rows = [];

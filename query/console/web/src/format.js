@@ -71,18 +71,27 @@ export const enumLabel = (v, prefix) => String(v || "").replace(prefix, "").toLo
 
 // Ranges the pages offer: the last N before now.
 export const RANGES = {
-  "30m": 30 * 60e3,
-  "1h": 3600e3,
-  "6h": 6 * 3600e3,
-  "24h": 24 * 3600e3,
-  "7d": 7 * 86400e3,
-  "30d": 30 * 86400e3,
+  "30m": [30 * 60e3, "last 30 minutes"],
+  "1h": [3600e3, "last hour"],
+  "6h": [6 * 3600e3, "last 6 hours"],
+  "24h": [24 * 3600e3, "last 24 hours"],
+  "7d": [7 * 86400e3, "last 7 days"],
+  "30d": [30 * 86400e3, "last 30 days"],
+  "90d": [90 * 86400e3, "last 90 days"],
+  "365d": [365 * 86400e3, "last 365 days"],
 };
 
+// rangeOptions are the named ranges as a Select's options.
+export const rangeOptions = (...names) => names.map((n) => [n, RANGES[n][1]]);
+
 export function lastRange(name, now = Date.now()) {
-  const ms = RANGES[name] ?? RANGES["24h"];
+  const [ms] = RANGES[name] ?? RANGES["24h"];
   return { start: new Date(now - ms).toISOString(), end: new Date(now).toISOString() };
 }
+
+// chosenRange is from..to (RFC 3339) when from is given: pinned exactly, for a link that must
+// show the same buckets later; otherwise the named range before now.
+export const chosenRange = (name, from, to) => (from ? { start: from, end: to || new Date().toISOString() } : lastRange(name));
 
 // parseUTC reads what a person types for an instant: RFC 3339, or "2026-11-22 10:31[:05[.123]]"
 // taken as UTC. It returns an RFC 3339 string, "" for empty input, or null when unreadable.

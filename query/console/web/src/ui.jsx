@@ -103,7 +103,39 @@ export function Badge({ kind, children, test }) {
   return <span class={"badge badge-" + kind} data-test={test}>{children}</span>;
 }
 
-export const KeyLink = ({ id }) => (id ? <a href={href("key", id)}>{id}</a> : <span class="muted">—</span>);
+// KeyLink opens a key's page. A key is (project, key_id): every link names the project of the
+// row it comes from, so the page shows that project's key even when another project the
+// caller may read has a key of the same id.
+export const KeyLink = ({ id, project }) =>
+  id ? (
+    <a href={href("key", id, { project })} data-project={project || undefined}>
+      {id}
+    </a>
+  ) : (
+    <span class="muted">—</span>
+  );
+
+// pinProject writes the project a page resolved into its address without loading it again,
+// so a bookmark or a shared link names the key exactly.
+export function pinProject(page, arg, params, project) {
+  if (project && !params.project) history.replaceState(null, "", href(page, arg, { ...params, project }));
+}
+
+// Filters is a page's form of filters, applied on submit.
+export function Filters({ onApply, children }) {
+  return (
+    <form
+      class="card filters"
+      onSubmit={(e) => {
+        e.preventDefault();
+        onApply();
+      }}
+    >
+      {children}
+      <button type="submit">Apply</button>
+    </form>
+  );
+}
 
 export function Select({ label, value, options, onChange, test }) {
   return (

@@ -4,23 +4,12 @@
 // (GET /v1/new-callers).
 import { useMemo, useState } from "preact/hooks";
 import { api } from "../api.js";
-import { enumLabel, int, lastRange, money } from "../format.js";
-import { Badge, Chart, ErrorBox, href, KeyLink, Loading, navigate, Section, Select, Time, toSeconds, useData } from "../ui.jsx";
+import { chosenRange, enumLabel, int, lastRange, money, rangeOptions } from "../format.js";
+import { Badge, Chart, ErrorBox, Filters, KeyLink, Loading, navigate, Section, Select, Time, toSeconds, useData } from "../ui.jsx";
 import { NewCallerTable } from "./key.jsx";
 
-const ANOMALY_RANGES = [
-  ["30m", "last 30 minutes"],
-  ["1h", "last hour"],
-  ["6h", "last 6 hours"],
-  ["24h", "last 24 hours"],
-];
-const CALLER_RANGES = [
-  ["30m", "last 30 minutes"],
-  ["1h", "last hour"],
-  ["24h", "last 24 hours"],
-  ["7d", "last 7 days"],
-  ["30d", "last 30 days"],
-];
+const ANOMALY_RANGES = rangeOptions("30m", "1h", "6h", "24h");
+const CALLER_RANGES = rangeOptions("30m", "1h", "24h", "7d", "30d");
 // How much of the series to draw around a flagged bucket.
 const BEFORE = 2 * 3600e3;
 const AFTER = 3600e3;
@@ -50,6 +39,7 @@ function AnomalySeries({ a }) {
       api(
         "/v1/keys/" + encodeURIComponent(a.key_id) + "/usage",
         {
+          project: a.project,
           service: a.service,
           start_time: new Date(flagged - BEFORE).toISOString(),
           end_time: new Date(Math.min(flagged + AFTER, Date.now() + 60e3)).toISOString(),
@@ -57,7 +47,7 @@ function AnomalySeries({ a }) {
         },
         { signal },
       ),
-    [a.key_id, a.service, a.bucket_start],
+    [a.project, a.key_id, a.service, a.bucket_start],
   );
   const chart = useMemo(() => {
     const d = state.data;
@@ -81,7 +71,7 @@ function AnomalySeries({ a }) {
     <>
       <Chart xs={chart.xs} series={chart.series} height={180} highlight={[flagged / 1e3, (flagged + width) / 1e3]} test="anomaly-chart" />
       <p class="muted">
-        Series from GET /v1/keys/{a.key_id}/usage{a.service ? "?service=" + a.service : ""}, 5-minute buckets; the flagged bucket (shaded) reads{" "}
+        Series from GET /v1/keys/{a.key_id}/usage?project={a.project}{a.service ? "&service=" + a.service : ""}, 5-minute buckets; the flagged bucket (shaded) reads{" "}
         <span data-test="anomaly-series-value">{chart.at == null ? "—" : m.fmt(chart.at)}</span>.
       </p>
     </>
@@ -94,10 +84,10 @@ function AnomalyRows({ a, open: initiallyOpen }) {
   const m = metricOf[a.metric] || { label: a.metric, fmt: String };
   const [open, setOpen] = useState(initiallyOpen);
   return (
-    <tbody data-test="anomaly" data-key={a.key_id} data-service={a.service} data-metric={a.metric} data-bucket={a.bucket_start}>
+    <tbody data-test="anomaly" data-project={a.project} data-key={a.key_id} data-service={a.service} data-metric={a.metric} data-bucket={a.bucket_start}>
       <tr class={"anomaly-row" + (open ? " open" : "")} onClick={() => setOpen(!open)} data-test="anomaly-toggle">
         <td><button class="link" aria-expanded={open}>{open ? "▾" : "▸"}</button></td>
-        <td><KeyLink id={a.key_id} /></td>
+        <td><KeyLink id={a.key_id} project={a.project} /></td>
         <td>{a.service || <span class="muted">all services</span>}</td>
         <td><Badge kind="bad">{m.label}</Badge></td>
         <td><Time t={a.bucket_start} /></td>
@@ -123,8 +113,7 @@ function AnomalyRows({ a, open: initiallyOpen }) {
 export function AnomaliesPage({ params }) {
   const rangeName = params.range || "30m";
   const callerRange = params.callers || "1h";
-  // from/to (RFC 3339) pin the range exactly, for a link that must show the same buckets later.
-  const range = useMemo(() => (params.from ? { start: params.from, end: params.to || new Date().toISOString() } : lastRange(rangeName)), [rangeName, params.from, params.to]);
+  const range = useMemo(() => chosenRange(rangeName, params.from, params.to), [rangeName, params.from, params.to]);
   const cRange = useMemo(() => lastRange(callerRange), [callerRange]);
   const [draft, setDraft] = useState({ project: params.project || "", key: params.key || "", sensitivity: params.sensitivity || "", min_requests: params.min_requests || "" });
   const set = (p) => navigate("anomalies", "", { ...params, ...p });
@@ -146,13 +135,7 @@ export function AnomaliesPage({ params }) {
       <div class="page-head">
         <h1>Anomalies and new callers</h1>
       </div>
-      <form
-        class="card filters"
-        onSubmit={(e) => {
-          e.preventDefault();
-          set(draft);
-        }}
-      >
+      <Filters onApply={() => set(draft)}>
         <Select label="anomalies in" value={rangeName} options={ANOMALY_RANGES} onChange={(v) => set({ range: v, from: "", to: "" })} test="anomaly-range" />
         <Select label="new callers in" value={callerRange} options={CALLER_RANGES} onChange={(v) => set({ callers: v })} test="caller-range" />
         {[
@@ -166,8 +149,7 @@ export function AnomaliesPage({ params }) {
             <input size="12" value={draft[f]} onInput={(e) => setDraft({ ...draft, [f]: e.currentTarget.value.trim() })} />
           </label>
         ))}
-        <button type="submit">Apply</button>
-      </form>
+      </Filters>
       <Section title="Anomalies" what="anomalies" state={anomalies}>
         {(d) =>
           d.anomalies.length === 0 ? (
@@ -193,7 +175,7 @@ export function AnomaliesPage({ params }) {
                     </tr>
                   </thead>
                   {d.anomalies.map((a, i) => (
-                    <AnomalyRows a={a} open={i < OPENED} key={a.key_id + a.service + a.metric + a.bucket_start} />
+                    <AnomalyRows a={a} open={i < OPENED} key={[a.project, a.key_id, a.service, a.metric, a.bucket_start].join("\n")} />
                   ))}
                 </table>
               </div>

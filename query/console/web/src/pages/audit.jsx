@@ -2,19 +2,12 @@
 // chain recomputed (GET /v1/audit/verify) with its head hash to keep outside keytrail.
 import { useState } from "preact/hooks";
 import { api } from "../api.js";
-import { int, parseUTC, shownUTC, utc } from "../format.js";
-import { Badge, ErrorBox, KeyLink, Loading, navigate, Section, Select, Table, Time, useData } from "../ui.jsx";
-import { ActionBadge, actorText } from "./key.jsx";
+import { int, parseUTC, shownUTC } from "../format.js";
+import { Badge, ErrorBox, Filters, KeyLink, Loading, navigate, Section, Select, Table, Time, useData } from "../ui.jsx";
+import { ActionBadge, actorText, changesText } from "./key.jsx";
 
 const ACTIONS = [["", "any action"], ...["CREATED", "ROTATED", "DISABLED", "ENABLED", "EXPIRED", "DELETED", "SCOPES_CHANGED", "BUDGET_CHANGED"].map((a) => ["ACTION_" + a, a.toLowerCase().replace("_", " ")])];
 const PAGE = 100;
-
-function describe(e) {
-  const parts = (e.changes || []).map((c) => c.field + ": " + (c.before || "∅") + " → " + (c.after || "∅"));
-  if (e.new_key_id) parts.push("→ " + e.new_key_id);
-  if (e.expires_at) parts.push("expires " + utc(e.expires_at));
-  return parts.join("; ");
-}
 
 function Events({ filters }) {
   // Pages already shown stay; "more" appends the next one.
@@ -40,10 +33,10 @@ function Events({ filters }) {
               <tr data-event={e.event_id}>
                 <td><Time t={e.time} /></td>
                 <td>{e.project}</td>
-                <td><KeyLink id={e.key_id} /></td>
+                <td><KeyLink id={e.key_id} project={e.project} /></td>
                 <td><ActionBadge action={e.action} /></td>
                 <td>{actorText(e)}</td>
-                <td>{describe(e)}</td>
+                <td>{changesText(e)}</td>
                 <td>{e.reason}</td>
               </tr>
             ))}
@@ -99,10 +92,8 @@ export function AuditPage({ params }) {
       <div class="page-head">
         <h1>Audit trail</h1>
       </div>
-      <form
-        class="card filters"
-        onSubmit={(e) => {
-          e.preventDefault();
+      <Filters
+        onApply={() => {
           const from = parseUTC(draft.from), to = parseUTC(draft.to);
           setBad(from === null ? "from" : to === null ? "to" : "");
           if (from !== null && to !== null) navigate("audit", "", { ...draft, from, to });
@@ -121,8 +112,7 @@ export function AuditPage({ params }) {
             <input size="19" placeholder="YYYY-MM-DD HH:MM" value={draft[f]} onInput={(e) => setDraft({ ...draft, [f]: e.currentTarget.value })} />
           </label>
         ))}
-        <button type="submit">Apply</button>
-      </form>
+      </Filters>
       <Chains project={filters.project} />
       <Events filters={filters} />
     </>

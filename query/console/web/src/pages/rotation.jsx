@@ -1,9 +1,10 @@
 // Rotation: how far a double-key roll has come and whether the old key may be revoked, from
 // GET /v1/rotations/{old_key_id}; the same verdict `keytrail rotation check` gates on.
-import { useMemo, useState } from "preact/hooks";
-import { api } from "../api.js";
+import { useEffect, useMemo, useState } from "preact/hooks";
+import { ambiguousProjects, api } from "../api.js";
 import { dur, enumLabel, int, pct, toProtoDuration } from "../format.js";
-import { Badge, Chart, href, KeyLink, navigate, Section, Table, Time, toSeconds, useData } from "../ui.jsx";
+import { Badge, Chart, href, KeyLink, navigate, pinProject, Section, Table, Time, toSeconds, useData } from "../ui.jsx";
+import { KeyChooser } from "./key.jsx";
 
 const migrationKind = { SERVICE_MIGRATION_MOVED: "ok", SERVICE_MIGRATION_MIXED: "warn", SERVICE_MIGRATION_NOT_STARTED: "bad" };
 
@@ -34,6 +35,9 @@ const splitList = (s) =>
     .map((x) => x.trim())
     .filter(Boolean);
 
+// RotationPage is one double-key roll: #/rotation/{old_key_id}?project=P. Without a project
+// the API resolves the old key among the caller's projects; when several know its id, the
+// page offers them.
 export function RotationPage({ id, params }) {
   const quiet = params.quiet || "";
   const lookback = params.lookback || "";
@@ -54,6 +58,8 @@ export function RotationPage({ id, params }) {
       ),
     [id, params.project, params.new, quiet, lookback, params.accept],
   );
+  const project = params.project || state.data?.project || "";
+  useEffect(() => pinProject("rotation", id, params, state.data?.project), [state.data]);
   const charts = useMemo(() => {
     const d = state.data;
     if (!d || !d.series?.length) return null;
@@ -68,34 +74,45 @@ export function RotationPage({ id, params }) {
     };
   }, [state.data]);
 
+  const head = (
+    <div class="page-head">
+      <h1>
+        Rotation of <span class="mono">{id}</span>
+        {project ? <span class="muted"> in {project}</span> : null}
+      </h1>
+      <form
+        class="inline"
+        onSubmit={(e) => {
+          e.preventDefault();
+          navigate("rotation", id, { ...params, project, quiet: draft.quiet.trim(), lookback: draft.lookback.trim(), accept: splitList(draft.accept).join(",") });
+        }}
+      >
+        <label class="field">
+          <span>quiet period</span>
+          <input size="6" placeholder="15m" value={draft.quiet} onInput={(e) => setDraft({ ...draft, quiet: e.currentTarget.value })} data-test="rotation-quiet" />
+        </label>
+        <label class="field">
+          <span>lookback</span>
+          <input size="6" placeholder="7d" value={draft.lookback} onInput={(e) => setDraft({ ...draft, lookback: e.currentTarget.value })} />
+        </label>
+        <label class="field">
+          <span>accept pending (services, comma-separated)</span>
+          <input size="28" value={draft.accept} onInput={(e) => setDraft({ ...draft, accept: e.currentTarget.value })} data-test="rotation-accept" />
+        </label>
+        <button type="submit">Judge</button>
+      </form>
+    </div>
+  );
+  if (ambiguousProjects(state.error))
+    return (
+      <>
+        {head}
+        <KeyChooser id={id} error={state.error} open={(p) => href("rotation", id, { ...params, project: p })} />
+      </>
+    );
   return (
     <>
-      <div class="page-head">
-        <h1>
-          Rotation of <span class="mono">{id}</span>
-        </h1>
-        <form
-          class="inline"
-          onSubmit={(e) => {
-            e.preventDefault();
-            navigate("rotation", id, { ...params, quiet: draft.quiet.trim(), lookback: draft.lookback.trim(), accept: splitList(draft.accept).join(",") });
-          }}
-        >
-          <label class="field">
-            <span>quiet period</span>
-            <input size="6" placeholder="15m" value={draft.quiet} onInput={(e) => setDraft({ ...draft, quiet: e.currentTarget.value })} data-test="rotation-quiet" />
-          </label>
-          <label class="field">
-            <span>lookback</span>
-            <input size="6" placeholder="7d" value={draft.lookback} onInput={(e) => setDraft({ ...draft, lookback: e.currentTarget.value })} />
-          </label>
-          <label class="field">
-            <span>accept pending (services, comma-separated)</span>
-            <input size="28" value={draft.accept} onInput={(e) => setDraft({ ...draft, accept: e.currentTarget.value })} data-test="rotation-accept" />
-          </label>
-          <button type="submit">Judge</button>
-        </form>
-      </div>
+      {head}
       <Section title="Verdict" what="the rotation" state={state}>
         {(d) => (
           <>
@@ -119,8 +136,8 @@ export function RotationPage({ id, params }) {
               </p>
             ) : null}
             <dl class="kvs">
-              <div class="kv"><dt>old key</dt><dd><KeyLink id={d.old_key_id} /> <span class="muted">{d.old_key_status}</span></dd></div>
-              <div class="kv"><dt>new key</dt><dd><KeyLink id={d.new_key_id} /></dd></div>
+              <div class="kv"><dt>old key</dt><dd><KeyLink id={d.old_key_id} project={d.project} /> <span class="muted">{d.old_key_status}</span></dd></div>
+              <div class="kv"><dt>new key</dt><dd><KeyLink id={d.new_key_id} project={d.project} /></dd></div>
               <div class="kv"><dt>project</dt><dd>{d.project}</dd></div>
               <div class="kv"><dt>rotated</dt><dd><Time t={d.rotated_at} empty="no rotation event" /> {d.rotated_by ? <span class="muted">by {d.rotated_by}</span> : null}</dd></div>
               <div class="kv"><dt>old key revoked</dt><dd><Time t={d.old_key_revoked_at} empty="not yet" /></dd></div>

@@ -2,7 +2,7 @@
 // caller may read, with its state) and from the services with traffic in the last 30 days
 // (GET /v1/spend grouped by service per month: the API has no list of services of its own).
 import { useMemo, useState } from "preact/hooks";
-import { allPages, api } from "../api.js";
+import { allPages, ambiguousProjects, api } from "../api.js";
 import { int, lastRange } from "../format.js";
 import { Badge, href, KeyLink, navigate, Section, Table, Time, useData } from "../ui.jsx";
 
@@ -43,7 +43,7 @@ function ServiceKeys({ service }) {
         <Table head={["key", "project", "first seen (UTC)", "last seen (UTC)", { text: "requests", cls: "num" }, { text: "errors", cls: "num" }, "last success (UTC)"]} test="service-keys">
           {d.rows.map((r) => (
             <tr data-key={r.key_id}>
-              <td><KeyLink id={r.key_id} /></td>
+              <td><KeyLink id={r.key_id} project={r.project} /></td>
               <td>{r.project}</td>
               <td><Time t={r.first_seen} /></td>
               <td><Time t={r.last_seen} /></td>
@@ -71,8 +71,8 @@ function Attention({ keys }) {
       <h2>Needs a look</h2>
       <Table head={["key", "project", "what", "since (UTC)", "last used (UTC)"]} test="attention">
         {revokedButUsed.map((k) => (
-          <tr data-key={k.key_id} data-what="revoked-used">
-            <td><KeyLink id={k.key_id} /></td>
+          <tr data-key={k.key_id} data-project={k.project} data-what="revoked-used">
+            <td><KeyLink id={k.key_id} project={k.project} /></td>
             <td>{k.project}</td>
             <td>
               <Badge kind={statusKind(k.status)}>{statusText(k.status)}</Badge> but still called
@@ -82,11 +82,11 @@ function Attention({ keys }) {
           </tr>
         ))}
         {rotating.map((k) => (
-          <tr data-key={k.key_id} data-what="rotating">
-            <td><KeyLink id={k.key_id} /></td>
+          <tr data-key={k.key_id} data-project={k.project} data-what="rotating">
+            <td><KeyLink id={k.key_id} project={k.project} /></td>
             <td>{k.project}</td>
             <td>
-              <a href={href("rotation", k.key_id)}>rotation to {k.replaced_by_key_id} in progress</a>
+              <a href={href("rotation", k.key_id, { project: k.project })}>rotation to {k.replaced_by_key_id} in progress</a>
             </td>
             <td />
             <td><Time t={k.last_used_at} /></td>
@@ -109,16 +109,29 @@ export function SearchPage({ params }) {
     return [...services.slice(0, MAX_SERVICE_MATCHES), ...keys.slice(0, MAX_KEY_MATCHES)];
   }, [data, q]);
 
+  // suggested groups the key suggestions by key id: a key is (project, key_id), and one id
+  // may name keys of several projects.
+  const suggested = useMemo(() => {
+    const byID = new Map();
+    for (const m of matches) if (m.kind === "key") byID.set(m.k.key_id, [...(byID.get(m.k.key_id) || []), m.k.project]);
+    return byID;
+  }, [matches]);
+
+  // go opens what was typed: a service's keys, or a key's page with its project. A key id
+  // that several readable projects know opens the key page without one, which lets the
+  // user choose.
   const go = async (value) => {
     const v = value.trim();
     if (!v) return;
     if (data?.services.includes(v)) return navigate("search", "", { service: v });
-    if (data?.keys.some((k) => k.key_id === v)) return navigate("key", v);
+    const projects = (data?.keys || []).filter((k) => k.key_id === v).map((k) => k.project);
+    if (projects.length) return navigate("key", v, { project: projects.length === 1 ? projects[0] : "" });
     // Not among the suggestions (the list may be cut): ask the API directly.
     try {
-      await api("/v1/keys/" + encodeURIComponent(v));
-      return navigate("key", v);
-    } catch {
+      const d = await api("/v1/keys/" + encodeURIComponent(v));
+      return navigate("key", v, { project: d.key.project });
+    } catch (e) {
+      if (ambiguousProjects(e)) return navigate("key", v);
       return navigate("search", "", { service: v });
     }
   };
@@ -145,7 +158,8 @@ export function SearchPage({ params }) {
           />
           <button type="submit">Open</button>
           <datalist id="suggestions">
-            {matches.map((m) => (m.kind === "key" ? <option value={m.k.key_id} /> : <option value={m.s} />))}
+            {matches.filter((m) => m.kind === "service").map((m) => <option value={m.s} label="service" />)}
+            {[...suggested].map(([id, projects]) => <option value={id} label={projects.join(", ")} />)}
           </datalist>
         </form>
         {state.error ? null : state.loading ? (
@@ -173,9 +187,9 @@ export function SearchPage({ params }) {
                   <td />
                 </tr>
               ) : (
-                <tr data-key={m.k.key_id}>
+                <tr data-key={m.k.key_id} data-project={m.k.project}>
                   <td><Badge kind="muted">key</Badge></td>
-                  <td><KeyLink id={m.k.key_id} /></td>
+                  <td><KeyLink id={m.k.key_id} project={m.k.project} /></td>
                   <td>{m.k.project}</td>
                   <td><Badge kind={statusKind(m.k.status)}>{statusText(m.k.status)}</Badge></td>
                   <td><Time t={m.k.last_used_at} empty="never" /></td>

@@ -1,10 +1,10 @@
 // Spend and budgets: cost, tokens and requests per key, service, model or project per hour,
 // day or month (GET /v1/spend), and every budgeted key's use of its budget (GET /v1/budgets).
 import { useMemo, useState } from "preact/hooks";
-import { allPages, api } from "../api.js";
-import { enumLabel, int, money } from "../format.js";
-import { Badge, Chart, KeyLink, navigate, Section, Select, Table, Time, toSeconds, useData } from "../ui.jsx";
-import { budgetText } from "./key.jsx";
+import { allPages, ambiguousProjects, api } from "../api.js";
+import { chosenRange, enumLabel, int, money, rangeOptions } from "../format.js";
+import { Badge, Chart, Filters, href, KeyLink, navigate, Section, Select, Table, Time, toSeconds, useData } from "../ui.jsx";
+import { budgetText, KeyChooser } from "./key.jsx";
 
 const GROUPS = [
   ["key", "key"],
@@ -17,15 +17,7 @@ const GRANULARITIES = [
   ["day", "per day"],
   ["month", "per month"],
 ];
-const SPEND_RANGES = [
-  ["24h", "last 24 hours"],
-  ["7d", "last 7 days"],
-  ["30d", "last 30 days"],
-  ["90d", "last 90 days"],
-  ["365d", "last 365 days"],
-];
-const DAY = 86400e3;
-const rangeMs = { "24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY, "90d": 90 * DAY, "365d": 365 * DAY };
+const SPEND_RANGES = rangeOptions("24h", "7d", "30d", "90d", "365d");
 const MAX_ROWS = 10000;
 const CHART_GROUPS = 8;
 const TABLE_ROWS = 100;
@@ -33,12 +25,8 @@ const TABLE_ROWS = 100;
 const groupField = { key: "key_id", service: "service", model: "model", project: "project" };
 const budgetKind = { BUDGET_STATUS_OK: "ok", BUDGET_STATUS_NEAR: "warn", BUDGET_STATUS_OVER: "bad" };
 
-function SpendReport({ group, gran, rangeName, from, to, filters }) {
-  // from/to (RFC 3339) pin the range exactly; otherwise the last rangeName before now.
-  const range = useMemo(
-    () => (from ? { start: from, end: to || new Date().toISOString() } : { start: new Date(Date.now() - rangeMs[rangeName]).toISOString(), end: new Date().toISOString() }),
-    [rangeName, from, to],
-  );
+function SpendReport({ group, gran, rangeName, from, to, filters, withProject }) {
+  const range = useMemo(() => chosenRange(rangeName, from, to), [rangeName, from, to]);
   const state = useData(
     (signal) =>
       allPages(
@@ -91,6 +79,9 @@ function SpendReport({ group, gran, rangeName, from, to, filters }) {
     [state.data],
   );
 
+  // A key filter without a project, on a key id several projects know, would add up
+  // different keys: the API refuses it, naming them, and the page offers them.
+  if (ambiguousProjects(state.error)) return <KeyChooser id={filters.key} error={state.error} open={withProject} />;
   return (
     <Section title={"Spend per " + group + " " + GRANULARITIES.find(([g]) => g === gran)[1]} what="spend" state={state}>
       {(d) => (
@@ -109,9 +100,9 @@ function SpendReport({ group, gran, rangeName, from, to, filters }) {
             empty="No spend in this range."
           >
             {(all ? rows : rows.slice(0, TABLE_ROWS)).map((r) => (
-              <tr data-bucket={r.bucket_start} data-group={r[groupField[group]]}>
+              <tr data-bucket={r.bucket_start} data-group={r[groupField[group]]} data-project={r.project}>
                 <td><Time t={r.bucket_start} /></td>
-                <td>{group === "key" ? <KeyLink id={r.key_id} /> : r[groupField[group]]}</td>
+                <td>{group === "key" ? <KeyLink id={r.key_id} project={r.project} /> : r[groupField[group]]}</td>
                 <td class="num" data-test="requests">{int(r.requests)}</td>
                 <td class="num">{int(r.input_tokens)}</td>
                 <td class="num">{int(r.output_tokens)}</td>
@@ -162,9 +153,9 @@ function Budgets({ project, alertingOnly }) {
             {d.budgets.map((b) => {
               const p = b.current?.percent_used || 0;
               return (
-                <div class="budget" data-key={b.key_id}>
+                <div class="budget" data-key={b.key_id} data-project={b.project}>
                   <div class="budget-head">
-                    <KeyLink id={b.key_id} /> <span class="muted">{b.project}</span>
+                    <KeyLink id={b.key_id} project={b.project} /> <span class="muted">{b.project}</span>
                     <Badge kind={budgetKind[b.status] || "muted"} test="budget-status">{enumLabel(b.status, "BUDGET_STATUS_").toUpperCase()}</Badge>
                   </div>
                   <div class={"bar bar-" + (budgetKind[b.status] || "muted")} title={p.toFixed(2) + "% used"}>
@@ -201,13 +192,7 @@ export function SpendPage({ params }) {
       <div class="page-head">
         <h1>Spend and budgets</h1>
       </div>
-      <form
-        class="card filters"
-        onSubmit={(e) => {
-          e.preventDefault();
-          set(draft);
-        }}
-      >
+      <Filters onApply={() => set(draft)}>
         <Select label="group by" value={group} options={GROUPS} onChange={(v) => set({ group: v })} test="spend-group" />
         <Select label="bucket" value={gran} options={GRANULARITIES} onChange={(v) => set({ gran: v })} test="spend-gran" />
         <Select label="range" value={rangeName} options={SPEND_RANGES} onChange={(v) => set({ range: v, from: "", to: "" })} test="spend-range" />
@@ -217,9 +202,16 @@ export function SpendPage({ params }) {
             <input size="14" value={draft[f]} data-test={"spend-" + f} onInput={(e) => setDraft({ ...draft, [f]: e.currentTarget.value.trim() })} />
           </label>
         ))}
-        <button type="submit">Apply</button>
-      </form>
-      <SpendReport group={group} gran={gran} rangeName={rangeName} from={params.from} to={params.to} filters={filters} />
+      </Filters>
+      <SpendReport
+        group={group}
+        gran={gran}
+        rangeName={rangeName}
+        from={params.from}
+        to={params.to}
+        filters={filters}
+        withProject={(project) => href("spend", "", { ...params, project })}
+      />
       <Budgets project={filters.project} alertingOnly={params.alerting === "1"} />
     </>
   );
