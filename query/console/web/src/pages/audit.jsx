@@ -3,8 +3,8 @@
 import { useState } from "preact/hooks";
 import { api } from "../api.js";
 import { int, parseUTC, shownUTC } from "../format.js";
-import { Badge, ErrorBox, Filters, KeyLink, Loading, navigate, Section, Select, Table, Time, useData } from "../ui.jsx";
-import { ActionBadge, actorText, changesText } from "./key.jsx";
+import { Badge, ErrorBox, Filters, Loading, navigate, Section, Select, Table, useData } from "../ui.jsx";
+import { EventRow } from "./key.jsx";
 
 const ACTIONS = [["", "any action"], ...["CREATED", "ROTATED", "DISABLED", "ENABLED", "EXPIRED", "DELETED", "SCOPES_CHANGED", "BUDGET_CHANGED"].map((a) => ["ACTION_" + a, a.toLowerCase().replace("_", " ")])];
 const PAGE = 100;
@@ -30,15 +30,7 @@ function Events({ filters }) {
         <>
           <Table head={["time (UTC)", "project", "key", "action", "actor", "details", "reason"]} test="audit-events" empty="No event matches these filters.">
             {[...d.events, ...more.events].map((e) => (
-              <tr data-event={e.event_id}>
-                <td><Time t={e.time} /></td>
-                <td>{e.project}</td>
-                <td><KeyLink id={e.key_id} project={e.project} /></td>
-                <td><ActionBadge action={e.action} /></td>
-                <td>{actorText(e)}</td>
-                <td>{changesText(e)}</td>
-                <td>{e.reason}</td>
-              </tr>
+              <EventRow e={e} withKey />
             ))}
           </Table>
           {more.error ? <ErrorBox error={more.error} what="more events" /> : null}

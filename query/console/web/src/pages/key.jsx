@@ -152,7 +152,7 @@ function KeyState({ id, at, setAt, state }) {
 }
 
 // changesText is what a lifecycle event changed, in a line.
-export function changesText(e) {
+function changesText(e) {
   const parts = (e.changes || []).map((c) => c.field + ": " + (c.before || "∅") + " → " + (c.after || "∅"));
   if (e.new_key_id) parts.push("new key " + e.new_key_id);
   if (e.expires_at) parts.push("expires " + utc(e.expires_at));
@@ -161,12 +161,28 @@ export function changesText(e) {
   return parts.join("; ");
 }
 
-export function ActionBadge({ action }) {
+function ActionBadge({ action }) {
   const kind = { ACTION_DISABLED: "bad", ACTION_DELETED: "bad", ACTION_EXPIRED: "warn", ACTION_ROTATED: "info", ACTION_CREATED: "ok", ACTION_ENABLED: "ok" }[action] || "muted";
   return <Badge kind={kind}>{enumLabel(action, "ACTION_")}</Badge>;
 }
 
-export const actorText = (e) => (e.actor || "?") + (e.actor_type && e.actor_type !== "ACTOR_TYPE_UNSPECIFIED" ? " (" + enumLabel(e.actor_type, "ACTOR_TYPE_") + ")" : "");
+const actorText = (e) => (e.actor || "?") + (e.actor_type && e.actor_type !== "ACTOR_TYPE_UNSPECIFIED" ? " (" + enumLabel(e.actor_type, "ACTOR_TYPE_") + ")" : "");
+
+// EventRow is one lifecycle event as a table row: time, (project and key,) action, actor,
+// changes, reason.
+export function EventRow({ e, withKey }) {
+  return (
+    <tr data-event={e.event_id} data-action={e.action}>
+      <td><Time t={e.time} /></td>
+      {withKey ? <td>{e.project}</td> : null}
+      {withKey ? <td><KeyLink id={e.key_id} project={e.project} /></td> : null}
+      <td><ActionBadge action={e.action} /></td>
+      <td>{actorText(e)}</td>
+      <td>{changesText(e)}</td>
+      <td>{e.reason}</td>
+    </tr>
+  );
+}
 
 function Timeline({ id, project }) {
   const state = useData((signal) => api("/v1/audit/events", { key_id: id, project, page_size: 200 }, { signal }), [id, project]);
@@ -175,13 +191,7 @@ function Timeline({ id, project }) {
       {(d) => (
         <Table head={["time (UTC)", "action", "actor", "changes", "reason"]} test="timeline" empty="No lifecycle event: this key is known from usage only.">
           {d.events.map((e) => (
-            <tr data-action={e.action}>
-              <td><Time t={e.time} /></td>
-              <td><ActionBadge action={e.action} /></td>
-              <td>{actorText(e)}</td>
-              <td>{changesText(e)}</td>
-              <td>{e.reason}</td>
-            </tr>
+            <EventRow e={e} />
           ))}
         </Table>
       )}
