@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -43,6 +45,15 @@ type Options struct {
 	Reader api.Reader
 	// Logger is the server's log; discarded when nil.
 	Logger *slog.Logger
+	// Conn, when set, is what the reader queries instead of the database's connection (a
+	// test wraps the real one, e.g. to hold queries).
+	Conn driver.Conn
+	// Registerer, when set, takes the API's metrics.
+	Registerer prometheus.Registerer
+	// Admission, RefusalRecordRate and RefusalRecordBurst are passed to api.Config.
+	Admission          api.Admission
+	RefusalRecordRate  float64
+	RefusalRecordBurst int
 }
 
 // Server is a running API.
@@ -83,15 +94,23 @@ func Start(t testing.TB, db *testenv.Database, opts Options) *Server {
 	clientToken := cmp.Or(opts.ClientToken, AdminToken)
 	reader := opts.Reader
 	if reader == nil {
-		reader = chreader.NewReader(db.Conn, opts.Now)
+		conn := opts.Conn
+		if conn == nil {
+			conn = db.Conn
+		}
+		reader = chreader.NewReader(conn, opts.Now)
 	}
 	srv, err := api.New(api.Config{
-		Reader:   reader,
-		Ready:    func(context.Context) error { return nil },
-		Auth:     authn,
-		Recorder: recorder,
-		Logger:   opts.Logger,
-		Console:  opts.Console,
+		Reader:             reader,
+		Ready:              func(context.Context) error { return nil },
+		Auth:               authn,
+		Recorder:           recorder,
+		Logger:             opts.Logger,
+		Registerer:         opts.Registerer,
+		Admission:          opts.Admission,
+		RefusalRecordRate:  opts.RefusalRecordRate,
+		RefusalRecordBurst: opts.RefusalRecordBurst,
+		Console:            opts.Console,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,8 +37,8 @@ var unauthenticatedMethods = map[string]bool{
 }
 
 // authenticate resolves the caller and puts the Principal in the context. A refused
-// credential is passed to refused (which records it) before the call fails.
-func authenticate(authn *auth.Authenticator, refused func(ctx context.Context, method string, req any, err error, start time.Time)) grpc.UnaryServerInterceptor {
+// credential is recorded (bounded, see refusals) before the call fails.
+func authenticate(authn *auth.Authenticator, refused *refusals) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if unauthenticatedMethods[info.FullMethod] {
 			return handler(ctx, req)
@@ -46,7 +47,7 @@ func authenticate(authn *auth.Authenticator, refused func(ctx context.Context, m
 		p, err := principalOf(ctx, authn)
 		if err != nil {
 			err = status.Error(codes.Unauthenticated, err.Error())
-			refused(ctx, info.FullMethod, req, err, start)
+			refused.record(ctx, "", "unauthenticated", newRecord(ctx, auth.Principal{}, info.FullMethod, requestJSON(req), err, start))
 			return nil, err
 		}
 		return handler(auth.WithPrincipal(ctx, p), req)
@@ -55,14 +56,26 @@ func authenticate(authn *auth.Authenticator, refused func(ctx context.Context, m
 
 func principalOf(ctx context.Context, authn *auth.Authenticator) (auth.Principal, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
-	if values := md.Get("authorization"); len(values) > 0 {
-		scheme, token, ok := strings.Cut(values[0], " ")
+	var authorization []string
+	if v := md.Get("authorization"); len(v) > 0 {
+		authorization = v[:1]
+	}
+	cn, hasCN := clientCertCN(ctx, md)
+	return resolvePrincipal(authn, authorization, cn, hasCN)
+}
+
+// resolvePrincipal is authentication for both transports: an Authorization value when one
+// was sent (it wins over a client certificate), else a verified client certificate's common
+// name.
+func resolvePrincipal(authn *auth.Authenticator, authorization []string, cn string, hasCN bool) (auth.Principal, error) {
+	if len(authorization) > 0 {
+		scheme, token, ok := strings.Cut(authorization[0], " ")
 		if !ok || !strings.EqualFold(scheme, "bearer") {
 			return auth.Principal{}, errors.New("authorization must be: Bearer <token>")
 		}
 		return authn.Token(strings.TrimSpace(token))
 	}
-	if cn, ok := clientCertCN(ctx, md); ok {
+	if hasCN {
 		return authn.ClientCertificate(cn)
 	}
 	return auth.Principal{}, auth.ErrMissingCredentials
@@ -93,27 +106,50 @@ func fromGateway(p *peer.Peer) bool {
 	return p.Addr != nil && p.Addr.Network() == gatewayNetwork
 }
 
-// rateLimit gives each principal a token bucket.
+// rateLimiter gives each principal a token bucket. One limiter serves both transports: the
+// network gRPC server applies it, and the REST edge applies it before the gateway (so the
+// gateway's in-memory gRPC server does not apply it again).
 type rateLimiter struct {
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
 }
 
-func (rl *rateLimiter) interceptor() grpc.UnaryServerInterceptor {
+func newRateLimiter() *rateLimiter { return &rateLimiter{limiters: map[string]*rate.Limiter{}} }
+
+// allow takes a token from p's bucket, or says how long until one is there in a
+// ResourceExhausted status with RetryInfo.
+func (rl *rateLimiter) allow(p auth.Principal) error {
+	rl.mu.Lock()
+	l, found := rl.limiters[p.Name]
+	if !found {
+		l = rate.NewLimiter(rate.Limit(p.RatePerSecond), p.Burst)
+		rl.limiters[p.Name] = l
+	}
+	rl.mu.Unlock()
+	r := l.Reserve()
+	if !r.OK() {
+		return retryable(codes.ResourceExhausted, time.Second, "rate limit exceeded for %q: %g requests/s with bursts of %d; retry shortly", p.Name, p.RatePerSecond, p.Burst)
+	}
+	if d := r.Delay(); d > 0 {
+		r.Cancel()
+		return retryable(codes.ResourceExhausted, d, "rate limit exceeded for %q: %g requests/s with bursts of %d; retry shortly", p.Name, p.RatePerSecond, p.Burst)
+	}
+	return nil
+}
+
+// interceptor refuses calls beyond the caller's rate and records them (bounded per
+// principal, see refusals): a caller over its limit cannot flood the log.
+func (rl *rateLimiter) interceptor(refused *refusals, shed *prometheus.CounterVec) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		p, ok := auth.FromContext(ctx)
 		if !ok {
 			return handler(ctx, req)
 		}
-		rl.mu.Lock()
-		l, found := rl.limiters[p.Name]
-		if !found {
-			l = rate.NewLimiter(rate.Limit(p.RatePerSecond), p.Burst)
-			rl.limiters[p.Name] = l
-		}
-		rl.mu.Unlock()
-		if !l.Allow() {
-			return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("rate limit exceeded for %q: %g requests/s with bursts of %d; retry shortly", p.Name, p.RatePerSecond, p.Burst))
+		start := time.Now()
+		if err := rl.allow(p); err != nil {
+			shed.WithLabelValues(shedRateLimit).Inc()
+			refused.record(ctx, p.Name, "rate_limited", newRecord(ctx, p, info.FullMethod, requestJSON(req), err, start))
+			return nil, err
 		}
 		return handler(ctx, req)
 	}

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"time"
-	"unicode/utf8"
 
 	"buf.build/go/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -18,7 +17,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -49,8 +47,18 @@ type Config struct {
 	Reader Reader
 	// Auth authenticates every call but health and readiness.
 	Auth *auth.Authenticator
-	// Recorder keeps the query audit log; every authenticated call is recorded.
+	// Recorder keeps the query audit log: every call is recorded, with the bound on refused
+	// calls below.
 	Recorder QueryRecorder
+	// RefusalRecordRate and RefusalRecordBurst bound the records of calls refused before
+	// anything was served (failed authentication; the per-principal rate limit): per second
+	// and burst, per principal and once more for all unauthenticated callers together.
+	// Zero means DefaultRefusalRecordRate / DefaultRefusalRecordBurst.
+	RefusalRecordRate  float64
+	RefusalRecordBurst int
+	// Admission bounds the calls answered at once (see Admission); the zero value admits
+	// every call.
+	Admission Admission
 	// TLS, when set, serves both gRPC and REST over TLS. Set ClientCAs and ClientAuth
 	// (tls.VerifyClientCertIfGiven) to accept client certificates as credentials.
 	TLS *tls.Config
@@ -58,7 +66,11 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Gatherer backs /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
-	Logger   *slog.Logger
+	// Registerer takes the API's metrics (in flight, queued, shed calls); nil keeps them
+	// unexported.
+	Registerer prometheus.Registerer
+	// Logger receives the API's log lines, secret-shaped words redacted.
+	Logger *slog.Logger
 	// Console serves the web console under /ui/ (and redirects / there): static files,
 	// public like /openapi.json; the API calls the page makes carry the credentials.
 	Console bool
@@ -79,6 +91,12 @@ func (c Config) Validate() error {
 	if c.Recorder == nil {
 		errs = append(errs, errors.New("api: query recorder is required"))
 	}
+	if c.RefusalRecordRate < 0 || c.RefusalRecordBurst < 0 {
+		errs = append(errs, errors.New("api: refusal record rate and burst must not be negative"))
+	}
+	if err := c.Admission.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -92,6 +110,10 @@ type Server struct {
 	// TLS hop, and a peer no network client can impersonate (see fromGateway).
 	gatewayGRPC *grpc.Server
 	gatewayLis  *bufconn.Listener
+	// limiter, refusals and metrics are shared by the gRPC servers and the REST edge.
+	limiter  *rateLimiter
+	refusals *refusals
+	metrics  *apiMetrics
 }
 
 // New builds the gRPC server with its interceptors.
@@ -102,35 +124,56 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	log := cfg.Logger.With("component", "api")
+	log := newRedactingLogger(cfg.Logger).With("component", "api")
 	validator, err := protovalidate.New()
 	if err != nil {
 		return nil, fmt.Errorf("api: protovalidate: %w", err)
 	}
-	limiter := &rateLimiter{limiters: map[string]*rate.Limiter{}}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	metrics, err := newAPIMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.RefusalRecordRate == 0 {
+		cfg.RefusalRecordRate = DefaultRefusalRecordRate
+	}
+	if cfg.RefusalRecordBurst == 0 {
+		cfg.RefusalRecordBurst = DefaultRefusalRecordBurst
+	}
+	limiter := newRateLimiter()
+	refused := newRefusals(cfg.Recorder, cfg.RefusalRecordRate, cfg.RefusalRecordBurst, metrics.unrecorded)
+	admit := newAdmission(cfg.Admission, metrics)
 	svc := &queryService{reader: cfg.Reader, log: log}
 	hs := health.NewServer()
-	failedAuth := recordFailedAuth(cfg.Recorder)
-	// Two gRPC servers share one service and one rate limiter: the network one (TLS when
-	// configured, so the handshake's client certificate reaches the interceptors) and the
-	// in-memory one the REST gateway calls.
-	newServer := func(opts ...grpc.ServerOption) *grpc.Server {
-		// Order matters: a caller is identified before being rate limited, and recorded
-		// whatever happens next (invalid requests from a token are what security wants to see).
-		// Failed authentications are recorded by authenticate itself, rate limited (see
-		// recordFailedAuth); calls refused by the per-principal rate limit are not recorded, so
-		// a caller over its limit cannot flood the log.
-		opts = append(opts, grpc.ChainUnaryInterceptor(
+	// Two gRPC servers share one service, one rate limiter and one admission limiter: the
+	// network one (TLS when configured, so the handshake's client certificate reaches the
+	// interceptors) and the in-memory one the REST gateway calls, behind the REST edge.
+	newServer := func(rateLimited bool, opts ...grpc.ServerOption) *grpc.Server {
+		// Order matters: a caller is identified, then held to its rate, then recorded whatever
+		// happens next (invalid requests from a token are what security wants to see; so are
+		// calls shed for load). Calls refused by authentication or the rate limit are recorded
+		// by those interceptors, bounded (see refusals). Validation comes before admission, so
+		// a malformed call never takes a slot. The REST edge applies the rate limit to REST
+		// calls before the gateway parses them, so the gateway's server does not apply it again.
+		chain := []grpc.UnaryServerInterceptor{
 			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 				log.ErrorContext(ctx, "panic in handler", "panic", p)
 				return status.Error(codes.Internal, "internal error")
 			})),
-			authenticate(cfg.Auth, failedAuth),
-			limiter.interceptor(),
+			authenticate(cfg.Auth, refused),
+		}
+		if rateLimited {
+			chain = append(chain, limiter.interceptor(refused, metrics.shed))
+		}
+		chain = append(chain,
 			record(cfg.Recorder),
 			logging.UnaryServerInterceptor(slogAdapter(log), logging.WithLogOnEvents(logging.FinishCall)),
 			grpcprotovalidate.UnaryServerInterceptor(validator),
-		))
+			admit.interceptor(),
+		)
+		opts = append(opts, grpc.ChainUnaryInterceptor(chain...))
 		srv := grpc.NewServer(opts...)
 		keytrailv1.RegisterQueryServiceServer(srv, svc)
 		healthpb.RegisterHealthServer(srv, hs)
@@ -142,9 +185,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	return &Server{
 		cfg: cfg, log: log, health: hs,
-		grpc:        newServer(netOpts...),
-		gatewayGRPC: newServer(),
+		grpc:        newServer(true, netOpts...),
+		gatewayGRPC: newServer(false),
 		gatewayLis:  bufconn.Listen(1 << 20),
+		limiter:     limiter, refusals: refused, metrics: metrics,
 	}, nil
 }
 
@@ -153,6 +197,7 @@ func New(cfg Config) (*Server, error) {
 // after starting ServeGateway.
 func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	gw := runtime.NewServeMux(
+		runtime.WithErrorHandler(gatewayErrorHandler),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
@@ -171,7 +216,8 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 	)
 	conn, err := grpc.NewClient("passthrough:///keytrail-gateway",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.gatewayLis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithUnaryInterceptor(markReached))
 	if err != nil {
 		return nil, fmt.Errorf("api: gateway connection: %w", err)
 	}
@@ -183,7 +229,10 @@ func (s *Server) HTTPHandler(ctx context.Context) (http.Handler, error) {
 		return nil, fmt.Errorf("api: register gateway: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", requireUTF8(gw))
+	mux.Handle("/v1/", &restEdge{
+		gw: gw, routes: queryServiceRoutes(), authn: s.cfg.Auth, limiter: s.limiter,
+		refusals: s.refusals, rec: s.cfg.Recorder, metrics: s.metrics, log: s.log,
+	})
 	mux.HandleFunc("GET "+OpenAPIPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(openapi.Spec)
@@ -216,29 +265,6 @@ func MountOps(mux *http.ServeMux, ready func(context.Context) error, gatherer pr
 	if gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	}
-}
-
-// requireUTF8 refuses a REST request whose path or query is not valid UTF-8 with
-// InvalidArgument / 400. Proto strings must be UTF-8, so such a request would otherwise fail
-// in the gateway's own gRPC client while marshalling, as an Internal error (HTTP 500) that
-// blames the server for the caller's input.
-func requireUTF8(gw *runtime.ServeMux) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		valid := utf8.ValidString(r.URL.Path)
-		for k, vs := range r.URL.Query() {
-			valid = valid && utf8.ValidString(k)
-			for _, v := range vs {
-				valid = valid && utf8.ValidString(v)
-			}
-		}
-		if !valid {
-			_, outbound := runtime.MarshalerForRequest(gw, r)
-			runtime.HTTPError(r.Context(), gw, outbound, w, r,
-				status.Error(codes.InvalidArgument, "the request path and query parameters must be valid UTF-8"))
-			return
-		}
-		gw.ServeHTTP(w, r)
-	})
 }
 
 // Serve serves gRPC on grpcLis and HTTP on httpLis (TLS on both when configured) until ctx

@@ -5,4 +5,8 @@
 // the queue is full because ClickHouse has been unreachable for a while, calls are refused
 // with Unavailable instead of going unrecorded. Queued records are written in batches and
 // retried until stored; Close flushes what is queued.
+//
+// Guarantee: no secret-shaped value is stored. A secret typed into a query (a key's secret
+// as key_id) is kept as its fingerprint, found with the ingester's detector (RedactMessage,
+// RedactText); the API's log lines go through the same redaction.
 package auditlog

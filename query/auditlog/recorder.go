@@ -18,7 +18,8 @@ type Record struct {
 	Principal string
 	Role      string
 	Method    string
-	// Request is the request message as JSON; requests carry filters, never secrets.
+	// Request is the request message as JSON (callers redact it with RedactMessage; Record
+	// redacts what is left with RedactText).
 	Request  string
 	Code     string
 	Duration time.Duration
@@ -93,8 +94,12 @@ func New(cfg Config) (*Recorder, error) {
 	return r, nil
 }
 
-// Record queues a record, waiting up to EnqueueTimeout for room.
+// Record queues a record, waiting up to EnqueueTimeout for room. Secret-shaped words of its
+// request are replaced by their fingerprints first (RedactText), whatever the caller did.
+// Method is not: it is a method the server serves (some names are long enough to look
+// random to the detector), or a path the caller redacted with RedactPath.
 func (r *Recorder) Record(ctx context.Context, rec Record) error {
+	rec.Request = RedactText(rec.Request)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if r.closed {
