@@ -62,7 +62,12 @@ func mustDial(t *testing.T, addr string) *grpc.ClientConn {
 
 func startStoredAPI(t *testing.T, opts apitest.Options) *storedAPI {
 	t.Helper()
-	db := testenv.ClickHouse(t)
+	return startStoredAPIOn(t, testenv.ClickHouse(t), opts)
+}
+
+// startStoredAPIOn is startStoredAPI on a database the test made.
+func startStoredAPIOn(t *testing.T, db *testenv.Database, opts apitest.Options) *storedAPI {
+	t.Helper()
 	newSecFixture().insert(t, db)
 	rec, err := auditlog.New(auditlog.Config{Conn: db.Conn, FlushInterval: 20 * time.Millisecond})
 	if err != nil {
