@@ -132,6 +132,16 @@ bench: ## Start the local ClickHouse, run the benchmark harness (BENCH_SCALE=0.0
 	$(GO) build -o $(LOCAL_BIN)/keytrail-bench ./bench/cmd/keytrail-bench
 	$(LOCAL_BIN)/keytrail-bench -scale $(BENCH_SCALE) -phases '$(BENCH_PHASES)' -out $(CURDIR)/bench-results.json
 
+# The load test alone: `make loadtest` (BENCH_SCALE=0.01 by default: a 1M-event history).
+LOAD_SCALE ?= 0.01
+
+.PHONY: loadtest
+loadtest: ## Load phase only: open-loop load on a `keytrail -role query` process; sustainable rate and 3x it (LOAD_SCALE=0.01); bench-load.json
+	$(CLICKHOUSE) start
+	@mkdir -p $(LOCAL_BIN)
+	$(GO) build -o $(LOCAL_BIN)/keytrail-bench ./bench/cmd/keytrail-bench
+	$(LOCAL_BIN)/keytrail-bench -scale $(LOAD_SCALE) -phases load -out $(CURDIR)/bench-load.json
+
 ##@ Housekeeping
 
 .PHONY: clean

@@ -68,6 +68,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{PhaseLatency, h.runLatency},
 		{PhaseRSS, h.runRSS},
 		{PhaseQuery, h.runQueries},
+		{PhaseLoad, h.runLoad},
 	}
 	var errs []error
 	for _, p := range phases {

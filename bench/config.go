@@ -17,10 +17,11 @@ const (
 	PhaseLatency = "latency" // publish-to-queryable latency at a fixed rate
 	PhaseRSS     = "rss"     // peak RSS of a separate ingester process with a backlog
 	PhaseQuery   = "query"   // API answers against raw-table queries over a loaded history
+	PhaseLoad    = "load"    // open-loop load on a `keytrail -role query` process: sustainable rate, 3x it
 )
 
 // AllPhases is every phase in run order.
-var AllPhases = []string{PhaseDrain, PhaseE2E, PhaseLatency, PhaseRSS, PhaseQuery}
+var AllPhases = []string{PhaseDrain, PhaseE2E, PhaseLatency, PhaseRSS, PhaseQuery, PhaseLoad}
 
 // Config configures a run.
 type Config struct {

@@ -327,9 +327,8 @@ ENGINE = TinyLog`
 func (h *harness) loadedHistory(ctx context.Context) (driver.Conn, history, error) {
 	end := time.Now().UTC().Truncate(time.Minute)
 	hs := history{Start: end.Add(-time.Duration(h.sizes.HistoryDays) * 24 * time.Hour), End: end, Events: h.sizes.QueryEvents}
-	ch := h.ch
+	ch := h.historyCH()
 	if h.cfg.KeepHistory {
-		ch.database += historySuffix
 		conn, err := ch.open(ctx, true) // creates the database if need be
 		if err != nil {
 			return nil, history{}, err
@@ -362,6 +361,15 @@ func (h *harness) loadedHistory(ctx context.Context) (driver.Conn, history, erro
 		}
 	}
 	return conn, hs, nil
+}
+
+// historyCH is the database loadedHistory loads into.
+func (h *harness) historyCH() clickHouse {
+	ch := h.ch
+	if h.cfg.KeepHistory {
+		ch.database += historySuffix
+	}
+	return ch
 }
 
 func keptHistory(ctx context.Context, conn driver.Conn) (history, bool, error) {

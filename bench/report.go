@@ -148,6 +148,8 @@ func format(v float64, unit string) string {
 	switch unit {
 	case UnitRate:
 		return count(int(math.Round(v))) + "/s"
+	case UnitReqRate:
+		return fmt.Sprintf("%.0f req/s", v)
 	case UnitMs:
 		if v >= 1000 {
 			return fmt.Sprintf("%.2f s", v/1000)

@@ -27,12 +27,9 @@ func (h *harness) runRSS(ctx context.Context) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	bin := filepath.Join(dir, "keytrail")
-	h.logf("rss: go build ./services/keytrail")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./services/keytrail")
-	build.Dir = h.cfg.RepoDir
-	if out, err := build.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./services/keytrail: %w\n%s", err, out)
+	bin, err := h.buildKeytrail(ctx, dir)
+	if err != nil {
+		return err
 	}
 
 	js, err := startJetStream(ctx)
@@ -164,6 +161,18 @@ func (h *harness) runRSS(ctx context.Context) error {
 	h.report.note("rss: keytrail serve -role ingest drained %s events at %s/s (process start, migrations and take-over included); VmHWM %.0f MB, highest VmRSS sample %.0f MB",
 		count(n), count(int(drain)), mb, float64(peakRSS)/1024)
 	return nil
+}
+
+// buildKeytrail builds the keytrail binary into dir.
+func (h *harness) buildKeytrail(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "keytrail")
+	h.logf("go build ./services/keytrail")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./services/keytrail")
+	build.Dir = h.cfg.RepoDir
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./services/keytrail: %w\n%s", err, out)
+	}
+	return bin, nil
 }
 
 // alive reads procStatus only while the process has not been reaped: after that its pid may

@@ -33,8 +33,8 @@ import (
 type Admission struct {
 	// MaxInFlight is the most calls this process answers at once; 0 means no bound.
 	MaxInFlight int
-	// MaxInFlightPerPrincipal is the most one principal may have in flight; 0 means
-	// MaxInFlight.
+	// MaxInFlightPerPrincipal is the most one principal may have in flight; 0 or more than
+	// MaxInFlight means MaxInFlight.
 	MaxInFlightPerPrincipal int
 	// QueueTimeout is how long a call waits for a slot before it is shed.
 	QueueTimeout time.Duration
@@ -67,9 +67,6 @@ func (a Admission) Validate() error {
 	var errs []error
 	if a.MaxInFlight < 0 || a.MaxInFlightPerPrincipal < 0 {
 		errs = append(errs, errors.New("api: max in-flight calls must not be negative"))
-	}
-	if a.MaxInFlight > 0 && a.MaxInFlightPerPrincipal > a.MaxInFlight {
-		errs = append(errs, fmt.Errorf("api: max in-flight per principal %d exceeds max in-flight %d", a.MaxInFlightPerPrincipal, a.MaxInFlight))
 	}
 	if a.QueueTimeout < 0 || a.RetryAfter < 0 {
 		errs = append(errs, errors.New("api: queue timeout and retry-after must not be negative"))
@@ -135,7 +132,7 @@ type admission struct {
 }
 
 func newAdmission(cfg Admission, m *apiMetrics) *admission {
-	if cfg.MaxInFlightPerPrincipal == 0 {
+	if cfg.MaxInFlightPerPrincipal == 0 || cfg.MaxInFlightPerPrincipal > cfg.MaxInFlight {
 		cfg.MaxInFlightPerPrincipal = cfg.MaxInFlight
 	}
 	if cfg.RetryAfter == 0 {

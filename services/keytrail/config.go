@@ -15,6 +15,7 @@ import (
 	"github.com/keytrail/keytrail/internal/flagenv"
 	"github.com/keytrail/keytrail/internal/storage"
 	"github.com/keytrail/keytrail/query/alerting"
+	"github.com/keytrail/keytrail/query/api"
 )
 
 // Config is everything `keytrail serve` and `keytrail migrate` can be told. Each flag has an
@@ -33,6 +34,10 @@ type Config struct {
 
 	GRPCListen string
 	HTTPListen string
+
+	QueryMaxInflight             int
+	QueryMaxInflightPerPrincipal int
+	QueryQueueTimeout            time.Duration
 
 	BatchSize      int
 	FlushInterval  time.Duration
@@ -120,6 +125,15 @@ func (c Config) Validate() error {
 	if c.ReconcileLookback <= 0 {
 		errs = append(errs, invalid("reconcile-lookback", c.ReconcileLookback.String(), "a positive duration"))
 	}
+	if c.QueryMaxInflight < 0 {
+		errs = append(errs, invalid("query-max-inflight", strconv.Itoa(c.QueryMaxInflight), "0 (no bound) or a positive number"))
+	}
+	if c.QueryMaxInflightPerPrincipal < 0 {
+		errs = append(errs, invalid("query-max-inflight-per-principal", strconv.Itoa(c.QueryMaxInflightPerPrincipal), "0 (query-max-inflight) or a positive number"))
+	}
+	if c.QueryQueueTimeout < 0 {
+		errs = append(errs, invalid("query-queue-timeout", c.QueryQueueTimeout.String(), "0 (shed at once) or a positive duration"))
+	}
 	if c.AlertInterval < 0 {
 		errs = append(errs, invalid("alert-interval", c.AlertInterval.String(), "0 (off) or a positive duration"))
 	}
@@ -199,6 +213,9 @@ func flagSet(name string, c *Config) *flag.FlagSet {
 	fs.StringVar(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol)")
 	fs.StringVar(&c.GRPCListen, "grpc-listen", "127.0.0.1:9090", "gRPC listen address")
 	fs.StringVar(&c.HTTPListen, "http-listen", "127.0.0.1:8080", "REST, OpenAPI, health and metrics listen address (-role ingest: health and metrics only; empty turns them off)")
+	fs.IntVar(&c.QueryMaxInflight, "query-max-inflight", api.DefaultMaxInFlight, "most API calls answered at once; beyond it calls wait up to query-queue-timeout, then get 503 (0: no bound)")
+	fs.IntVar(&c.QueryMaxInflightPerPrincipal, "query-max-inflight-per-principal", api.DefaultMaxInFlightPerPrincipal, "most API calls one principal may have in flight; beyond it 429 (0: query-max-inflight)")
+	fs.DurationVar(&c.QueryQueueTimeout, "query-queue-timeout", api.DefaultQueueTimeout, "how long an API call waits for a slot before it is shed")
 	fs.IntVar(&c.BatchSize, "batch-size", 10_000, "most events per ClickHouse insert")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
 	fs.DurationVar(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for the ingester's ack before redelivering")
@@ -231,6 +248,14 @@ func (c Config) logLevel() (slog.Level, error) {
 		return 0, invalid("log-level", c.LogLevel, "debug, info, warn or error")
 	}
 	return level, nil
+}
+
+// admission is the query API's bound on calls in flight.
+func (c Config) admission() api.Admission {
+	return api.Admission{
+		MaxInFlight: c.QueryMaxInflight, MaxInFlightPerPrincipal: c.QueryMaxInflightPerPrincipal,
+		QueueTimeout: c.QueryQueueTimeout,
+	}
 }
 
 // natsSync reads -nats-sync-interval.

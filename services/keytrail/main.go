@@ -120,6 +120,10 @@ type Main struct {
 	nats     *server.Server
 	nc       *nats.Conn
 	ch       driver.Conn
+	// queryCH is the query API's own pool, sized for its bound on calls in flight, so an
+	// admitted call never waits for a connection and API load cannot starve the ingester's
+	// or the query audit log's writes.
+	queryCH  driver.Conn
 	recorder *auditlog.Recorder
 	ingester *ingest.Ingester
 
@@ -224,15 +228,21 @@ func (m *Main) Start(parent context.Context) error {
 		if m.recorder, err = auditlog.New(auditlog.Config{Conn: m.ch, Logger: m.log}); err != nil {
 			return err
 		}
+		admission := cfg.admission()
+		if m.queryCH, err = storage.Open(ctx, storage.Config{DSN: cfg.ClickHouseDSN, MaxOpenConns: admission.StoragePoolSize()}); err != nil {
+			return err
+		}
 		srv, err := api.New(api.Config{
-			Reader:   chreader.NewReader(m.ch, nil),
-			Ready:    m.ready,
-			Auth:     authn,
-			Recorder: m.recorder,
-			TLS:      tlsConfig,
-			Gatherer: m.registry,
-			Logger:   m.log,
-			Console:  true,
+			Reader:     chreader.NewReader(m.queryCH, nil),
+			Ready:      m.ready,
+			Auth:       authn,
+			Recorder:   m.recorder,
+			Admission:  admission,
+			TLS:        tlsConfig,
+			Gatherer:   m.registry,
+			Registerer: m.registry,
+			Logger:     m.log,
+			Console:    true,
 		})
 		if err != nil {
 			return err
@@ -359,6 +369,9 @@ func (m *Main) Close() error {
 	if m.nats != nil {
 		m.nats.Shutdown()
 		m.nats.WaitForShutdown()
+	}
+	if m.queryCH != nil {
+		m.queryCH.Close()
 	}
 	if m.ch != nil {
 		m.ch.Close()
