@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -77,6 +78,36 @@ type attackResult struct {
 	admitted []time.Duration
 	shed     []time.Duration // 503 and 429
 	errors   map[string]int  // no-answer reasons, and the bodies' messages of 5xx
+	// byEndpoint is the admitted latencies per endpoint (its path with ids taken out).
+	byEndpoint map[string][]time.Duration
+}
+
+// endpointOf names a call's endpoint: /v1/keys/key_00042/services -> /v1/keys/{}/services.
+func endpointOf(u string) string {
+	if i := strings.IndexByte(u, '?'); i >= 0 {
+		u = u[:i]
+	}
+	if i := strings.Index(u, "/v1/"); i >= 0 {
+		u = u[i:]
+	}
+	segs := strings.Split(u, "/")
+	for i, s := range segs {
+		if strings.HasPrefix(s, "key_") || strings.HasPrefix(s, "svc-") {
+			segs[i] = "{}"
+		}
+	}
+	return strings.Join(segs, "/")
+}
+
+// endpointText is each endpoint's admitted p50/p99.
+func (r attackResult) endpointText() string {
+	names := slices.Sorted(maps.Keys(r.byEndpoint))
+	var parts []string
+	for _, n := range names {
+		d := r.byEndpoint[n]
+		parts = append(parts, fmt.Sprintf("%s p50 %.0f ms p99 %.0f ms", n, percentile(d, 50), percentile(d, 99)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (r attackResult) total() int {
@@ -127,7 +158,7 @@ func (r attackResult) errorText() string {
 func attack(ctx context.Context, targets []vegeta.Target, rate int, d time.Duration) attackResult {
 	atk := vegeta.NewAttacker(vegeta.Timeout(loadTimeout), vegeta.MaxWorkers(uint64(rate)*uint64(loadTimeout/time.Second)+100),
 		vegeta.KeepAlive(true), vegeta.Connections(10_000), vegeta.MaxBody(4096))
-	res := attackResult{rate: rate, byStatus: map[int]int{}, errors: map[string]int{}}
+	res := attackResult{rate: rate, byStatus: map[int]int{}, errors: map[string]int{}, byEndpoint: map[string][]time.Duration{}}
 	var first, last time.Time
 	results := atk.Attack(vegeta.NewStaticTargeter(targets...), vegeta.Rate{Freq: rate, Per: time.Second}, d, "keytrail")
 	for {
@@ -157,6 +188,8 @@ func attack(ctx context.Context, targets []vegeta.Target, rate int, d time.Durat
 				res.shed = append(res.shed, r.Latency)
 			default:
 				res.admitted = append(res.admitted, r.Latency)
+				e := endpointOf(r.URL)
+				res.byEndpoint[e] = append(res.byEndpoint[e], r.Latency)
 				if code >= 500 {
 					res.errors[fmt.Sprintf("HTTP %d: %.120s", code, r.Body)]++
 				}
@@ -333,8 +366,8 @@ func (h *harness) runLoad(ctx context.Context) error {
 		r := attack(ctx, targets, rate, loadStep)
 		steps = append(steps, r)
 		peak = max(peak, r.okRate())
-		h.logf("load: %d req/s for %s: %.0f OK/s, admitted p50 %.0f ms p99 %.0f ms; %s", rate, loadStep, r.okRate(),
-			percentile(r.admitted, 50), percentile(r.admitted, 99), r.statusText())
+		h.logf("load: %d req/s for %s: %.0f OK/s, admitted p50 %.0f ms p99 %.0f ms; %s; %s", rate, loadStep, r.okRate(),
+			percentile(r.admitted, 50), percentile(r.admitted, 99), r.statusText(), r.endpointText())
 		if !r.sustained() {
 			break
 		}
@@ -392,8 +425,15 @@ func (h *harness) runLoad(ctx context.Context) error {
 	}
 	h.report.note("load: vegeta, open loop, %d callers, %s client timeout, against `keytrail serve -role query` (defaults: -query-max-inflight, -query-max-inflight-per-principal, -query-queue-timeout) over %s events; ramp (req/s: OK/s, admitted p99): %s",
 		loadPrincipals, loadTimeout, count(hs.Events), strings.Join(ramp, "; "))
-	h.report.note("load: at %d req/s with admission: %s; admitted p50 %.0f ms, p99 %.0f ms; shed p50 %.0f ms, p99 %.0f ms; %s",
-		over, withAdm.statusText(), percentile(withAdm.admitted, 50), percentile(withAdm.admitted, 99), percentile(withAdm.shed, 50), percentile(withAdm.shed, 99), withAdm.errorText())
+	if sustainable > 0 {
+		for _, s := range steps {
+			if s.rate == sustainable {
+				h.report.note("load: at the sustainable %d req/s, by endpoint: %s", sustainable, s.endpointText())
+			}
+		}
+	}
+	h.report.note("load: at %d req/s with admission: %s; admitted p50 %.0f ms, p99 %.0f ms; shed p50 %.0f ms, p99 %.0f ms; %s; by endpoint: %s",
+		over, withAdm.statusText(), percentile(withAdm.admitted, 50), percentile(withAdm.admitted, 99), percentile(withAdm.shed, 50), percentile(withAdm.shed, 99), withAdm.errorText(), withAdm.endpointText())
 	h.report.note("load: at %d req/s without admission (-query-max-inflight 0): %s; answered p50 %.0f ms, p99 %.0f ms; %s",
 		over, without.statusText(), percentile(without.admitted, 50), percentile(without.admitted, 99), without.errorText())
 	return nil
