@@ -352,7 +352,7 @@ func (h *harness) runLoad(ctx context.Context) error {
 		return targets
 	}
 
-	admitted, err := startQueryProcess(ctx, bin, dir, js.url(), dsn, tokensFile, "keytrail-admission")
+	admitted, err := startQueryProcess(ctx, bin, dir, js.url(), dsn, tokensFile, "keytrail-admission", h.cfg.LoadFlags...)
 	if err != nil {
 		return err
 	}
@@ -423,8 +423,12 @@ func (h *harness) runLoad(ctx context.Context) error {
 	for _, s := range steps {
 		ramp = append(ramp, fmt.Sprintf("%d: %.0f OK/s p99 %.0f ms", s.rate, s.okRate(), percentile(s.admitted, 99)))
 	}
-	h.report.note("load: vegeta, open loop, %d callers, %s client timeout, against `keytrail serve -role query` (defaults: -query-max-inflight, -query-max-inflight-per-principal, -query-queue-timeout) over %s events; ramp (req/s: OK/s, admitted p99): %s",
-		loadPrincipals, loadTimeout, count(hs.Events), strings.Join(ramp, "; "))
+	flags := "default admission flags"
+	if len(h.cfg.LoadFlags) > 0 {
+		flags = strings.Join(h.cfg.LoadFlags, " ")
+	}
+	h.report.note("load: vegeta, open loop, %d callers, %s client timeout, against `keytrail serve -role query` (%s) over %s events; ramp (req/s: OK/s, admitted p99): %s",
+		loadPrincipals, loadTimeout, flags, count(hs.Events), strings.Join(ramp, "; "))
 	if sustainable > 0 {
 		for _, s := range steps {
 			if s.rate == sustainable {

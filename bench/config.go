@@ -48,6 +48,9 @@ type Config struct {
 	// 100M-event load takes most of an hour, the timings a fraction of that. A reused
 	// database gets the migrations added since it was loaded, as an upgraded deployment does.
 	KeepHistory bool
+	// LoadFlags are passed to the keytrail process of the load phase that runs with
+	// admission (e.g. -query-max-inflight 4), to compare settings.
+	LoadFlags []string
 	// Log receives progress lines; the result table goes to the caller.
 	Log io.Writer
 }

@@ -5,7 +5,7 @@
 //	keytrail-bench [-scale 0.05] [-phases drain,query] [-out bench-results.json]
 //
 // Settings also come from the environment: BENCH_SCALE, BENCH_PHASES, BENCH_PROFILE_DIR,
-// BENCH_DATABASE, BENCH_KEEP_HISTORY, and KEYTRAIL_TEST_CLICKHOUSE_ADDR (the ClickHouse `make test` uses,
+// BENCH_DATABASE, BENCH_KEEP_HISTORY, BENCH_LOAD_FLAGS, and KEYTRAIL_TEST_CLICKHOUSE_ADDR (the ClickHouse `make test` uses,
 // default 127.0.0.1:19000).
 package main
 
@@ -54,6 +54,7 @@ func run(ctx context.Context, args []string) error {
 		*ingestBatch = n
 	}
 	keep := fs.Bool("keep-history", env("BENCH_KEEP_HISTORY", "") != "", "keep the query phase's history in <database>_history and reuse it when it has the same size (env BENCH_KEEP_HISTORY=1)")
+	loadFlags := fs.String("load-flags", env("BENCH_LOAD_FLAGS", ""), "extra flags for the load phase's keytrail process with admission, e.g. \"-query-max-inflight 4\" (env BENCH_LOAD_FLAGS)")
 	out := fs.String("out", "bench-results.json", "JSON results file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -66,6 +67,7 @@ func run(ctx context.Context, args []string) error {
 		Scale: s, ClickHouseAddr: *addr, Database: *database, RepoDir: ".",
 		ProfileDir: *profiles, Log: os.Stderr, IngestBatch: *ingestBatch, KeepHistory: *keep,
 	}
+	cfg.LoadFlags = strings.Fields(*loadFlags)
 	if *phases != "" {
 		cfg.Phases = strings.Split(*phases, ",")
 	}
