@@ -27,7 +27,7 @@ import (
 // not earlier ones were answered, as independent clients do) on a separate `keytrail serve
 // -role query` process over the query phase's history, on a mix of seven GET endpoints, from
 // loadPrincipals callers. It finds the sustainable rate (the highest step rate answered
-// entirely, with p99 under a second), then runs three times that rate against the process as
+// with at least 99% 200s and p99 under a second), then runs three times that rate against the process as
 // configured (admission on) and against the same process with admission off, and reports
 // throughput, counts by status and the latencies of admitted and shed calls.
 
@@ -123,9 +123,10 @@ func (r attackResult) okRate() float64 {
 	return float64(r.byStatus[http.StatusOK]) / r.elapsed.Seconds()
 }
 
-// sustained: every call answered 200 and p99 under a second.
+// sustained: at least 99% of the calls answered 200 (a burst of the open-loop arrivals may
+// find every slot taken) and p99 under a second.
 func (r attackResult) sustained() bool {
-	return r.byStatus[http.StatusOK] == r.total() && percentile(r.admitted, 99) < 1000
+	return float64(r.byStatus[http.StatusOK]) >= 0.99*float64(r.total()) && percentile(r.admitted, 99) < 1000
 }
 
 func (r attackResult) statusText() string {
@@ -405,7 +406,7 @@ func (h *harness) runLoad(ctx context.Context) error {
 	mix := "7-endpoint GET mix"
 	h.report.add(
 		Row{Figure: "load: sustainable rate, " + mix, Value: float64(sustainable), Unit: UnitReqRate,
-			Note: fmt.Sprintf("highest step of a x1.4 ramp from %d req/s (%s each) answered 200 throughout with p99 < 1 s", loadFirstRate, loadStep)},
+			Note: fmt.Sprintf("highest step of a x1.4 ramp from %d req/s (%s each) with >= 99%% answered 200 and p99 < 1 s", loadFirstRate, loadStep)},
 		Row{Figure: "load: peak throughput (200s), " + mix, Value: peak, Unit: UnitReqRate},
 		Row{Figure: fmt.Sprintf("load at 3x (%d req/s): throughput (200s)", over), Value: withAdm.okRate(), Unit: UnitReqRate,
 			Baseline: "without admission", BaselineValue: without.okRate(), Ratio: withAdm.okRate() / max(without.okRate(), 1e-9),

@@ -43,12 +43,13 @@ type Admission struct {
 }
 
 // Defaults measured on the reference machine (2 cores for ClickHouse and keytrail together;
-// docs/benchmarks.md, load phase): past 8 concurrent answers throughput no longer grows,
-// only latency does.
+// docs/benchmarks.md, load phase): 4 calls in flight kept the throughput of 8 or of no bound
+// at all, and admitted calls' p99 under a second; more only adds latency. A larger
+// ClickHouse takes more (about two per core it has).
 const (
-	DefaultMaxInFlight             = 8
-	DefaultMaxInFlightPerPrincipal = 6
-	DefaultQueueTimeout            = 200 * time.Millisecond
+	DefaultMaxInFlight             = 4
+	DefaultMaxInFlightPerPrincipal = 3
+	DefaultQueueTimeout            = 100 * time.Millisecond
 )
 
 // QueriesPerCall is the most ClickHouse queries one admitted call runs at once (the rotation
