@@ -24,17 +24,18 @@ import (
 )
 
 // The load phase puts an open-loop load (vegeta: requests are sent at the set rate whether or
-// not earlier ones were answered, as independent clients do) on a separate `keytrail serve
-// -role query` process over the query phase's history, on a mix of seven GET endpoints, from
-// loadPrincipals callers. It finds the sustainable rate (the highest step rate answered
-// with at least 99% 200s and p99 under a second), then runs three times that rate against the process as
-// configured (admission on) and against the same process with admission off, and reports
+// not earlier ones were answered, as independent clients do) on separate `keytrail serve
+// -role query` processes over the query phase's history, on a mix of seven GET endpoints,
+// from loadPrincipals callers. It finds the sustainable rate (the highest step rate answered
+// with at least 99% 200s and p99 under a second), then runs three times that rate against a
+// process as configured (admission on) and one with admission off, alternately, and reports
 // throughput, counts by status and the latencies of admitted and shed calls.
 
 const (
 	loadPrincipals = 3
 	loadStep       = 8 * time.Second  // each step of the ramp
 	loadOverload   = 20 * time.Second // the run at 3x the sustainable rate
+	loadRounds     = 4                // the 3x run alternates admission on and off this often
 	loadTimeout    = 10 * time.Second // the client gives up on a call after this
 	loadFirstRate  = 10
 	loadMaxRate    = 3000
@@ -108,6 +109,26 @@ func (r attackResult) endpointText() string {
 		parts = append(parts, fmt.Sprintf("%s p50 %.0f ms p99 %.0f ms", n, percentile(d, 50), percentile(d, 99)))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// merge adds o's calls to r's (elapsed times add up: rounds run one after the other).
+func (r attackResult) merge(o attackResult) attackResult {
+	if r.byStatus == nil {
+		return o
+	}
+	r.elapsed += o.elapsed
+	for k, v := range o.byStatus {
+		r.byStatus[k] += v
+	}
+	for k, v := range o.errors {
+		r.errors[k] += v
+	}
+	for k, v := range o.byEndpoint {
+		r.byEndpoint[k] = append(r.byEndpoint[k], v...)
+	}
+	r.admitted = append(r.admitted, o.admitted...)
+	r.shed = append(r.shed, o.shed...)
+	return r
 }
 
 func (r attackResult) total() int {
@@ -358,9 +379,15 @@ func (h *harness) runLoad(ctx context.Context) error {
 		return err
 	}
 	defer admitted.stop()
-	targets := targetsFor(admitted.base)
+	unbounded, err := startQueryProcess(ctx, bin, dir, js.url(), dsn, tokensFile, "keytrail-unbounded", "-query-max-inflight", "0")
+	if err != nil {
+		return err
+	}
+	defer unbounded.stop()
+	targets, unboundedTargets := targetsFor(admitted.base), targetsFor(unbounded.base)
 	// Warm up (caches, connections), then ramp.
 	attack(ctx, targets, loadFirstRate, 2*time.Second)
+	attack(ctx, unboundedTargets, loadFirstRate, 2*time.Second)
 	var steps []attackResult
 	sustainable, peak := 0, 0.0
 	for rate := loadFirstRate; rate <= loadMaxRate && ctx.Err() == nil; rate = int(math.Ceil(float64(rate) * 1.4)) {
@@ -380,24 +407,22 @@ func (h *harness) runLoad(ctx context.Context) error {
 	if sustainable == 0 {
 		return fmt.Errorf("not even %d req/s was sustained: %s %s", loadFirstRate, steps[0].statusText(), steps[0].errorText())
 	}
+	// 3x the sustainable rate, alternately with and without admission in rounds, so that both
+	// see the same machine (other work on a shared machine comes and goes by the minute). A
+	// round ends when its last call is answered or timed out, so rounds never overlap.
 	over := 3 * sustainable
-	h.logf("load: sustainable %d req/s; %d req/s for %s with admission", sustainable, over, loadOverload)
-	withAdm := attack(ctx, targets, over, loadOverload)
-	peak = max(peak, withAdm.okRate())
-	if err := admitted.stop(); err != nil {
-		h.logf("load: keytrail stop: %v", err)
+	h.logf("load: sustainable %d req/s; %d req/s for %s with and without admission (-query-max-inflight 0), in %d alternating rounds",
+		sustainable, over, loadOverload, loadRounds)
+	var withAdm, without attackResult
+	for range loadRounds {
+		withAdm = withAdm.merge(attack(ctx, targets, over, loadOverload/loadRounds))
+		without = without.merge(attack(ctx, unboundedTargets, over, loadOverload/loadRounds))
 	}
-
-	unbounded, err := startQueryProcess(ctx, bin, dir, js.url(), dsn, tokensFile, "keytrail-unbounded", "-query-max-inflight", "0")
-	if err != nil {
-		return err
-	}
-	defer unbounded.stop()
-	attack(ctx, targetsFor(unbounded.base), loadFirstRate, 2*time.Second)
-	h.logf("load: %d req/s for %s without admission (-query-max-inflight 0)", over, loadOverload)
-	without := attack(ctx, targetsFor(unbounded.base), over, loadOverload)
-	if err := unbounded.stop(); err != nil {
-		h.logf("load: keytrail stop: %v", err)
+	peak = max(peak, withAdm.okRate(), without.okRate())
+	for _, p := range []*queryProcess{admitted, unbounded} {
+		if err := p.stop(); err != nil {
+			h.logf("load: keytrail stop: %v", err)
+		}
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -407,7 +432,8 @@ func (h *harness) runLoad(ctx context.Context) error {
 	h.report.add(
 		Row{Figure: "load: sustainable rate, " + mix, Value: float64(sustainable), Unit: UnitReqRate,
 			Note: fmt.Sprintf("highest step of a x1.4 ramp from %d req/s (%s each) with >= 99%% answered 200 and p99 < 1 s", loadFirstRate, loadStep)},
-		Row{Figure: "load: peak throughput (200s), " + mix, Value: peak, Unit: UnitReqRate},
+		Row{Figure: "load: peak throughput (200s), " + mix, Value: peak, Unit: UnitReqRate,
+			Note: "highest 200s/s of any step or run, with admission or without"},
 		Row{Figure: fmt.Sprintf("load at 3x (%d req/s): throughput (200s)", over), Value: withAdm.okRate(), Unit: UnitReqRate,
 			Baseline: "without admission", BaselineValue: without.okRate(), Ratio: withAdm.okRate() / max(without.okRate(), 1e-9),
 			Target: ">= 90% of peak", Met: met(withAdm.okRate() >= 0.9*peak),

@@ -105,7 +105,7 @@ func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
 		}, []string{"reason"}),
 		unrecorded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keytrail_query_audit_unrecorded_total",
-			Help: "Refused calls left out of the query audit log by its bound: unauthenticated, rate_limited.",
+			Help: "Refused calls left out of the query audit log by its bound: unauthenticated, rate_limited, undecodable.",
 		}, []string{"reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.inFlight, m.queued, m.queueWait, m.shed, m.unrecorded} {
@@ -116,7 +116,7 @@ func newAPIMetrics(reg prometheus.Registerer) (*apiMetrics, error) {
 	for _, r := range []string{shedOverloaded, shedPrincipalShare, shedRateLimit} {
 		m.shed.WithLabelValues(r)
 	}
-	for _, r := range []string{"unauthenticated", "rate_limited"} {
+	for _, r := range []string{"unauthenticated", "rate_limited", "undecodable"} {
 		m.unrecorded.WithLabelValues(r)
 	}
 	return m, nil

@@ -9,8 +9,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
@@ -207,5 +209,41 @@ func TestEveryCallIsRecordedMalformedAndRateLimitedIncluded(t *testing.T) {
 	// The records of calls the gateway never passed on keep their parameters (redacted).
 	if n := testenv.QueryUint64(t, s.db.Conn, `SELECT count() FROM query_audit_log WHERE principal = 'burst-bot' AND code = 'InvalidArgument' AND request = '{"page_size":"abc"}'`); n != 1 {
 		t.Errorf("%d records of page_size=abc with its parameters, want 1", n)
+	}
+}
+
+// rawCodec sends request bytes as they are, so a test can send what no protobuf library
+// would encode.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error)      { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error { return nil }
+func (rawCodec) Name() string                       { return "proto" }
+
+// grpc-go decodes a request before any interceptor runs, so a request it cannot decode was
+// answered without authentication and never recorded. Sent: GetKey whose key_id (field 1)
+// is not UTF-8, with a valid token and without one. Expected: grpc's own answer (Internal,
+// "failed to unmarshal"), and one record each, under the principal when the token is valid.
+func TestUndecodableGRPCRequestsAreRecorded(t *testing.T) {
+	s := startSecServer(t)
+	notUTF8 := []byte{0x0a, 0x02, 0xff, 0xfe}
+	for _, authorization := range []string{bearer(tokAuditor), ""} {
+		err := s.conn.Invoke(withAuthorization(authorization), "/keytrail.v1.QueryService/GetKey", notUTF8, new([]byte), grpc.ForceCodec(rawCodec{}))
+		wantGRPC(t, "GetKey with key_id not UTF-8", err, codes.Internal, "unmarshal")
+	}
+	var got []string
+	testenv.Eventually(t, 5*time.Second, func() error {
+		got = got[:0]
+		for _, r := range s.Records.All() {
+			got = append(got, r.Principal+" "+r.Method+" "+r.Code)
+		}
+		if len(got) != 2 {
+			return fmt.Errorf("%d records: %v", len(got), got)
+		}
+		return nil
+	})
+	want := []string{"security-team /keytrail.v1.QueryService/GetKey Internal", " /keytrail.v1.QueryService/GetKey Internal"}
+	if !slices.Equal(got, want) {
+		t.Errorf("records %q, want %q", got, want)
 	}
 }

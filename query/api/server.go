@@ -158,6 +158,7 @@ func New(cfg Config) (*Server, error) {
 		// a malformed call never takes a slot. The REST edge applies the rate limit to REST
 		// calls before the gateway parses them, so the gateway's server does not apply it again.
 		chain := []grpc.UnaryServerInterceptor{
+			markSeen, // calls that end before this are recorded by undecodedCalls
 			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 				log.ErrorContext(ctx, "panic in handler", "panic", p)
 				return status.Error(codes.Internal, "internal error")
@@ -173,7 +174,7 @@ func New(cfg Config) (*Server, error) {
 			grpcprotovalidate.UnaryServerInterceptor(validator),
 			admit.interceptor(),
 		)
-		opts = append(opts, grpc.ChainUnaryInterceptor(chain...))
+		opts = append(opts, grpc.ChainUnaryInterceptor(chain...), grpc.StatsHandler(undecodedCalls{authn: cfg.Auth, refusals: refused}))
 		srv := grpc.NewServer(opts...)
 		keytrailv1.RegisterQueryServiceServer(srv, svc)
 		healthpb.RegisterHealthServer(srv, hs)
