@@ -37,7 +37,7 @@ const (
 	loadOverload   = 20 * time.Second // the run at 3x the sustainable rate
 	loadRounds     = 4                // the 3x run alternates admission on and off this often
 	loadTimeout    = 10 * time.Second // the client gives up on a call after this
-	loadFirstRate  = 10
+	loadFirstRate  = 5
 	loadMaxRate    = 3000
 )
 
