@@ -27,7 +27,7 @@ import (
 // not earlier ones were answered, as independent clients do) on separate `keytrail serve
 // -role query` processes over the query phase's history, on a mix of seven GET endpoints,
 // from loadPrincipals callers. It finds the sustainable rate (the highest step rate answered
-// with at least 99% 200s and p99 under a second), then runs three times that rate against a
+// with at least 99% 200s and a median under a second), then runs three times that rate against a
 // process as configured (admission on) and one with admission off, alternately, and reports
 // throughput, counts by status and the latencies of admitted and shed calls.
 
@@ -145,9 +145,10 @@ func (r attackResult) okRate() float64 {
 }
 
 // sustained: at least 99% of the calls answered 200 (a burst of the open-loop arrivals may
-// find every slot taken) and p99 under a second.
+// find every slot taken) and the median under a second (past capacity without a bound,
+// calls queue and the median grows with the run).
 func (r attackResult) sustained() bool {
-	return float64(r.byStatus[http.StatusOK]) >= 0.99*float64(r.total()) && percentile(r.admitted, 99) < 1000
+	return float64(r.byStatus[http.StatusOK]) >= 0.99*float64(r.total()) && percentile(r.admitted, 50) < 1000
 }
 
 func (r attackResult) statusText() string {
@@ -431,7 +432,7 @@ func (h *harness) runLoad(ctx context.Context) error {
 	mix := "7-endpoint GET mix"
 	h.report.add(
 		Row{Figure: "load: sustainable rate, " + mix, Value: float64(sustainable), Unit: UnitReqRate,
-			Note: fmt.Sprintf("highest step of a x1.4 ramp from %d req/s (%s each) with >= 99%% answered 200 and p99 < 1 s", loadFirstRate, loadStep)},
+			Note: fmt.Sprintf("highest step of a x1.4 ramp from %d req/s (%s each) with >= 99%% answered 200 and p50 < 1 s", loadFirstRate, loadStep)},
 		Row{Figure: "load: peak throughput (200s), " + mix, Value: peak, Unit: UnitReqRate,
 			Note: "highest 200s/s of any step or run, with admission or without"},
 		Row{Figure: fmt.Sprintf("load at 3x (%d req/s): throughput (200s)", over), Value: withAdm.okRate(), Unit: UnitReqRate,

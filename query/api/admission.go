@@ -42,19 +42,20 @@ type Admission struct {
 	RetryAfter time.Duration
 }
 
-// Defaults measured on the reference machine (2 cores for ClickHouse and keytrail together;
-// docs/benchmarks.md, load phase): 4 calls in flight kept the throughput of 8 or of no bound
-// at all, and admitted calls' p99 under a second; more only adds latency. A larger
-// ClickHouse takes more (about two per core it has).
+// Defaults from the load phase of the benchmarks (docs/benchmarks.md) on the reference
+// machine, 2 cores shared by ClickHouse and keytrail: 8 calls in flight kept nearly the
+// throughput of no bound at all, 4 lost a quarter of it; a short queue keeps what it adds to
+// an admitted call's latency small. A larger ClickHouse takes more (about four per core).
 const (
-	DefaultMaxInFlight             = 4
-	DefaultMaxInFlightPerPrincipal = 3
+	DefaultMaxInFlight             = 8
+	DefaultMaxInFlightPerPrincipal = 6
 	DefaultQueueTimeout            = 100 * time.Millisecond
 )
 
-// QueriesPerCall is the most ClickHouse queries one admitted call runs at once (the rotation
-// report's four reads).
-const QueriesPerCall = 4
+// QueriesPerCall bounds the ClickHouse queries one admitted call runs at once. The widest
+// answer today, the rotation report of a revoked key, runs six reads at once
+// (chreader.Reader.Rotation); the rest is room for the next one.
+const QueriesPerCall = 8
 
 // StoragePoolSize is the ClickHouse connection pool the API's reader needs under a bound:
 // every admitted call can hold QueriesPerCall connections, so no admitted call ever waits for
