@@ -141,7 +141,7 @@ func TestSecretsTypedIntoQueriesAreNeitherStoredNorLogged(t *testing.T) {
 			{"/v1/keys/" + seg, nil, tokAuditor, http.StatusNotFound},
 			{"/v1/keys/" + seg + "/services", nil, tokAuditor, http.StatusOK},
 			{"/v1/services/" + seg + "/keys", nil, tokAcme, http.StatusOK},
-			{"/v1/rotations/" + seg, nil, tokAuditor, http.StatusBadRequest}, // no rotation to compare with
+			{"/v1/rotations/" + seg, nil, tokAuditor, http.StatusNotFound},
 			{"/v1/keys/" + seg, nil, "", http.StatusUnauthorized},
 			{"/v1/keys", url.Values{"project": {secret}}, tokAcme, http.StatusForbidden},
 			{"/v1/audit/events", url.Values{"actor": {secret}, "key_id": {secret}}, tokAuditor, http.StatusOK},
