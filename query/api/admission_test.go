@@ -71,6 +71,7 @@ func retryDelay(err error) time.Duration {
 // Retry-After: 3 on REST), over gRPC and REST; the held calls complete once their queries
 // do; every call is in query_audit_log with its code, and the shed metrics count them.
 func TestOverloadIsShedWithRetryAfterAndRecorded(t *testing.T) {
+	t.Parallel()
 	db := testenv.ClickHouse(t) // the fixture goes in through the unheld connection
 	held := &heldConn{Conn: db.Conn, gate: make(chan struct{})}
 	reg := prometheus.NewRegistry()

@@ -84,6 +84,7 @@ func auditCounts(t *testing.T, s *storedAPI) map[string]uint64 {
 // every call within the rate recorded with its real code, a malformed one without a token is
 // 401, the first 10 refusals of each kind recorded and the rest counted as unrecorded.
 func TestEveryCallIsRecordedMalformedAndRateLimitedIncluded(t *testing.T) {
+	t.Parallel()
 	const tokBurst = "ktk_test_burst"
 	tokens := securityTokens()
 	tokens[tokBurst] = auth.Entry{Name: "burst-bot", Role: auth.RoleAuditor, RatePerSecond: 0.0001, Burst: 5}
@@ -225,6 +226,7 @@ func (rawCodec) Name() string                       { return "proto" }
 // is not UTF-8, with a valid token and without one. Expected: grpc's own answer (Internal,
 // "failed to unmarshal"), and one record each, under the principal when the token is valid.
 func TestUndecodableGRPCRequestsAreRecorded(t *testing.T) {
+	t.Parallel()
 	s := startSecServer(t)
 	notUTF8 := []byte{0x0a, 0x02, 0xff, 0xfe}
 	for _, authorization := range []string{bearer(tokAuditor), ""} {

@@ -1,14 +1,12 @@
 package api_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,31 +20,13 @@ import (
 	"github.com/keytrail/keytrail/query/auditlog"
 )
 
-// syncBuffer is a log sink the API's goroutines may write to while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // storedAPI is an API over the security fixture whose calls are recorded by a real
 // auditlog.Recorder into the test database's query_audit_log, and whose log lines (every
 // level) are captured.
 type storedAPI struct {
 	*apitest.Server
 	db   *testenv.Database
-	logs *syncBuffer
+	logs *testenv.SyncBuffer
 }
 
 // mustDial is a gRPC connection that sends only the metadata each call carries.
@@ -78,7 +58,7 @@ func startStoredAPIOn(t *testing.T, db *testenv.Database, opts apitest.Options) 
 		defer cancel()
 		_ = rec.Close(ctx)
 	})
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	opts.Recorder = rec
 	opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if opts.Tokens == nil {
@@ -121,6 +101,7 @@ var typedSecrets = []string{
 // them, no table of the database and no log line holds any secret, and each call's record
 // holds the secret's fingerprint instead.
 func TestSecretsTypedIntoQueriesAreNeitherStoredNorLogged(t *testing.T) {
+	t.Parallel()
 	s := startStoredAPI(t, apitest.Options{})
 	client := keytrailv1.NewQueryServiceClient(mustDial(t, s.GRPCAddr))
 	auditor := withAuthorization(bearer(tokAuditor))
