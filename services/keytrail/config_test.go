@@ -32,6 +32,9 @@ func flagCases() []flagCase {
 		{flag: "clickhouse-dsn", good: "clickhouse://ch:9000/audit", other: "clickhouse://ch:9000/other", field: func(c Config) any { return c.ClickHouseDSN }, want: "clickhouse://ch:9000/audit", bad: []string{"http://ch:8123/audit", "clickhouse://ch:9000/my-db"}},
 		{flag: "grpc-listen", good: ":9091", other: ":9092", field: func(c Config) any { return c.GRPCListen }, want: ":9091", bad: []string{"9090"}},
 		{flag: "http-listen", good: ":8081", other: ":8082", field: func(c Config) any { return c.HTTPListen }, want: ":8081", bad: []string{"8080"}},
+		{flag: "query-max-inflight", good: "16", other: "0", field: func(c Config) any { return c.QueryMaxInflight }, want: 16, bad: []string{"many", "-1", "1.5"}},
+		{flag: "query-max-inflight-per-principal", good: "2", other: "0", field: func(c Config) any { return c.QueryMaxInflightPerPrincipal }, want: 2, bad: []string{"half", "-2"}},
+		{flag: "query-queue-timeout", good: "250ms", other: "0s", field: func(c Config) any { return c.QueryQueueTimeout }, want: 250 * time.Millisecond, bad: []string{"250", "soon", "-1s"}},
 		{flag: "batch-size", good: "20000", other: "5000", field: func(c Config) any { return c.BatchSize }, want: 20000, bad: []string{"lots", "1e4", "0", "-5", "30000"}},
 		{flag: "flush-interval", good: "2s", other: "1s", field: func(c Config) any { return c.FlushInterval }, want: 2 * time.Second, bad: []string{"2", "soon", "0s", "-1s"}},
 		{flag: "ack-wait", good: "1m", other: "10s", field: func(c Config) any { return c.AckWait }, want: time.Minute, bad: []string{"30", "0s"}},
@@ -134,6 +137,7 @@ func TestConfigDefaults(t *testing.T) {
 	want := Config{
 		Role: "all", NATSListen: "127.0.0.1:4222", NATSStoreDir: ".local/nats", SubjectPrefix: "keytrail",
 		ClickHouseDSN: "clickhouse://127.0.0.1:19000/keytrail", GRPCListen: "127.0.0.1:9090", HTTPListen: "127.0.0.1:8080",
+		QueryMaxInflight: 8, QueryMaxInflightPerPrincipal: 6, QueryQueueTimeout: 100 * time.Millisecond,
 		BatchSize: 10000, FlushInterval: 500 * time.Millisecond, AckWait: 30 * time.Second, MaxAckPending: 50000,
 		ReconcileInterval: 10 * time.Minute, ReconcileLookback: 24 * time.Hour,
 		StallTimeout: 2 * time.Minute, AlertInterval: time.Minute, AlertWindow: 30 * time.Minute, AlertWebhookFormat: "protojson", AlertNewCallers: "all",
