@@ -16,7 +16,7 @@
 //     gRPC request that cannot be decoded) are recorded up to a bound per principal (see
 //     refusals); any other call is answered only once its record is queued (fail closed).
 //   - No secret-shaped value a caller typed reaches the audit log or a log line raw: both
-//     keep its fingerprint (auditlog.RedactMessage, auditlog.RedactText).
+//     keep its fingerprint (auditlog.RedactMessage, event.RedactText).
 //   - Overload is answered, not suffered: at most Admission.MaxInFlight calls run at once;
 //     the rest wait briefly and are shed with Unavailable / 503 (or ResourceExhausted / 429
 //     beyond the caller's share) and a retry delay, never an internal error or a hang.

@@ -7,10 +7,10 @@ import (
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 
-	"github.com/keytrail/keytrail/query/auditlog"
+	"github.com/keytrail/keytrail/event"
 )
 
-// redactingHandler passes every record of the API's logger through auditlog.RedactText: the
+// redactingHandler passes every record of the API's logger through event.RedactText: the
 // message and each attribute, however deep. A caller's input reaches log lines in error
 // messages ("key \"sk-...\" not found"), in storage errors that quote a query, and in the
 // REST edge's lines, and a secret typed into a query must not outlive it there.
@@ -38,7 +38,8 @@ func (h redactingHandler) Enabled(ctx context.Context, level slog.Level) bool {
 }
 
 func (h redactingHandler) Handle(ctx context.Context, r slog.Record) error {
-	out := slog.NewRecord(r.Time, r.Level, auditlog.RedactText(r.Message), r.PC)
+	msg, _ := event.RedactText(r.Message)
+	out := slog.NewRecord(r.Time, r.Level, msg, r.PC)
 	r.Attrs(func(a slog.Attr) bool {
 		out.AddAttrs(redactAttr(a))
 		return true
@@ -65,7 +66,8 @@ func redactAttr(a slog.Attr) slog.Attr {
 	v := a.Value.Resolve()
 	switch v.Kind() {
 	case slog.KindString:
-		return slog.String(a.Key, auditlog.RedactText(v.String()))
+		red, _ := event.RedactText(v.String())
+		return slog.String(a.Key, red)
 	case slog.KindGroup:
 		group := v.Group()
 		red := make([]any, len(group))
@@ -76,7 +78,7 @@ func redactAttr(a slog.Attr) slog.Attr {
 	case slog.KindAny:
 		// Errors, stringers, structs: keep the value unless its text holds a secret.
 		text := fmt.Sprint(v.Any())
-		if red := auditlog.RedactText(text); red != text {
+		if red, n := event.RedactText(text); n > 0 {
 			return slog.String(a.Key, red)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/query/auditlog"
 	"github.com/keytrail/keytrail/query/auth"
 )
@@ -120,12 +121,13 @@ func paramsJSON(params map[string][]string) string {
 	for k, vs := range params {
 		red := make([]string, len(vs))
 		for i, v := range vs {
-			red[i] = auditlog.RedactText(v)
+			red[i], _ = event.RedactText(v)
 		}
+		k, _ = event.RedactText(k)
 		if len(red) == 1 {
-			obj[auditlog.RedactText(k)] = red[0]
+			obj[k] = red[0]
 		} else {
-			obj[auditlog.RedactText(k)] = red
+			obj[k] = red
 		}
 	}
 	b, _ := json.Marshal(obj)

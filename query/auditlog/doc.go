@@ -8,5 +8,5 @@
 //
 // Guarantee: no secret-shaped value is stored. A secret typed into a query (a key's secret
 // as key_id) is kept as its fingerprint, found with the ingester's detector (RedactMessage,
-// RedactText); the API's log lines go through the same redaction.
+// event.RedactText); the API's log lines go through the same redaction.
 package auditlog

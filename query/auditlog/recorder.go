@@ -9,6 +9,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/internal/retry"
 )
 
@@ -19,7 +20,7 @@ type Record struct {
 	Role      string
 	Method    string
 	// Request is the request message as JSON (callers redact it with RedactMessage; Record
-	// redacts what is left with RedactText).
+	// redacts what is left with event.RedactText).
 	Request  string
 	Code     string
 	Duration time.Duration
@@ -95,11 +96,11 @@ func New(cfg Config) (*Recorder, error) {
 }
 
 // Record queues a record, waiting up to EnqueueTimeout for room. Secret-shaped words of its
-// request are replaced by their fingerprints first (RedactText), whatever the caller did.
+// request are replaced by their fingerprints first (event.RedactText), whatever the caller did.
 // Method is not: it is a method the server serves (some names are long enough to look
 // random to the detector), or a path the caller redacted with RedactPath.
 func (r *Recorder) Record(ctx context.Context, rec Record) error {
-	rec.Request = RedactText(rec.Request)
+	rec.Request, _ = event.RedactText(rec.Request)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if r.closed {

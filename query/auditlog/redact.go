@@ -13,10 +13,10 @@ import (
 // A caller may type a secret into a query by mistake (GET /v1/keys/sk-proj-..., a token
 // pasted as a project filter). The query audit log and the API's logs keep what was asked,
 // so they would keep the secret for as long as they are retained. Both go through the
-// functions below, which use the ingester's detector (event.LooksLikeSecret) and put the
-// ingester's fingerprint (event.Fingerprint) in place of what it flags: the same secret
-// typed twice still shows as the same value, and the fingerprint of a leaked secret can be
-// searched for, but cannot be reversed.
+// functions below and event.RedactText, which use the ingester's detector
+// (event.LooksLikeSecret) and put the ingester's fingerprint (event.Fingerprint) in place of
+// what it flags: the same secret typed twice still shows as the same value, and the
+// fingerprint of a leaked secret can be searched for, but cannot be reversed.
 
 // RedactMessage returns m, or a copy of m with every string field (nested messages, lists
 // and map keys and values included) that looks like a secret replaced by its fingerprint,
@@ -88,65 +88,15 @@ func redactFields(m protoreflect.Message) int {
 	return n
 }
 
-// RedactText returns s with each secret-shaped word replaced by its fingerprint, for text
-// that mixes the caller's input with other words (an error message quoting a key id, a
-// request path). Words are runs of the characters secret tokens are made of (letters,
-// digits and _-+/=.), so quotes, spaces and punctuation around a value do not hide it. A
-// shape that spans several words (a PEM header, "Bearer <token>") is caught on the whole
-// text instead, which is then replaced as one.
-//
-// Guarantee: event.LooksLikeSecret is false for the result.
-func RedactText(s string) string {
-	if !event.LooksLikeSecret(s) {
-		return s
-	}
-	var b strings.Builder
-	start := -1
-	flush := func(end int) {
-		if w := s[start:end]; event.LooksLikeSecret(w) {
-			b.WriteString(event.Fingerprint(w))
-		} else {
-			b.WriteString(w)
-		}
-		start = -1
-	}
-	for i := 0; i < len(s); i++ {
-		if isWordByte(s[i]) {
-			if start < 0 {
-				start = i
-			}
-			continue
-		}
-		if start >= 0 {
-			flush(i)
-		}
-		b.WriteByte(s[i])
-	}
-	if start >= 0 {
-		flush(len(s))
-	}
-	if out := b.String(); !event.LooksLikeSecret(out) {
-		return out
-	}
-	return event.Fingerprint(s)
-}
-
-// isWordByte is the alphabet of every secret shape event.LooksLikeSecret knows but the two
-// with spaces in them (PEM headers and "Bearer <token>").
-func isWordByte(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-		c == '_' || c == '-' || c == '+' || c == '/' || c == '=' || c == '.'
-}
-
-// RedactPath redacts each segment of a URL path (percent-decoded) on its own, so the rest of
-// the path stays readable.
+// RedactPath redacts each segment of a URL path (percent-decoded) on its own with
+// event.RedactText, so the rest of the path stays readable.
 func RedactPath(p string) string {
 	segs := strings.Split(p, "/")
 	for i, s := range segs {
 		if u, err := url.PathUnescape(s); err == nil {
 			s = u
 		}
-		segs[i] = RedactText(s)
+		segs[i], _ = event.RedactText(s)
 	}
 	return strings.Join(segs, "/")
 }
