@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -340,6 +341,16 @@ func TestHandlerErrorsMapToStatuses(t *testing.T) {
 				return err
 			},
 			wantHTTP: http.StatusGatewayTimeout, wantCode: codes.DeadlineExceeded, wantMsg: "the query took too long",
+		},
+		{
+			// What the driver says when every connection of its pool is busy: overload, so the
+			// caller is told to retry rather than handed an internal error.
+			name: "no free ClickHouse connection is unavailable", err: fmt.Errorf("query spend: %w", clickhouse.ErrAcquireConnTimeout),
+			path: "/v1/spend", call: func(ctx context.Context) error {
+				_, err := srv.Client.GetSpend(ctx, &keytrailv1.GetSpendRequest{})
+				return err
+			},
+			wantHTTP: http.StatusServiceUnavailable, wantCode: codes.Unavailable, wantMsg: "the server is busy; retry shortly",
 		},
 		{
 			name: "a storage failure is logged, not shown",

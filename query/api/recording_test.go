@@ -244,7 +244,37 @@ func TestUndecodableGRPCRequestsAreRecorded(t *testing.T) {
 		}
 		return nil
 	})
-	want := []string{"security-team /keytrail.v1.QueryService/GetKey Internal", " /keytrail.v1.QueryService/GetKey Internal"}
+	// The stats handler records a call after its answer is sent, so the second call's record
+	// can come first.
+	slices.Sort(got)
+	want := []string{" /keytrail.v1.QueryService/GetKey Internal", "security-team /keytrail.v1.QueryService/GetKey Internal"}
+	if !slices.Equal(got, want) {
+		t.Errorf("records %q, want %q", got, want)
+	}
+}
+
+// A call to a method the server does not have is answered Unimplemented and recorded too,
+// under its principal when the credential is valid.
+func TestUnknownGRPCMethodsAreRecorded(t *testing.T) {
+	t.Parallel()
+	s := startSecServer(t)
+	for _, authorization := range []string{bearer(tokAuditor), ""} {
+		err := s.conn.Invoke(withAuthorization(authorization), "/keytrail.v1.QueryService/NoSuchMethod", []byte{}, new([]byte), grpc.ForceCodec(rawCodec{}))
+		wantGRPC(t, "NoSuchMethod", err, codes.Unimplemented, "unknown method /keytrail.v1.QueryService/NoSuchMethod")
+	}
+	var got []string
+	testenv.Eventually(t, 5*time.Second, func() error {
+		got = got[:0]
+		for _, r := range s.Records.All() {
+			got = append(got, r.Principal+" "+r.Method+" "+r.Code)
+		}
+		if len(got) != 2 {
+			return fmt.Errorf("%d records: %v", len(got), got)
+		}
+		return nil
+	})
+	slices.Sort(got) // recorded after the answer is sent, so in either order
+	want := []string{" /keytrail.v1.QueryService/NoSuchMethod Unimplemented", "security-team /keytrail.v1.QueryService/NoSuchMethod Unimplemented"}
 	if !slices.Equal(got, want) {
 		t.Errorf("records %q, want %q", got, want)
 	}

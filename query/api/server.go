@@ -174,7 +174,11 @@ func New(cfg Config) (*Server, error) {
 			grpcprotovalidate.UnaryServerInterceptor(validator),
 			admit.interceptor(),
 		)
-		opts = append(opts, grpc.ChainUnaryInterceptor(chain...), grpc.StatsHandler(undecodedCalls{authn: cfg.Auth, refusals: refused}))
+		opts = append(opts, grpc.ChainUnaryInterceptor(chain...), grpc.StatsHandler(undecodedCalls{authn: cfg.Auth, refusals: refused}),
+			// Without a handler of its own grpc-go answers an unknown method before any stats
+			// handler sees the call end, so it would go unrecorded; with one, undecodedCalls
+			// records it like any call that never reached the interceptors.
+			grpc.UnknownServiceHandler(unknownMethod))
 		srv := grpc.NewServer(opts...)
 		keytrailv1.RegisterQueryServiceServer(srv, svc)
 		healthpb.RegisterHealthServer(srv, hs)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -117,6 +118,11 @@ func (s *queryService) toStatus(ctx context.Context, method string, err error) e
 	switch {
 	case errors.As(err, &invalid):
 		return status.Error(codes.InvalidArgument, invalid.Error())
+	case errors.Is(err, clickhouse.ErrAcquireConnTimeout):
+		// Every ClickHouse connection busy is overload, not a fault: admission keeps this
+		// from happening while it is on, but with -query-max-inflight 0 it is the answer.
+		s.log.WarnContext(ctx, "no ClickHouse connection free", "method", method)
+		return status.Error(codes.Unavailable, "the server is busy; retry shortly")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "the query took too long")
 	case errors.Is(err, context.Canceled):

@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
 
 	"github.com/keytrail/keytrail/query/auth"
 )
@@ -58,7 +60,18 @@ func (u undecodedCalls) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	if err != nil {
 		p, key = auth.Principal{}, ""
 	}
-	u.refusals.record(ctx, key, "undecodable", newRecord(ctx, p, c.method, "", end.Error, c.start))
+	reason := "undecodable"
+	if status.Code(end.Error) == codes.Unimplemented {
+		reason = "unknown_method"
+	}
+	u.refusals.record(ctx, key, reason, newRecord(ctx, p, c.method, "", end.Error, c.start))
+}
+
+// unknownMethod answers a call to a method this server does not have (a typo, a client
+// built from a newer proto), as grpc-go would, but late enough that it is recorded.
+func unknownMethod(_ any, stream grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(stream)
+	return status.Errorf(codes.Unimplemented, "unknown method %s", method)
 }
 
 func (undecodedCalls) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
