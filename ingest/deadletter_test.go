@@ -19,20 +19,28 @@ import (
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/ingest/memsink"
 	"github.com/keytrail/keytrail/internal/testenv"
 )
 
-// dlEnv is a JetStream, a database and an ingester with its metrics and log.
+// dlEnv is a JetStream, storage (a ClickHouse database, or memory) and an ingester with its
+// metrics and log.
 type dlEnv struct {
-	js   *testenv.JetStream
-	db   *testenv.Database
+	js *testenv.JetStream
+	// db is the ClickHouse database, nil when the ingester writes to mem.
+	db *testenv.Database
+	// mem is the memory storage; sink the memory sink of the running ingester, on which a
+	// test programs faults.
+	mem  *memsink.Storage
+	sink *memsink.Sink
 	reg  *prometheus.Registry
 	logs *testenv.SyncBuffer
 	ing  *ingest.Ingester
 	stop func() error
 }
 
-// newDLEnv runs an ingester; configure may change the configuration before New.
+// newDLEnv runs an ingester on a ClickHouse database; configure may change the
+// configuration before New.
 func newDLEnv(t *testing.T, streams broker.StreamConfig, configure func(*ingest.Config)) *dlEnv {
 	t.Helper()
 	e := &dlEnv{js: testenv.NewJetStream(t, streams), db: testenv.ClickHouse(t), logs: &testenv.SyncBuffer{}}
@@ -40,13 +48,30 @@ func newDLEnv(t *testing.T, streams broker.StreamConfig, configure func(*ingest.
 	return e
 }
 
-// start runs an ingester (a new one after stop: fresh memory and metrics).
+// newMemEnv runs an ingester on a memory sink (ingest/memsink), for tests of the ingester's
+// own logic; configure may change the configuration before New.
+func newMemEnv(t *testing.T, streams broker.StreamConfig, configure func(*ingest.Config)) *dlEnv {
+	t.Helper()
+	e := &dlEnv{js: testenv.NewJetStream(t, streams), mem: memsink.NewStorage(), logs: &testenv.SyncBuffer{}}
+	e.start(t, configure)
+	return e
+}
+
+// start runs an ingester (a new one after stop: fresh memory, metrics and sink, the same
+// storage).
 func (e *dlEnv) start(t *testing.T, configure func(*ingest.Config)) {
 	t.Helper()
 	e.reg = prometheus.NewRegistry()
-	sink, err := chsink.New(chsink.Config{Conn: e.db.Conn})
-	if err != nil {
-		t.Fatal(err)
+	var sink ingest.Sink
+	if e.mem != nil {
+		e.sink = memsink.New(e.mem)
+		sink = e.sink
+	} else {
+		s, err := chsink.New(chsink.Config{Conn: e.db.Conn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink = s
 	}
 	cfg := ingest.Config{
 		JetStream: e.js.JS, Streams: e.js.Streams, Sink: sink, Metrics: ingest.NewMetrics(e.reg),
@@ -78,6 +103,24 @@ func (e *dlEnv) start(t *testing.T, configure func(*ingest.Config)) {
 		if err := e.stop(); err != nil {
 			t.Errorf("ingester: %v", err)
 		}
+	})
+}
+
+// waitStored waits until storage holds exactly usage usage events and lifecycle lifecycle
+// events (in ClickHouse, with every rollup agreeing).
+func (e *dlEnv) waitStored(t *testing.T, usage, lifecycle int) {
+	t.Helper()
+	if e.db != nil {
+		testenv.WaitForEvents(t, e.db, uint64(usage), uint64(lifecycle), 10*time.Second)
+		return
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		u, _ := e.mem.Count(memsink.UsageTable)
+		l, _ := e.mem.Count(memsink.LifecycleTable)
+		if u != usage || l != lifecycle {
+			return fmt.Errorf("storage holds %d usage and %d lifecycle events, want %d and %d", u, l, usage, lifecycle)
+		}
+		return nil
 	})
 }
 
@@ -149,15 +192,22 @@ func (e *dlEnv) deadLetters(t *testing.T) map[string]*jetstream.RawStreamMsg {
 	return out
 }
 
-// tableDeadLetters reads the dead_letters table: "stream_seq reason cause" per row.
+// tableDeadLetters reads the dead letters kept in storage (the dead_letters table):
+// "stream_seq reason cause" per row.
 func (e *dlEnv) tableDeadLetters(t *testing.T) []string {
 	t.Helper()
+	var out []string
+	if e.mem != nil {
+		for _, d := range e.mem.DeadLetters() {
+			out = append(out, fmt.Sprintf("%d %s %s", d.StreamSeq, d.Reason, d.FallbackCause))
+		}
+		return out
+	}
 	rows, err := e.db.Conn.Query(context.Background(), "SELECT stream_seq, reason, fallback_cause FROM dead_letters ORDER BY stream_seq")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	var out []string
 	for rows.Next() {
 		var seq uint64
 		var reason, cause string
@@ -228,7 +278,7 @@ func publishRawProtocol(t *testing.T, serverURL, subject, header string, payload
 // nothing in the fallback table; nothing pending or awaiting an ack.
 func TestDeadLetterCopyFitsNATSLimits(t *testing.T) {
 	t.Parallel()
-	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
+	e := newMemEnv(t, broker.DefaultStreamConfig(), nil)
 
 	e.publishValid(t, "v1")
 	big := e.poison("big-headers", []byte(strings.Repeat("not a protobuf \xff", 1<<20/16)))
@@ -247,7 +297,7 @@ func TestDeadLetterCopyFitsNATSLimits(t *testing.T) {
 	e.publishValid(t, "v4")
 
 	e.waitDrained(t)
-	testenv.WaitForEvents(t, e.db, 4, 0, 10*time.Second)
+	e.waitStored(t, 4, 0)
 	dl := e.deadLetters(t)
 	if len(dl) != 3 {
 		t.Fatalf("dead-letter stream holds %d messages, want 3", len(dl))
@@ -279,18 +329,18 @@ func TestDeadLetterCopyFitsNATSLimits(t *testing.T) {
 		}
 	}
 	if rows := e.tableDeadLetters(t); len(rows) != 0 {
-		t.Errorf("dead_letters table: %v", rows)
+		t.Errorf("dead letters kept in storage: %v", rows)
 	}
 }
 
 // Fault: the dead-letter stream is full (max 1 message, discard new) when two more
 // rejected messages arrive between valid events.
 // Expect: the valid events stored; the first rejected message in the stream, the next two
-// in the dead_letters table with their reason and cause stream_full; the fallback counted
+// kept in storage (the sink's DeadLetterStore) with their reason and cause stream_full; the fallback counted
 // by cause and logged; all three counted as dead letters; nothing left unacknowledged.
-func TestFullDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
+func TestFullDeadLetterStreamFallsBackToStorage(t *testing.T) {
 	t.Parallel()
-	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
+	e := newMemEnv(t, broker.DefaultStreamConfig(), nil)
 	ctx := context.Background()
 	s, err := e.js.JS.Stream(ctx, e.js.Streams.DeadLetterStream)
 	if err != nil {
@@ -310,12 +360,12 @@ func TestFullDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 	e.publishValid(t, "v3")
 
 	e.waitDrained(t)
-	testenv.WaitForEvents(t, e.db, 3, 0, 10*time.Second)
+	e.waitStored(t, 3, 0)
 	if dl := e.deadLetters(t); len(dl) != 1 || dl["p0"] == nil {
 		t.Errorf("dead-letter stream holds %d messages, want p0 only", len(dl))
 	}
 	if got, want := fmt.Sprint(e.tableDeadLetters(t)), "[3 undecodable stream_full 5 undecodable stream_full]"; got != want {
-		t.Errorf("dead_letters table %s, want %s", got, want)
+		t.Errorf("dead letters kept in storage %s, want %s", got, want)
 	}
 	if got := poisonCounters(t, e.reg, "keytrail_ingest_dead_letter_fallback_total", "cause"); fmt.Sprint(got) != "map[stream_full:2]" {
 		t.Errorf("fallbacks by cause %v", got)
@@ -330,11 +380,11 @@ func TestFullDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 
 // Fault: the dead-letter stream was deleted; a rejected message arrives between valid
 // events; then the stream is created again and another one arrives.
-// Expect: the valid events stored, the first rejected message in the dead_letters table
-// (cause no_stream), the second in the recreated stream, nothing left unacknowledged.
-func TestDeletedDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
+// Expect: the valid events stored, the first rejected message kept in storage (cause
+// no_stream), the second in the recreated stream, nothing left unacknowledged.
+func TestDeletedDeadLetterStreamFallsBackToStorage(t *testing.T) {
 	t.Parallel()
-	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
+	e := newMemEnv(t, broker.DefaultStreamConfig(), nil)
 	ctx := context.Background()
 	if err := e.js.JS.DeleteStream(ctx, e.js.Streams.DeadLetterStream); err != nil {
 		t.Fatal(err)
@@ -343,9 +393,9 @@ func TestDeletedDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 	e.publishMsg(t, e.poison("p1", []byte("not a protobuf \xff"))) // seq 2
 	e.publishValid(t, "v2")
 	e.waitDrained(t)
-	testenv.WaitForEvents(t, e.db, 2, 0, 10*time.Second)
+	e.waitStored(t, 2, 0)
 	if got, want := fmt.Sprint(e.tableDeadLetters(t)), "[2 undecodable no_stream]"; got != want {
-		t.Errorf("dead_letters table %s, want %s", got, want)
+		t.Errorf("dead letters kept in storage %s, want %s", got, want)
 	}
 
 	if err := broker.EnsureStreams(ctx, e.js.JS, e.js.Streams); err != nil {
@@ -354,7 +404,7 @@ func TestDeletedDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 	e.publishMsg(t, e.poison("p2", []byte("not a protobuf \xff")))
 	e.publishValid(t, "v3")
 	e.waitDrained(t)
-	testenv.WaitForEvents(t, e.db, 3, 0, 10*time.Second)
+	e.waitStored(t, 3, 0)
 	if dl := e.deadLetters(t); len(dl) != 1 || dl["p2"] == nil || dl["p2"].Header.Get("Keytrail-Stream-Seq") != "4" {
 		t.Errorf("dead-letter stream: %v", dl)
 	}
@@ -371,7 +421,7 @@ func TestDeletedDeadLetterStreamFallsBackToClickHouse(t *testing.T) {
 // stored.
 func TestReplayedMessageIsCheckedAgainstStorage(t *testing.T) {
 	t.Parallel()
-	e := newDLEnv(t, broker.DefaultStreamConfig(), nil)
+	e := newMemEnv(t, broker.DefaultStreamConfig(), nil)
 	replayed := usageEvent("e1", "key_a", "billing", time.Now().Add(-time.Minute), 200)
 	b, _ := proto.Marshal(replayed)
 	replay := func(msgID string) {
@@ -383,7 +433,7 @@ func TestReplayedMessageIsCheckedAgainstStorage(t *testing.T) {
 	}
 	replay("replay-e1-first")
 	e.waitDrained(t)
-	testenv.WaitForEvents(t, e.db, 1, 0, 10*time.Second)
+	e.waitStored(t, 1, 0)
 	if err := e.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -394,8 +444,8 @@ func TestReplayedMessageIsCheckedAgainstStorage(t *testing.T) {
 	replay("replay-e1-second")
 	e.publishValid(t, "g1")
 	e.waitDrained(t)
-	testenv.WaitForEvents(t, e.db, 3, 0, 10*time.Second)
-	wantUsageStoredOnce(t, e.db, 3)
+	e.waitStored(t, 3, 0)
+	wantStoredOnce(t, e.mem, 3)
 	if got := poisonCounters(t, e.reg, "keytrail_ingest_duplicates_dropped_total", "kind"); fmt.Sprint(got) != "map[usage:1]" {
 		t.Errorf("duplicates dropped %v, want the replay", got)
 	}

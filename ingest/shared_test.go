@@ -9,7 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keytrail/keytrail/ingest/broker"
-	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/ingest/memsink"
 	"github.com/keytrail/keytrail/internal/testenv"
 )
 
@@ -20,11 +20,12 @@ func TestTwoIngestersShareOneDurableConsumer(t *testing.T) {
 	streams := broker.DefaultStreamConfig()
 	streams.SharedConsumer = true
 	js := testenv.NewJetStream(t, streams)
-	db := testenv.ClickHouse(t)
+	st := memsink.NewStorage()
 	var logs testenv.SyncBuffer
+	var sinks []*memsink.Sink
 	for i := 0; i < 2; i++ {
-		sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
-		runIngester(t, js, sink, &logs)
+		sinks = append(sinks, memsink.New(st))
+		runIngester(t, js, sinks[i], &logs)
 	}
 	const n = 3000
 	for i := 0; i < n; i++ {
@@ -32,15 +33,24 @@ func TestTwoIngestersShareOneDurableConsumer(t *testing.T) {
 		b, _ := proto.Marshal(e)
 		publish(t, js.JS, js.Streams.Subjects.Usage("acme"), e.EventId, "", b)
 	}
-	testenv.WaitForEvents(t, db, n, 0, 30*time.Second)
-	if got := testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"); got != n {
-		t.Errorf("distinct ids %d, want %d", got, n)
-	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if rows, _ := st.Count(memsink.UsageTable); rows < n {
+			return fmt.Errorf("%d of %d events stored", rows, n)
+		}
+		return nil
+	})
+	wantStoredOnce(t, st, n)
 	cons, err := js.JS.Consumer(context.Background(), js.Streams.EventsStream, js.Streams.Durable)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cons.CachedInfo().Config.AckPolicy.String() != "AckExplicit" {
 		t.Errorf("ack policy %v", cons.CachedInfo().Config.AckPolicy)
+	}
+	// Both took part.
+	for i, s := range sinks {
+		if len(s.Inserts()) == 0 {
+			t.Errorf("ingester %d stored nothing", i+1)
+		}
 	}
 }

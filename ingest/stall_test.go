@@ -1,11 +1,9 @@
 package ingest_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
+	"math"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,22 +11,9 @@ import (
 
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/broker"
-	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/ingest/memsink"
 	"github.com/keytrail/keytrail/internal/testenv"
 )
-
-// refusingSink is ClickHouse refusing every insert while refuse is set.
-type refusingSink struct {
-	*chsink.Sink
-	refuse *atomic.Bool
-}
-
-func (s refusingSink) Write(ctx context.Context, records []ingest.Record) error {
-	if s.refuse.Load() {
-		return errors.New("clickhouse refuses inserts")
-	}
-	return s.Sink.Write(ctx, records)
-}
 
 // gauge reads a gauge of the registry.
 func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
@@ -53,10 +38,8 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 // the events they are stored, Stalled is nil and the gauge 0.
 func TestStalledIngesterIsReported(t *testing.T) {
 	t.Parallel()
-	refuse := &atomic.Bool{}
-	e := newDLEnv(t, broker.DefaultStreamConfig(), func(cfg *ingest.Config) {
+	e := newMemEnv(t, broker.DefaultStreamConfig(), func(cfg *ingest.Config) {
 		cfg.StallTimeout = 300 * time.Millisecond
-		cfg.Sink = refusingSink{Sink: cfg.Sink.(*chsink.Sink), refuse: refuse}
 		cfg.MaxBackoff = 50 * time.Millisecond
 	})
 	idleSince := float64(time.Now().UnixNano()) / 1e9
@@ -70,7 +53,7 @@ func TestStalledIngesterIsReported(t *testing.T) {
 		t.Fatalf("idle ingester: stalled %v, gauge %v", err, gauge(t, e.reg, "keytrail_ingest_stalled"))
 	}
 
-	refuse.Store(true)
+	e.sink.Fail(memsink.UsageTable, math.MaxInt, memsink.Refuse)
 	e.publishValid(t, "s1", "s2", "s3")
 	testenv.Eventually(t, 10*time.Second, func() error {
 		if err := e.ing.Stalled(); err == nil || !strings.Contains(err.Error(), "3 messages waiting and nothing acknowledged") {
@@ -82,9 +65,9 @@ func TestStalledIngesterIsReported(t *testing.T) {
 		t.Errorf("keytrail_ingest_stalled = %v while stalled", g)
 	}
 
-	refuse.Store(false)
+	e.sink.Heal()
 	e.waitDrained(t)
-	testenv.WaitForEvents(t, e.db, 3, 0, 10*time.Second)
+	e.waitStored(t, 3, 0)
 	testenv.Eventually(t, 10*time.Second, func() error {
 		if err := e.ing.Stalled(); err != nil {
 			return err

@@ -19,6 +19,7 @@ import (
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/ingest/memsink"
 	"github.com/keytrail/keytrail/internal/testenv"
 )
 
@@ -85,12 +86,19 @@ func TestSecretShapedValuesNeverReachStorageOrLogs(t *testing.T) {
 	}
 }
 
+// storageSink is a sink as the ingester uses it: it writes, checks and keeps dead letters.
+type storageSink interface {
+	ingest.Sink
+	ingest.Deduper
+	ingest.DeadLetterStore
+}
+
 // crashAfterWrite stores the first batch (or, with through set, its records up to that stream
 // sequence, as if the process had flushed them as a batch of their own), then behaves as a
-// process killed before its ack: the write is in ClickHouse, every later call fails, so no
+// process killed before its ack: the write is in storage, every later call fails, so no
 // ack ever happens.
 type crashAfterWrite struct {
-	*chsink.Sink
+	storageSink
 	through uint64
 	wrote   chan struct{}
 	once    *sync.Once
@@ -105,7 +113,7 @@ func (c crashAfterWrite) Write(ctx context.Context, records []ingest.Record) err
 	if c.through > 0 {
 		records = slices.DeleteFunc(slices.Clone(records), func(r ingest.Record) bool { return r.StreamSeq > c.through })
 	}
-	if err := c.Sink.Write(ctx, records); err != nil {
+	if err := c.storageSink.Write(ctx, records); err != nil {
 		return err
 	}
 	close(c.wrote)
@@ -117,7 +125,7 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 	streams := broker.DefaultStreamConfig()
 	streams.AckWait = time.Second // redeliver quickly once the first ingester is gone
 	js := testenv.NewJetStream(t, streams)
-	db := testenv.ClickHouse(t)
+	st := memsink.NewStorage()
 	for i := 0; i < 50; i++ {
 		e := usageEvent(fmt.Sprintf("r%d", i), "key_a", "billing", time.Now().Add(-time.Minute), 200)
 		b, _ := proto.Marshal(e)
@@ -127,8 +135,7 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 	b, _ := proto.Marshal(lc)
 	publish(t, js.JS, js.Streams.Subjects.Lifecycle("acme"), "rl", "", b)
 
-	first, _ := chsink.New(chsink.Config{Conn: db.Conn})
-	crashing := crashAfterWrite{Sink: first, wrote: make(chan struct{}), once: &sync.Once{}}
+	crashing := crashAfterWrite{storageSink: memsink.New(st), wrote: make(chan struct{}), once: &sync.Once{}}
 	var logs testenv.SyncBuffer
 	stop := runIngesterWith(t, js, crashing, &logs, 100*time.Millisecond)
 	select {
@@ -138,7 +145,7 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 	}
 	_ = stop() // "crash": the batch is stored but was never acknowledged
 
-	second, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	second := memsink.New(st)
 	runIngester(t, js, second, &logs)
 	testenv.Eventually(t, 15*time.Second, func() error {
 		info, err := js.JS.Stream(context.Background(), js.Streams.EventsStream)
@@ -150,17 +157,20 @@ func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {
 		}
 		return nil
 	})
-	wantUsageStoredOnce(t, db, 50)
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events"); n != 1 {
+	wantStoredOnce(t, st, 50)
+	if n, _ := st.Count(memsink.LifecycleTable); n != 1 {
 		t.Errorf("lifecycle rows %d, want 1", n)
+	}
+	// The second ingester checked the redelivered batch and wrote nothing of it.
+	if got := fmt.Sprint(second.Inserts()); got != "[]" {
+		t.Errorf("the second ingester inserted %s", got)
 	}
 }
 
 func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
 	t.Parallel()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
-	db := testenv.ClickHouse(t)
-	sink, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	sink := memsink.New(memsink.NewStorage())
 	var logs testenv.SyncBuffer
 	runIngester(t, js, sink, &logs)
 
@@ -179,16 +189,17 @@ func TestReusedEventIDWithOtherContentIsDeadLettered(t *testing.T) {
 	publish(t, js.JS, js.Streams.Subjects.Usage("acme"), "after", "", b)
 
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events WHERE event_id = 'after'"); n != 1 {
+		if n := sink.Storage().TimesStored(memsink.UsageTable, "after"); n != 1 {
 			return fmt.Errorf("last event not stored")
 		}
 		return nil
 	})
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events WHERE event_id = 'same-id'"); n != 1 {
-		t.Errorf("same-id stored %d times", n)
+	var stored []string
+	for _, r := range sink.Storage().Rows(memsink.UsageTable) {
+		stored = append(stored, fmt.Sprintf("%s cost %d", r.ID(), r.Record.Event.Usage.GetCostMicros()))
 	}
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT toUInt64(sum(cost_micros)) FROM usage_events WHERE event_id = 'same-id'"); n != 2500 {
-		t.Errorf("stored cost %d, want the original 2500", n)
+	if got, want := fmt.Sprint(stored), "[same-id cost 2500 after cost 2500]"; got != want {
+		t.Errorf("stored %s, want %s (the original only)", got, want)
 	}
 	dl, _ := js.JS.Stream(context.Background(), js.Streams.DeadLetterStream)
 	msg, err := dl.GetMsg(context.Background(), 1)
@@ -209,15 +220,14 @@ func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
 	ctx := context.Background()
 	streams := broker.DefaultStreamConfig()
 	js := testenv.NewJetStream(t, streams)
-	db := testenv.ClickHouse(t)
+	st := memsink.NewStorage()
 	for i := 1; i <= 30; i++ {
 		e := usageEvent(fmt.Sprintf("c%d", i), "key_a", "billing", time.Now().Add(-time.Minute), 200)
 		b, _ := proto.Marshal(e)
 		publish(t, js.JS, js.Streams.Subjects.Usage("acme"), e.EventId, "", b)
 	}
 
-	sinkA, _ := chsink.New(chsink.Config{Conn: db.Conn})
-	a := crashAfterWrite{Sink: sinkA, through: 20, wrote: make(chan struct{}), once: &sync.Once{}}
+	a := crashAfterWrite{storageSink: memsink.New(st), through: 20, wrote: make(chan struct{}), once: &sync.Once{}}
 	var logs testenv.SyncBuffer
 	stopA := runIngesterWith(t, js, a, &logs, 100*time.Millisecond)
 	select {
@@ -226,7 +236,7 @@ func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
 		t.Fatal("ingester A never wrote")
 	}
 	_ = stopA()
-	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 20 {
+	if n, _ := st.Count(memsink.UsageTable); n != 20 {
 		t.Fatalf("A stored %d rows, want 20", n)
 	}
 
@@ -254,7 +264,7 @@ func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
 		t.Fatalf("B: fetched %d, consumer delivered through %d with %d pending; want 10, 10, 10", got, info.Delivered.Stream, info.NumAckPending)
 	}
 
-	sinkC, _ := chsink.New(chsink.Config{Conn: db.Conn})
+	sinkC := memsink.New(st)
 	runIngester(t, js, sinkC, &logs)
 	testenv.Eventually(t, 15*time.Second, func() error {
 		info, err := consumer.Info(ctx)
@@ -266,20 +276,17 @@ func TestStoredRunAfterAChainOfTakeOversIsNotStoredAgain(t *testing.T) {
 		}
 		return nil
 	})
-	wantUsageStoredOnce(t, db, 30)
+	wantStoredOnce(t, st, 30)
+	// C checked the run and wrote only what followed it.
+	if got := fmt.Sprint(sinkC.Inserts()); got != "[{usage_events 10 stored}]" {
+		t.Errorf("C inserted %s, want 21-30 once", got)
+	}
 }
 
-// wantUsageStoredOnce checks that storage holds n usage events, each once, in the raw table
-// and in a rollup (a duplicate insert would count twice in both).
-func wantUsageStoredOnce(t *testing.T, db *testenv.Database, n uint64) {
+// wantStoredOnce checks that storage holds n usage events, each once.
+func wantStoredOnce(t *testing.T, st *memsink.Storage, n int) {
 	t.Helper()
-	for _, q := range []string{
-		"SELECT count() FROM usage_events",
-		"SELECT uniqExact(event_id) FROM usage_events",
-		"SELECT countMerge(requests) FROM usage_key_minute",
-	} {
-		if got := testenv.QueryUint64(t, db.Conn, q); got != n {
-			t.Errorf("%s = %d, want %d", q, got, n)
-		}
+	if rows, distinct := st.Count(memsink.UsageTable); rows != n || distinct != n {
+		t.Errorf("storage holds %d usage rows of %d distinct events, want %d of %d", rows, distinct, n, n)
 	}
 }
