@@ -49,11 +49,21 @@ func newDLEnv(t *testing.T, streams broker.StreamConfig, configure func(*ingest.
 }
 
 // newMemEnv runs an ingester on a memory sink (ingest/memsink), for tests of the ingester's
-// own logic; configure may change the configuration before New.
+// own logic; configure may change the configuration before New (and program the sink's
+// faults: cfg.Sink is the *memsink.Sink).
 func newMemEnv(t *testing.T, streams broker.StreamConfig, configure func(*ingest.Config)) *dlEnv {
 	t.Helper()
-	e := &dlEnv{js: testenv.NewJetStream(t, streams), mem: memsink.NewStorage(), logs: &testenv.SyncBuffer{}}
+	e := idleMemEnv(t, streams)
 	e.start(t, configure)
+	return e
+}
+
+// idleMemEnv is newMemEnv before its ingester starts: what a test publishes first is there
+// when the ingester starts.
+func idleMemEnv(t *testing.T, streams broker.StreamConfig) *dlEnv {
+	t.Helper()
+	e := &dlEnv{js: testenv.NewJetStream(t, streams), mem: memsink.NewStorage(), logs: &testenv.SyncBuffer{}}
+	e.stop = func() error { return nil }
 	return e
 }
 

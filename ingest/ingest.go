@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -470,11 +471,7 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 		return true
 	}
 	var presence []Presence
-	keepLeases := in.leaseKeeper(b)
-	err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
-		if attempt > 1 {
-			keepLeases()
-		}
+	err := retry.Do(ctx, in.retryPolicy(), func(int) error {
 		var err error
 		presence, err = in.deduper.Classify(ctx, maybe)
 		return err
@@ -514,8 +511,7 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 //  0. Drop redelivered records that an earlier, unacknowledged flush already stored (see
 //     dropStored): this is what makes a crash between write and ack not duplicate rows.
 //  1. Write the records to the Sink, retrying with backoff until it succeeds. The reader
-//     blocks at the hand-over meanwhile, so memory stays bounded; the held messages'
-//     leases are extended so JetStream does not redeliver them. Before each retry the
+//     blocks at the hand-over meanwhile, so memory stays bounded. Before each retry the
 //     records are checked against storage as in step 0: a write reported as failed may
 //     have been committed.
 //  2. Keep the dead letters the dead-letter stream refused in the DeadLetterStore, retrying
@@ -524,15 +520,19 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 //     the stored ones and the dead-lettered ones (republished before this point, or kept
 //     in step 2). If the ack is lost, JetStream redelivers the batch and the Sink sees it
 //     again with MaybeStored set; nothing is lost.
+//
+// Until the ack, the held messages' leases are extended every third of AckWait, however long
+// a step takes (a check waiting for a predecessor's insert, one slow insert, the retries of
+// a failing one): JetStream must not redeliver messages the flush still holds.
 func (in *Ingester) flush(ctx context.Context, b *batch) bool {
+	stopLeases := in.keepLeases(b)
+	defer stopLeases()
 	if !in.dropStored(ctx, b) {
 		return false
 	}
 	if len(b.records) > 0 {
-		keepLeases := in.leaseKeeper(b)
 		err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
 			if attempt > 1 {
-				keepLeases()
 				// A failed write may have stored the rows all the same: ClickHouse can commit
 				// an insert and the connection break before its reply arrives. Writing them
 				// again blindly would store them twice, so they are checked like redeliveries
@@ -570,6 +570,7 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 	if !in.keepDeadLetters(ctx, b) {
 		return false
 	}
+	stopLeases()
 	in.ack(b)
 	return true
 }
@@ -580,11 +581,7 @@ func (in *Ingester) keepDeadLetters(ctx context.Context, b *batch) bool {
 	if len(b.deadLetters) == 0 {
 		return true
 	}
-	keepLeases := in.leaseKeeper(b)
-	err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
-		if attempt > 1 {
-			keepLeases()
-		}
+	err := retry.Do(ctx, in.retryPolicy(), func(int) error {
 		return in.dlStore.WriteDeadLetters(ctx, b.deadLetters)
 	}, func(attempt int, err error, wait time.Duration) {
 		in.log.Warn("keeping dead letters in ClickHouse failed; retrying", "dead_letters", len(b.deadLetters), "attempt", attempt, "backoff", wait, "error", err)
@@ -626,17 +623,23 @@ func (in *Ingester) retryPolicy() retry.Policy {
 // errStopped ends a write's retries when its context ended during the storage check.
 var errStopped = errors.New("ingest: stopped")
 
-// leaseKeeper returns a function, called between retries, that extends the batch's leases
-// when a third of AckWait has passed since it last did, so JetStream does not redeliver
-// messages whose write is being retried.
-func (in *Ingester) leaseKeeper(b *batch) func() {
-	last := time.Now()
-	return func() {
-		if time.Since(last) > in.cfg.Streams.AckWait/3 {
-			extendLeases(b.held)
-			last = time.Now()
+// keepLeases extends the batch's leases every third of AckWait until the returned stop is
+// called (once or more), so JetStream does not redeliver messages a flush still holds.
+func (in *Ingester) keepLeases(b *batch) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(max(in.cfg.Streams.AckWait/3, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				extendLeases(b.held)
+			case <-done:
+				return
+			}
 		}
-	}
+	}()
+	return sync.OnceFunc(func() { close(done) })
 }
 
 // progressed records that the ingester moved on: a batch acknowledged, or nothing to do.
