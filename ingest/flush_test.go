@@ -117,7 +117,8 @@ func TestRefusedWriteIsRetriedAndStoredOnce(t *testing.T) {
 
 // Fault: an insert commits and its reply is lost (the sink reports failure), for the usage
 // insert and, separately, for the lifecycle insert of a batch of 1 lifecycle and 5 usage
-// events.
+// events, taken after the start's check has ended (6 events stored first), so nothing but
+// the failure makes the flush check storage.
 // Expect: the storage check before the retry finds everything that committed (with a lost
 // usage reply, the lifecycle row the same write stored before it too) and the retry writes
 // only the rest: each event stored once, the audit chain one row long, what the check found
@@ -127,31 +128,36 @@ func TestWriteCommittedButReportedFailedIsStoredOnce(t *testing.T) {
 	for _, c := range []struct {
 		table, inserts, duplicates string
 	}{
-		{memsink.UsageTable, "[{lifecycle_events 1 stored} {usage_events 5 committed, reported failed}]", "map[lifecycle:1 usage:5]"},
-		{memsink.LifecycleTable, "[{lifecycle_events 1 committed, reported failed} {usage_events 5 stored}]", "map[lifecycle:1]"},
+		{memsink.UsageTable, "[{usage_events 6 stored} {lifecycle_events 1 stored} {usage_events 5 committed, reported failed}]", "map[lifecycle:1 usage:5]"},
+		{memsink.LifecycleTable, "[{usage_events 6 stored} {lifecycle_events 1 committed, reported failed} {usage_events 5 stored}]", "map[lifecycle:1]"},
 	} {
 		t.Run(c.table, func(t *testing.T) {
 			t.Parallel()
 			e := idleMemEnv(t, broker.DefaultStreamConfig())
-			e.publishLifecycle(t, "l1")
-			e.publishValid(t, ids("v", 5)...)
+			e.publishValid(t, ids("w", 6)...)
+			// Batches of exactly 6: the interval is long enough never to cut one short.
 			e.start(t, func(cfg *ingest.Config) {
-				cfg.MaxBackoff = 20 * time.Millisecond
-				memSink(cfg).Fail(c.table, 1, memsink.CommitThenFail)
+				cfg.BatchSize, cfg.FlushInterval, cfg.MaxBackoff = 6, 2*time.Second, 20*time.Millisecond
 			})
 			e.waitDrained(t)
-			e.waitStored(t, 5, 1)
+			e.waitStored(t, 6, 0)
+
+			e.sink.Fail(c.table, 1, memsink.CommitThenFail)
+			e.publishLifecycle(t, "l1")
+			e.publishValid(t, ids("v", 5)...)
+			e.waitDrained(t)
+			e.waitStored(t, 11, 1)
 			if got := fmt.Sprint(e.sink.Inserts()); got != c.inserts {
 				t.Errorf("inserts %s, want %s", got, c.inserts)
 			}
-			// The take-over's check, and the one before the retry.
+			// The start's check of w1-w6, and the one before the retry.
 			if got := fmt.Sprint(e.sink.Checks()); got != "[{6 false} {6 false}]" {
 				t.Errorf("checks %s", got)
 			}
 			if got := fmt.Sprint(poisonCounters(t, e.reg, "keytrail_ingest_duplicates_dropped_total", "kind")); got != c.duplicates {
 				t.Errorf("duplicates dropped %s, want %s", got, c.duplicates)
 			}
-			wantStoredOnce(t, e.mem, 5)
+			wantStoredOnce(t, e.mem, 11)
 			if chain := e.mem.Chain("acme"); len(chain) != 1 || chain[0].EventID != "l1" || chain[0].Seq != 1 {
 				t.Errorf("audit chain %v, want l1 alone", chain)
 			}
