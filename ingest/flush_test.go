@@ -72,14 +72,14 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func memSink(cfg *ingest.Config) *memsink.Sink { return cfg.Sink.(*memsink.Sink) }
 
 // 25 events wait when the ingester starts (batch size 10, pull requests of 4, flush interval
-// 2 s). Expect two writes of exactly 10 (a batch is flushed as soon as it is full, across
+// 1 s). Expect two writes of exactly 10 (a batch is flushed as soon as it is full, across
 // pull requests, long before the interval) and one of the last 5 while the ingester runs
 // (flushed when the interval passed, not at shutdown); each event stored once.
 func TestBatchIsFlushedWhenFullOrOldEnough(t *testing.T) {
 	t.Parallel()
 	e := idleMemEnv(t, broker.DefaultStreamConfig())
 	e.publishValid(t, ids("v", 25)...)
-	e.start(t, func(cfg *ingest.Config) { cfg.BatchSize, cfg.FetchSize, cfg.FlushInterval = 10, 4, 2*time.Second })
+	e.start(t, func(cfg *ingest.Config) { cfg.BatchSize, cfg.FetchSize, cfg.FlushInterval = 10, 4, time.Second })
 	e.waitStored(t, 25, 0)
 	e.waitDrained(t)
 	if got := fmt.Sprint(e.sink.Inserts()); got != "[{usage_events 10 stored} {usage_events 10 stored} {usage_events 5 stored}]" {
@@ -137,7 +137,7 @@ func TestWriteCommittedButReportedFailedIsStoredOnce(t *testing.T) {
 			e.publishValid(t, ids("w", 6)...)
 			// Batches of exactly 6: the interval is long enough never to cut one short.
 			e.start(t, func(cfg *ingest.Config) {
-				cfg.BatchSize, cfg.FlushInterval, cfg.MaxBackoff = 6, 2*time.Second, 20*time.Millisecond
+				cfg.BatchSize, cfg.FlushInterval, cfg.MaxBackoff = 6, time.Second, 20*time.Millisecond
 			})
 			e.waitDrained(t)
 			e.waitStored(t, 6, 0)
@@ -186,20 +186,20 @@ func TestFailedStorageCheckIsRetried(t *testing.T) {
 	wantStoredOnce(t, e.mem, 3)
 }
 
-// Fault: storage refuses a batch's write 8 times (backoff capped at 200 ms) with an AckWait
-// of 1 s, so the retries outlast the leases JetStream gave.
+// Fault: storage refuses a batch's write 10 times (backoff capped at 100 ms) with an AckWait
+// of 500 ms, so the retries outlast the leases JetStream gave.
 // Expect: the leases are extended while the write is retried: each of the 5 messages
 // delivered exactly once (no redelivery, no duplicate dropped), stored once.
 func TestLeasesAreKeptWhileAWriteIsRetried(t *testing.T) {
 	t.Parallel()
 	streams := broker.DefaultStreamConfig()
-	streams.AckWait = time.Second
+	streams.AckWait = 500 * time.Millisecond
 	e := idleMemEnv(t, streams)
 	e.publishValid(t, ids("v", 5)...)
 	start := time.Now()
 	e.start(t, func(cfg *ingest.Config) {
-		cfg.MaxBackoff = 200 * time.Millisecond
-		memSink(cfg).Fail(memsink.UsageTable, 8, memsink.Refuse)
+		cfg.MaxBackoff = 100 * time.Millisecond
+		memSink(cfg).Fail(memsink.UsageTable, 10, memsink.Refuse)
 	})
 	e.waitDrained(t)
 	if took := time.Since(start); took < streams.AckWait {
@@ -211,8 +211,8 @@ func TestLeasesAreKeptWhileAWriteIsRetried(t *testing.T) {
 	if got := poisonCounters(t, e.reg, "keytrail_ingest_duplicates_dropped_total", "kind"); len(got) != 0 {
 		t.Errorf("duplicates dropped %v, want none", got)
 	}
-	if n := len(e.sink.Inserts()); n != 9 {
-		t.Errorf("%d inserts, want 8 refused and 1 stored", n)
+	if n := len(e.sink.Inserts()); n != 11 {
+		t.Errorf("%d inserts, want 10 refused and 1 stored", n)
 	}
 	wantStoredOnce(t, e.mem, 5)
 }
