@@ -924,23 +924,50 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\thead_hash\x18\a \x01(\tR\bheadHash\"n\n" +
 	"\x18VerifyAuditTrailResponse\x12:\n" +
 	"\bprojects\x18\x01 \x03(\v2\x1e.keytrail.v1.ChainVerificationR\bprojects\x12\x16\n" +
-	"\x06intact\x18\x02 \x01(\bR\x06intact2\xd0\n" +
-	"\n" +
+	"\x06intact\x18\x02 \x01(\bR\x06intact2\xde\f\n" +
 	"\fQueryService\x12\x80\x01\n" +
 	"\x0fListKeyServices\x12#.keytrail.v1.ListKeyServicesRequest\x1a$.keytrail.v1.ListKeyServicesResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/keys/{key_id}/services\x12\x81\x01\n" +
 	"\x0fListServiceKeys\x12#.keytrail.v1.ListServiceKeysRequest\x1a$.keytrail.v1.ListServiceKeysResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/services/{service}/keys\x12v\n" +
 	"\x0fListAuditEvents\x12#.keytrail.v1.ListAuditEventsRequest\x1a$.keytrail.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x12y\n" +
-	"\x10VerifyAuditTrail\x12$.keytrail.v1.VerifyAuditTrailRequest\x1a%.keytrail.v1.VerifyAuditTrailResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/verify\x12t\n" +
-	"\vGetRotation\x12\x1f.keytrail.v1.GetRotationRequest\x1a .keytrail.v1.GetRotationResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/rotations/{old_key_id}\x12\\\n" +
-	"\x06GetKey\x12\x1a.keytrail.v1.GetKeyRequest\x1a\x1b.keytrail.v1.GetKeyResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12Y\n" +
+	"\x10VerifyAuditTrail\x12$.keytrail.v1.VerifyAuditTrailRequest\x1a%.keytrail.v1.VerifyAuditTrailResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/verify\x12\xfa\x01\n" +
+	"\vGetRotation\x12\x1f.keytrail.v1.GetRotationRequest\x1a .keytrail.v1.GetRotationResponse\"\xa7\x01\x92A\x81\x01J\x7f\n" +
+	"\x03404\x12x\n" +
+	"^NotFound: the key is not known at the instant asked about in the projects the caller may read.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/rotations/{old_key_id}\x12\xe2\x01\n" +
+	"\x06GetKey\x12\x1a.keytrail.v1.GetKeyRequest\x1a\x1b.keytrail.v1.GetKeyResponse\"\x9e\x01\x92A\x81\x01J\x7f\n" +
+	"\x03404\x12x\n" +
+	"^NotFound: the key is not known at the instant asked about in the projects the caller may read.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.Status\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12Y\n" +
 	"\bListKeys\x12\x1c.keytrail.v1.ListKeysRequest\x1a\x1d.keytrail.v1.ListKeysResponse\"\x10\x82\xd3\xe4\x93\x02\n" +
 	"\x12\b/v1/keys\x12Z\n" +
 	"\bGetSpend\x12\x1c.keytrail.v1.GetSpendRequest\x1a\x1d.keytrail.v1.GetSpendResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/spend\x12e\n" +
 	"\vListBudgets\x12\x1f.keytrail.v1.ListBudgetsRequest\x1a .keytrail.v1.ListBudgetsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/budgets\x12m\n" +
 	"\rListAnomalies\x12!.keytrail.v1.ListAnomaliesRequest\x1a\".keytrail.v1.ListAnomaliesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/anomalies\x12r\n" +
 	"\x0eListNewCallers\x12\".keytrail.v1.ListNewCallersRequest\x1a#.keytrail.v1.ListNewCallersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/new-callers\x12q\n" +
-	"\vGetKeyUsage\x12\x1f.keytrail.v1.GetKeyUsageRequest\x1a .keytrail.v1.GetKeyUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/keys/{key_id}/usageB\xb5\x02\x92A\xf8\x01\x12\xf5\x01\n" +
-	"\bkeytrail\x12\xe4\x01API-key audit and usage analytics. Times are RFC 3339; omitted start_time means the beginning of history, omitted end_time means now. Lists are paginated with page_size (default 100, at most 1000) and the opaque next_page_token.2\x02v1Z7github.com/keytrail/keytrail/gen/keytrail/v1;keytrailv1b\x06proto3"
+	"\vGetKeyUsage\x12\x1f.keytrail.v1.GetKeyUsageRequest\x1a .keytrail.v1.GetKeyUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/keys/{key_id}/usageB\x84\r\x92A\xc7\f\x12\xe5\x05\n" +
+	"\bkeytrail\x12\xd4\x05API-key audit and usage analytics. Times are RFC 3339; omitted start_time means the beginning of history, omitted end_time means now. Lists are paginated with page_size (default 100, at most 1000) and the opaque next_page_token.\n" +
+	"\n" +
+	"Every operation needs a credential: `Authorization: Bearer <token>`, or a TLS client certificate (mTLS) whose common name the server maps to a principal, when the server is configured for it (OpenAPI 2 cannot declare mutual TLS, so only the bearer scheme is listed). /healthz, /readyz, /metrics and this document (/openapi.json) are served without credentials and are not operations of this API. Errors have the body of google.rpc.Status: {\"code\": <gRPC code>, \"message\": \"...\", \"details\": []}.2\x02v1Rf\n" +
+	"\x03400\x12_\n" +
+	"EInvalidArgument: a parameter is invalid; the message names the field.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x88\x01\n" +
+	"\x03401\x12\x80\x01\n" +
+	"fUnauthenticated: no credential, or one the server does not accept (unknown, expired or revoked token).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x91\x01\n" +
+	"\x03403\x12\x89\x01\n" +
+	"oPermissionDenied: the credential may not read the project asked for, or the call needs a role it does not have.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusRe\n" +
+	"\x03429\x12^\n" +
+	"DResourceExhausted: the caller is over its rate limit; retry shortly.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x8d\x01\n" +
+	"\x03503\x12\x85\x01\n" +
+	"kUnavailable: the query audit log is not accepting records and no query is answered unrecorded; retry later.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusZ\xd0\x01\n" +
+	"\xcd\x01\n" +
+	"\x06bearer\x12\xc2\x01\b\x02\x12\xac\x01A bearer token from the server's tokens file, sent as `Authorization: Bearer <token>`. A TLS client certificate is accepted instead where the server is configured for mTLS.\x1a\rAuthorization \x02b\f\n" +
+	"\n" +
+	"\n" +
+	"\x06bearer\x12\x00Z7github.com/keytrail/keytrail/gen/keytrail/v1;keytrailv1b\x06proto3"
 
 var (
 	file_keytrail_v1_query_proto_rawDescOnce sync.Once
