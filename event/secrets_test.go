@@ -67,7 +67,7 @@ func TestRedactReplacesEverySecretShapedField(t *testing.T) {
 	if l.Attributes["ticket"] != "SEC-1" || l.Changes[0].After != Fingerprint(secret) {
 		t.Errorf("lifecycle after redaction: %v", l)
 	}
-	if Fingerprint(secret) != Fingerprint(secret) || len(Fingerprint(secret)) != len(RedactedPrefix)+24 {
+	if first, again := Fingerprint(secret), Fingerprint(secret); first != again || len(first) != len(RedactedPrefix)+24 {
 		t.Error("fingerprint must be stable and short")
 	}
 }

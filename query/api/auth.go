@@ -170,14 +170,6 @@ func mayRead(ctx context.Context, project string) error {
 	return status.Error(codes.PermissionDenied, fmt.Sprintf("not allowed to read project %q", project))
 }
 
-// requireAllProjects refuses callers limited to some projects.
-func requireAllProjects(ctx context.Context, what string) error {
-	if caller(ctx).ReadsAllProjects() {
-		return nil
-	}
-	return status.Error(codes.PermissionDenied, what+" needs the admin or auditor role")
-}
-
 // scopedProject resolves the project filter of a list call. An allowed project passes; a
 // forbidden one is refused; none means everything the caller may read, which for a caller
 // limited to one project is that project. A caller limited to several projects must name one
