@@ -1,6 +1,7 @@
 package event
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -109,10 +110,56 @@ func TestDecodeRejects(t *testing.T) {
 		{"budget change without budget", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
 			e.Action, e.NewKeyId = keytrailv1.Action_ACTION_BUDGET_CHANGED, ""
 		}), ReasonMissingField, "budget is required for ACTION_BUDGET_CHANGED"},
+		// Every kind of rule in events.proto, with the detail it has always had.
+		{"long event id", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.EventId = strings.Repeat("e", 129) }), ReasonInvalidField, "event_id is 129 bytes (at most 128)"},
+		{"tab in key id", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.KeyId = "key\t1" }), ReasonInvalidField, "key_id contains control character U+0009"},
+		{"no-break space in service", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Service = "billing\u00a0api" }), ReasonInvalidField, "service contains white space"},
+		{"space in free text", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.Model = "gpt 4o" }), "", ""},
+		{"long free text", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.RequestId = strings.Repeat("r", 257) }), ReasonInvalidField, "request_id is 257 bytes (at most 256)"},
+		{"status 600", "keytrail.usage.acme", "", usage(func(e *keytrailv1.UsageEvent) { e.StatusCode = 600 }), ReasonInvalidField, "status_code 600 is not an HTTP status (100-599)"},
+		{"new key without rotation", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.Action = keytrailv1.Action_ACTION_DISABLED }), ReasonInvalidField, "new_key_id is only allowed with ACTION_ROTATED"},
+		{"space in new key id", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.NewKeyId = "key 2" }), ReasonInvalidField, "new_key_id contains white space"},
+		{"unknown actor type", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.ActorType = 9 }), ReasonInvalidField, "actor_type 9 is not a known actor type"},
+		{"long reason", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.Reason = strings.Repeat("r", 1025) }), ReasonInvalidField, "reason is 1025 bytes (at most 1024)"},
+		{"budget without period", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Budget = &keytrailv1.Budget{AmountMicros: 5}
+		}), ReasonInvalidField, "budget.period 0 is not a known period"},
+		{"too many scopes", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.Scopes = make([]string, 65) }), ReasonInvalidField, "scopes has 65 entries (at most 64)"},
+		{"control character in a scope", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) { e.Scopes = []string{"read", "write\x00"} }), ReasonInvalidField, "scopes[1] contains control character U+0000"},
+		{"too many attributes", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Attributes = map[string]string{}
+			for i := range 65 {
+				e.Attributes[fmt.Sprint(i)] = "v"
+			}
+		}), ReasonInvalidField, "attributes has 65 entries (at most 64)"},
+		{"long attribute name", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Attributes = map[string]string{strings.Repeat("k", 257): "v"}
+		}), ReasonInvalidField, "attributes key is 257 bytes (at most 256)"},
+		{"control character in an attribute", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Attributes = map[string]string{"ticket": "SEC-1\n"}
+		}), ReasonInvalidField, `attributes["ticket"] contains control character U+000A`},
+		{"too many changes", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Changes = make([]*keytrailv1.FieldChange, 65)
+			for i := range e.Changes {
+				e.Changes[i] = &keytrailv1.FieldChange{Field: "f"}
+			}
+		}), ReasonInvalidField, "changes has 65 entries (at most 64)"},
+		{"long change", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.Changes = []*keytrailv1.FieldChange{{Field: "scopes", Before: strings.Repeat("b", 1025)}}
+		}), ReasonInvalidField, "changes[0].before is 1025 bytes (at most 1024)"},
+		{"expiry out of range", "keytrail.lifecycle.acme", "", lifecycle(func(e *keytrailv1.LifecycleEvent) {
+			e.ExpiresAt = &timestamppb.Timestamp{Seconds: testNow.Unix(), Nanos: 2e9}
+		}), ReasonInvalidField, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := subjects.Decode(tt.subject, tt.contentType, tt.data, testNow)
+			if tt.reason == "" {
+				if err != nil {
+					t.Fatalf("want the event accepted, got %v", err)
+				}
+				return
+			}
 			inv, ok := err.(*Invalid)
 			if !ok {
 				t.Fatalf("want *Invalid, got %v", err)

@@ -1,10 +1,16 @@
 package event
 
 import (
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 	"unicode"
-	"unicode/utf8"
+
+	"buf.build/go/protovalidate"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
@@ -41,201 +47,175 @@ func invalid(reason Reason, format string, args ...any) *Invalid {
 	return &Invalid{Reason: reason, Detail: fmt.Sprintf(format, args...)}
 }
 
-// Limits bound what one event may carry. They keep a single hostile or buggy gateway from
-// bloating storage or the ingester's memory.
+// Limits that depend on the ingester rather than on the event alone; the event's own bounds
+// (lengths, counts, ranges) are annotations in events.proto. MaxPayloadBytes keeps a single
+// hostile or buggy gateway from bloating the ingester's memory before anything is decoded.
 const (
-	MaxPayloadBytes   = 64 << 10
-	MaxIDLen          = 128
-	MaxNameLen        = 256
-	MaxTextLen        = 1024
-	MaxListEntries    = 64
-	MaxClockSkew      = time.Hour
-	earliestEventTime = "2000-01-01T00:00:00Z"
+	MaxPayloadBytes = 64 << 10
+	MaxClockSkew    = time.Hour
 )
-
-var minEventTime, _ = time.Parse(time.RFC3339, earliestEventTime)
 
 // ValidateUsage checks a usage event against the contract. now bounds how far in the future
 // an event time may lie (gateway clocks drift, but not by hours).
 func ValidateUsage(e *keytrailv1.UsageEvent, now time.Time) error {
-	if err := checkID("event_id", e.GetEventId(), MaxIDLen); err != nil {
+	if err := checkRules(e); err != nil {
 		return err
 	}
-	if err := checkTime("time", e.GetTime().AsTime(), e.GetTime() != nil, now); err != nil {
-		return err
-	}
-	for _, f := range []struct {
-		name, value string
-		max         int
-	}{
-		{"project", e.GetProject(), MaxNameLen},
-		{"key_id", e.GetKeyId(), MaxNameLen},
-		{"service", e.GetService(), MaxNameLen},
-	} {
-		if err := checkID(f.name, f.value, f.max); err != nil {
-			return err
-		}
-	}
-	for _, f := range []struct{ name, value string }{
-		{"gateway_instance", e.GetGatewayInstance()},
-		{"method", e.GetMethod()},
-		{"endpoint", e.GetEndpoint()},
-		{"model", e.GetModel()},
-		{"provider", e.GetProvider()},
-		{"client_ip", e.GetClientIp()},
-		{"request_id", e.GetRequestId()},
-	} {
-		if err := checkText(f.name, f.value, MaxNameLen); err != nil {
-			return err
-		}
-	}
-	if c := e.GetStatusCode(); c < 100 || c > 599 {
-		return invalid(ReasonInvalidField, "status_code %d is not an HTTP status (100-599)", c)
-	}
-	if e.GetCostMicros() < 0 {
-		return invalid(ReasonNegativeCost, "cost_micros %d is negative", e.GetCostMicros())
-	}
-	return nil
+	return checkNotAhead("time", e.GetTime(), now)
 }
 
 // ValidateLifecycle checks a lifecycle event against the contract.
 func ValidateLifecycle(e *keytrailv1.LifecycleEvent, now time.Time) error {
-	if err := checkID("event_id", e.GetEventId(), MaxIDLen); err != nil {
+	if err := checkRules(e); err != nil {
 		return err
 	}
-	if err := checkTime("time", e.GetTime().AsTime(), e.GetTime() != nil, now); err != nil {
+	if err := checkNotAhead("time", e.GetTime(), now); err != nil {
 		return err
 	}
-	for _, f := range []struct{ name, value string }{
-		{"project", e.GetProject()},
-		{"key_id", e.GetKeyId()},
-		{"actor", e.GetActor()},
-	} {
-		if err := checkID(f.name, f.value, MaxNameLen); err != nil {
-			return err
-		}
-	}
-	if _, known := keytrailv1.Action_name[int32(e.GetAction())]; !known || e.GetAction() == keytrailv1.Action_ACTION_UNSPECIFIED {
-		return invalid(ReasonUnknownAction, "action %d is not a known action", int32(e.GetAction()))
-	}
-	if _, known := keytrailv1.ActorType_name[int32(e.GetActorType())]; !known {
-		return invalid(ReasonInvalidField, "actor_type %d is not a known actor type", int32(e.GetActorType()))
-	}
-	if err := checkText("reason", e.GetReason(), MaxTextLen); err != nil {
-		return err
-	}
-	switch e.GetAction() {
-	case keytrailv1.Action_ACTION_ROTATED:
-		if err := checkID("new_key_id", e.GetNewKeyId(), MaxNameLen); err != nil {
-			return err
-		}
-		if e.GetNewKeyId() == e.GetKeyId() {
-			return invalid(ReasonInvalidField, "new_key_id must differ from key_id")
-		}
-	case keytrailv1.Action_ACTION_BUDGET_CHANGED:
-		if e.GetBudget() == nil {
-			return invalid(ReasonMissingField, "budget is required for ACTION_BUDGET_CHANGED")
-		}
-	}
-	if e.GetNewKeyId() != "" && e.GetAction() != keytrailv1.Action_ACTION_ROTATED {
-		return invalid(ReasonInvalidField, "new_key_id is only allowed with ACTION_ROTATED")
-	}
-	if e.GetNewKeyId() != "" {
-		if err := checkID("new_key_id", e.GetNewKeyId(), MaxNameLen); err != nil {
-			return err
-		}
-	}
-	if b := e.GetBudget(); b != nil {
-		if b.GetAmountMicros() < 0 {
-			return invalid(ReasonNegativeCost, "budget.amount_micros %d is negative", b.GetAmountMicros())
-		}
-		if _, known := keytrailv1.BudgetPeriod_name[int32(b.GetPeriod())]; !known || b.GetPeriod() == keytrailv1.BudgetPeriod_BUDGET_PERIOD_UNSPECIFIED {
-			return invalid(ReasonInvalidField, "budget.period %d is not a known period", int32(b.GetPeriod()))
-		}
-	}
+	// A Timestamp's own range (years 1 to 9999, nanos below a second) is no buf.validate
+	// rule; ClickHouse could not store one outside it.
 	if e.GetExpiresAt() != nil {
 		if err := e.GetExpiresAt().CheckValid(); err != nil {
 			return invalid(ReasonInvalidField, "expires_at: %v", err)
 		}
 	}
-	if len(e.GetScopes()) > MaxListEntries {
-		return invalid(ReasonInvalidField, "scopes has %d entries (at most %d)", len(e.GetScopes()), MaxListEntries)
-	}
-	for i, s := range e.GetScopes() {
-		if err := checkText(fmt.Sprintf("scopes[%d]", i), s, MaxNameLen); err != nil {
-			return err
-		}
-	}
-	if len(e.GetAttributes()) > MaxListEntries {
-		return invalid(ReasonInvalidField, "attributes has %d entries (at most %d)", len(e.GetAttributes()), MaxListEntries)
-	}
-	for k, v := range e.GetAttributes() {
-		if err := checkText("attributes key", k, MaxNameLen); err != nil {
-			return err
-		}
-		if err := checkText(fmt.Sprintf("attributes[%q]", k), v, MaxTextLen); err != nil {
-			return err
-		}
-	}
-	if len(e.GetChanges()) > MaxListEntries {
-		return invalid(ReasonInvalidField, "changes has %d entries (at most %d)", len(e.GetChanges()), MaxListEntries)
-	}
-	for i, c := range e.GetChanges() {
-		if err := checkText(fmt.Sprintf("changes[%d].field", i), c.GetField(), MaxNameLen); err != nil {
-			return err
-		}
-		if err := checkText(fmt.Sprintf("changes[%d].before", i), c.GetBefore(), MaxTextLen); err != nil {
-			return err
-		}
-		if err := checkText(fmt.Sprintf("changes[%d].after", i), c.GetAfter(), MaxTextLen); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
-// checkID requires an identifier: present, bounded, printable, without white space, so it
-// can be shown in a terminal and used as a filter without surprises.
-func checkID(field, v string, maxLen int) error {
-	if v == "" {
+// Static rules: the buf.validate annotations of events.proto, evaluated by protovalidate.
+// Strings need no UTF-8 check here: protobuf and protojson both refuse to decode a string
+// field that is not UTF-8 (Decode answers undecodable), and proto.Marshal refuses to encode
+// one, so no event that was not UTF-8 can be published or stored.
+
+// rules is compiled once, on first use, for both event types. Its rules come from the
+// descriptors compiled into gen/, so a rule that does not compile fails every test of this
+// package; panicking then is better than dead-lettering every event as invalid.
+var rules = sync.OnceValue(func() protovalidate.Validator {
+	v, err := protovalidate.New(protovalidate.WithMessages(&keytrailv1.UsageEvent{}, &keytrailv1.LifecycleEvent{}))
+	if err != nil {
+		panic(fmt.Sprintf("event: compile the buf.validate rules of events.proto: %v", err))
+	}
+	return v
+})
+
+// checkRules evaluates the static rules and turns the first violation into the Invalid the
+// ingester dead-letters: the documented reason, and a detail naming the field.
+func checkRules(m proto.Message) error {
+	err := rules().Validate(m)
+	if err == nil {
+		return nil
+	}
+	var verr *protovalidate.ValidationError
+	if !errors.As(err, &verr) || len(verr.Violations) == 0 {
+		// A rule that could not be evaluated on this event: refuse the event rather than
+		// store what was not checked.
+		return invalid(ReasonInvalidField, "the contract's rules could not be evaluated: %v", err)
+	}
+	return describe(firstViolation(verr.Violations))
+}
+
+// firstViolation picks the violation to report. protovalidate lists the message's cross-field
+// rules before its fields (in field order); a field's own fault is the more specific
+// report, so it comes first, and the cross-field rules only when no field broke a rule.
+func firstViolation(vs []*protovalidate.Violation) *protovalidate.Violation {
+	for _, v := range vs {
+		if len(v.Proto.GetField().GetElements()) > 0 {
+			return v
+		}
+	}
+	return vs[0]
+}
+
+// Cross-field rules of events.proto (message-level CEL, by rule id) whose reason is not
+// invalid_field. Their detail is the rule's own message.
+var crossFieldReasons = map[string]Reason{
+	"new_key_id_required": ReasonMissingField,
+	"budget_required":     ReasonMissingField,
+}
+
+// enumNouns name an enum's values in a detail ("action 99 is not a known action").
+var enumNouns = map[protoreflect.FullName]string{
+	"keytrail.v1.Action":       "action",
+	"keytrail.v1.ActorType":    "actor type",
+	"keytrail.v1.BudgetPeriod": "period",
+}
+
+// rangeNouns name what a bounded number must be, where the bound has a name.
+var rangeNouns = map[string]string{
+	"status_code": "an HTTP status",
+}
+
+// describe maps one violation to the documented reason and a detail that names the field.
+func describe(v *protovalidate.Violation) *Invalid {
+	field := fieldName(v)
+	rule := v.Proto.GetRuleId()
+	switch rule {
+	case "required":
 		return invalid(ReasonMissingField, "%s is required", field)
-	}
-	if err := checkText(field, v, maxLen); err != nil {
-		return err
-	}
-	for _, r := range v {
-		if unicode.IsSpace(r) {
-			return invalid(ReasonInvalidField, "%s contains white space", field)
+	case "string.max_bytes":
+		return invalid(ReasonInvalidField, "%s is %d bytes (at most %d)", field, len(v.FieldValue.String()), v.RuleValue.Uint())
+	case "string.pattern":
+		// The patterns refuse control characters in any string, and white space as well in
+		// identifiers; say which.
+		for _, r := range v.FieldValue.String() {
+			if unicode.IsControl(r) {
+				return invalid(ReasonInvalidField, "%s contains control character %U", field, r)
+			}
+		}
+		return invalid(ReasonInvalidField, "%s contains white space", field)
+	case "int64.gte":
+		return invalid(ReasonNegativeCost, "%s %d is negative", field, v.FieldValue.Int())
+	case "timestamp.gte":
+		t := v.FieldValue.Message().Interface().(*timestamppb.Timestamp).AsTime()
+		bound := v.RuleValue.Message().Interface().(*timestamppb.Timestamp).AsTime()
+		return invalid(ReasonTimeOutOfRange, "%s %s is before %s", field, t.Format(time.RFC3339Nano), bound.Format(time.RFC3339))
+	case "enum.defined_only", "enum.not_in":
+		enum := v.FieldDescriptor.Enum().FullName()
+		reason := ReasonInvalidField
+		if enum == "keytrail.v1.Action" {
+			reason = ReasonUnknownAction
+		}
+		return invalid(reason, "%s %d is not a known %s", field, int32(v.FieldValue.Enum()), enumNouns[enum])
+	case "repeated.max_items":
+		return invalid(ReasonInvalidField, "%s has %d entries (at most %d)", field, v.FieldValue.List().Len(), v.RuleValue.Uint())
+	case "map.max_pairs":
+		return invalid(ReasonInvalidField, "%s has %d entries (at most %d)", field, v.FieldValue.Map().Len(), v.RuleValue.Uint())
+	case "uint32.gte_lte":
+		if noun, ok := rangeNouns[field]; ok {
+			r, err := protovalidate.ResolveFieldRules(v.FieldDescriptor)
+			if err == nil {
+				return invalid(ReasonInvalidField, "%s %d is not %s (%d-%d)", field, v.FieldValue.Uint(), noun, r.GetUint32().GetGte(), r.GetUint32().GetLte())
+			}
 		}
 	}
-	return nil
+	if field == "" {
+		reason, ok := crossFieldReasons[rule]
+		if !ok {
+			reason = ReasonInvalidField
+		}
+		return invalid(reason, "%s", v.Proto.GetMessage())
+	}
+	// A rule without its own wording: protovalidate's message, after the field.
+	return invalid(ReasonInvalidField, "%s %s", field, v.Proto.GetMessage())
 }
 
-// checkText bounds a free-text field and rejects invalid UTF-8 and control characters,
-// which would corrupt terminal output and log lines downstream.
-func checkText(field, v string, maxLen int) error {
-	if len(v) > maxLen {
-		return invalid(ReasonInvalidField, "%s is %d bytes (at most %d)", field, len(v), maxLen)
-	}
-	if !utf8.ValidString(v) {
-		return invalid(ReasonInvalidField, "%s is not valid UTF-8", field)
-	}
-	for _, r := range v {
-		if unicode.IsControl(r) {
-			return invalid(ReasonInvalidField, "%s contains control character %U", field, r)
+// fieldName is the field path as a detail shows it: budget.amount_micros, scopes[3],
+// attributes["ticket"], or "attributes key" when a map key broke the rule.
+func fieldName(v *protovalidate.Violation) string {
+	if v.Proto.GetForKey() {
+		elems := v.Proto.GetField().GetElements()
+		if len(elems) > 0 {
+			return elems[len(elems)-1].GetFieldName() + " key"
 		}
 	}
-	return nil
+	return protovalidate.FieldPathString(v.Proto.GetField())
 }
 
-func checkTime(field string, t time.Time, present bool, now time.Time) error {
-	if !present {
-		return invalid(ReasonMissingField, "%s is required", field)
-	}
-	if t.Before(minEventTime) {
-		return invalid(ReasonTimeOutOfRange, "%s %s is before %s", field, t.UTC().Format(time.RFC3339Nano), earliestEventTime)
-	}
-	if t.After(now.Add(MaxClockSkew)) {
+// checkNotAhead is the dynamic half of the time rules (required and not before 2000 are
+// annotations): gateway clocks drift, but an event more than MaxClockSkew ahead of the
+// ingester's clock would sit in the future of every answer.
+func checkNotAhead(field string, ts *timestamppb.Timestamp, now time.Time) error {
+	if t := ts.AsTime(); t.After(now.Add(MaxClockSkew)) {
 		return invalid(ReasonTimeOutOfRange, "%s %s is more than %s after the ingester's clock", field, t.UTC().Format(time.RFC3339Nano), MaxClockSkew)
 	}
 	return nil

@@ -10,10 +10,20 @@
 // carries LifecycleEvent. The payload is protobuf binary unless the message header
 // Content-Type is application/json, in which case it is protojson. The event_id is also
 // the JetStream Nats-Msg-Id, so a publish retried with the same id is stored once.
+//
+// The buf.validate annotations are the contract's static rules: the ingester evaluates them
+// (with protovalidate) on every event and dead-letters an event that breaks one, with the
+// reason docs/events.md lists for it (a missing required field is missing_field, a negative
+// amount negative_cost, an unknown action unknown_action, anything else invalid_field).
+// Identifiers (ids, project, key ids, service, actor) may hold neither white space nor
+// control characters; free text may not hold control characters. The rules that depend on
+// the ingester (time at most 1 h ahead of its clock, project matching the subject) are in
+// Go, in package event.
 
 package keytrailv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -673,62 +683,69 @@ var File_keytrail_v1_events_proto protoreflect.FileDescriptor
 
 const file_keytrail_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x18keytrail/v1/events.proto\x12\vkeytrail.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x04\n" +
+	"\x18keytrail/v1/events.proto\x12\vkeytrail.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\x06\n" +
 	"\n" +
-	"UsageEvent\x12\x19\n" +
-	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12.\n" +
-	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
-	"\aproject\x18\x03 \x01(\tR\aproject\x12\x15\n" +
-	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12\x18\n" +
-	"\aservice\x18\x05 \x01(\tR\aservice\x12)\n" +
-	"\x10gateway_instance\x18\x06 \x01(\tR\x0fgatewayInstance\x12\x16\n" +
-	"\x06method\x18\a \x01(\tR\x06method\x12\x1a\n" +
-	"\bendpoint\x18\b \x01(\tR\bendpoint\x12\x14\n" +
-	"\x05model\x18\t \x01(\tR\x05model\x12\x1a\n" +
+	"UsageEvent\x129\n" +
+	"\bevent_id\x18\x01 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x012\x11^[^\\p{Cc}\\p{Z}]*$R\aeventId\x12A\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xc8\x01\x01\xb2\x01\b2\x06\b\x80\x87\xb5\xc3\x03R\x04time\x128\n" +
+	"\aproject\x18\x03 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x022\x11^[^\\p{Cc}\\p{Z}]*$R\aproject\x125\n" +
+	"\x06key_id\x18\x04 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x022\x11^[^\\p{Cc}\\p{Z}]*$R\x05keyId\x128\n" +
+	"\aservice\x18\x05 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x022\x11^[^\\p{Cc}\\p{Z}]*$R\aservice\x12>\n" +
+	"\x10gateway_instance\x18\x06 \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\x0fgatewayInstance\x12+\n" +
+	"\x06method\x18\a \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\x06method\x12/\n" +
+	"\bendpoint\x18\b \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\bendpoint\x12)\n" +
+	"\x05model\x18\t \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\x05model\x12/\n" +
 	"\bprovider\x18\n" +
-	" \x01(\tR\bprovider\x12\x1f\n" +
-	"\vstatus_code\x18\v \x01(\rR\n" +
+	" \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\bprovider\x12+\n" +
+	"\vstatus_code\x18\v \x01(\rB\n" +
+	"\xbaH\a*\x05\x18\xd7\x04(dR\n" +
 	"statusCode\x12\x1d\n" +
 	"\n" +
 	"latency_ms\x18\f \x01(\rR\tlatencyMs\x12!\n" +
 	"\finput_tokens\x18\r \x01(\x04R\vinputTokens\x12#\n" +
-	"\routput_tokens\x18\x0e \x01(\x04R\foutputTokens\x12\x1f\n" +
-	"\vcost_micros\x18\x0f \x01(\x03R\n" +
-	"costMicros\x12\x1b\n" +
-	"\tclient_ip\x18\x10 \x01(\tR\bclientIp\x12\x1d\n" +
+	"\routput_tokens\x18\x0e \x01(\x04R\foutputTokens\x12(\n" +
+	"\vcost_micros\x18\x0f \x01(\x03B\a\xbaH\x04\"\x02(\x00R\n" +
+	"costMicros\x120\n" +
+	"\tclient_ip\x18\x10 \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\bclientIp\x122\n" +
 	"\n" +
-	"request_id\x18\x11 \x01(\tR\trequestId\"`\n" +
-	"\x06Budget\x12#\n" +
-	"\ramount_micros\x18\x01 \x01(\x03R\famountMicros\x121\n" +
-	"\x06period\x18\x02 \x01(\x0e2\x19.keytrail.v1.BudgetPeriodR\x06period\"Q\n" +
-	"\vFieldChange\x12\x14\n" +
-	"\x05field\x18\x01 \x01(\tR\x05field\x12\x16\n" +
-	"\x06before\x18\x02 \x01(\tR\x06before\x12\x14\n" +
-	"\x05after\x18\x03 \x01(\tR\x05after\"\xfc\x04\n" +
-	"\x0eLifecycleEvent\x12\x19\n" +
-	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12.\n" +
-	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x18\n" +
-	"\aproject\x18\x03 \x01(\tR\aproject\x12\x15\n" +
-	"\x06key_id\x18\x04 \x01(\tR\x05keyId\x12+\n" +
-	"\x06action\x18\x05 \x01(\x0e2\x13.keytrail.v1.ActionR\x06action\x12\x1c\n" +
+	"request_id\x18\x11 \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\trequestId\"u\n" +
+	"\x06Budget\x12,\n" +
+	"\ramount_micros\x18\x01 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\famountMicros\x12=\n" +
+	"\x06period\x18\x02 \x01(\x0e2\x19.keytrail.v1.BudgetPeriodB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x06period\"\x90\x01\n" +
+	"\vFieldChange\x12)\n" +
+	"\x05field\x18\x01 \x01(\tB\x13\xbaH\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\x05field\x12+\n" +
+	"\x06before\x18\x02 \x01(\tB\x13\xbaH\x10r\x0e(\x80\b2\t^\\P{Cc}*$R\x06before\x12)\n" +
+	"\x05after\x18\x03 \x01(\tB\x13\xbaH\x10r\x0e(\x80\b2\t^\\P{Cc}*$R\x05after\"\xe1\v\n" +
+	"\x0eLifecycleEvent\x129\n" +
+	"\bevent_id\x18\x01 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x012\x11^[^\\p{Cc}\\p{Z}]*$R\aeventId\x12A\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\x11\xbaH\x0e\xc8\x01\x01\xb2\x01\b2\x06\b\x80\x87\xb5\xc3\x03R\x04time\x128\n" +
+	"\aproject\x18\x03 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x022\x11^[^\\p{Cc}\\p{Z}]*$R\aproject\x125\n" +
+	"\x06key_id\x18\x04 \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x022\x11^[^\\p{Cc}\\p{Z}]*$R\x05keyId\x127\n" +
+	"\x06action\x18\x05 \x01(\x0e2\x13.keytrail.v1.ActionB\n" +
+	"\xbaH\a\x82\x01\x04\x10\x01 \x00R\x06action\x129\n" +
 	"\n" +
-	"new_key_id\x18\x06 \x01(\tR\bnewKeyId\x12\x14\n" +
-	"\x05actor\x18\a \x01(\tR\x05actor\x125\n" +
+	"new_key_id\x18\x06 \x01(\tB\x1b\xbaH\x18r\x16(\x80\x022\x11^[^\\p{Cc}\\p{Z}]*$R\bnewKeyId\x124\n" +
+	"\x05actor\x18\a \x01(\tB\x1e\xbaH\x1b\xc8\x01\x01r\x16(\x80\x022\x11^[^\\p{Cc}\\p{Z}]*$R\x05actor\x12?\n" +
 	"\n" +
-	"actor_type\x18\b \x01(\x0e2\x16.keytrail.v1.ActorTypeR\tactorType\x12\x16\n" +
-	"\x06reason\x18\t \x01(\tR\x06reason\x129\n" +
+	"actor_type\x18\b \x01(\x0e2\x16.keytrail.v1.ActorTypeB\b\xbaH\x05\x82\x01\x02\x10\x01R\tactorType\x12+\n" +
+	"\x06reason\x18\t \x01(\tB\x13\xbaH\x10r\x0e(\x80\b2\t^\\P{Cc}*$R\x06reason\x129\n" +
 	"\n" +
 	"expires_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12+\n" +
-	"\x06budget\x18\v \x01(\v2\x13.keytrail.v1.BudgetR\x06budget\x12\x16\n" +
-	"\x06scopes\x18\f \x03(\tR\x06scopes\x12K\n" +
+	"\x06budget\x18\v \x01(\v2\x13.keytrail.v1.BudgetR\x06budget\x122\n" +
+	"\x06scopes\x18\f \x03(\tB\x1a\xbaH\x17\x92\x01\x14\x10@\"\x10r\x0e(\x80\x022\t^\\P{Cc}*$R\x06scopes\x12y\n" +
 	"\n" +
-	"attributes\x18\r \x03(\v2+.keytrail.v1.LifecycleEvent.AttributesEntryR\n" +
-	"attributes\x122\n" +
-	"\achanges\x18\x0e \x03(\v2\x18.keytrail.v1.FieldChangeR\achanges\x1a=\n" +
+	"attributes\x18\r \x03(\v2+.keytrail.v1.LifecycleEvent.AttributesEntryB,\xbaH)\x9a\x01&\x10@\"\x10r\x0e(\x80\x022\t^\\P{Cc}*$*\x10r\x0e(\x80\b2\t^\\P{Cc}*$R\n" +
+	"attributes\x12<\n" +
+	"\achanges\x18\x0e \x03(\v2\x18.keytrail.v1.FieldChangeB\b\xbaH\x05\x92\x01\x02\x10@R\achanges\x1a=\n" +
 	"\x0fAttributesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\xcf\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:\xb3\x04\xbaH\xaf\x04\x1ax\n" +
+	"\x13new_key_id_required\x12\x16new_key_id is required\x1aIthis.action != keytrail.v1.Action.ACTION_ROTATED || this.new_key_id != ''\x1a\x8c\x01\n" +
+	"\x12new_key_id_differs\x12\"new_key_id must differ from key_id\x1aRthis.action != keytrail.v1.Action.ACTION_ROTATED || this.new_key_id != this.key_id\x1a\x94\x01\n" +
+	"\x17new_key_id_only_rotated\x12.new_key_id is only allowed with ACTION_ROTATED\x1aIthis.new_key_id == '' || this.action == keytrail.v1.Action.ACTION_ROTATED\x1a\x8c\x01\n" +
+	"\x0fbudget_required\x12,budget is required for ACTION_BUDGET_CHANGED\x1aKthis.action != keytrail.v1.Action.ACTION_BUDGET_CHANGED || has(this.budget)*\xcf\x01\n" +
 	"\x06Action\x12\x16\n" +
 	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eACTION_CREATED\x10\x01\x12\x12\n" +
