@@ -87,21 +87,40 @@ func ValidateLifecycle(e *keytrailv1.LifecycleEvent, now time.Time) error {
 // field that is not UTF-8 (Decode answers undecodable), and proto.Marshal refuses to encode
 // one, so no event that was not UTF-8 can be published or stored.
 
-// rules is compiled once, on first use, for both event types. Its rules come from the
-// descriptors compiled into gen/, so a rule that does not compile fails every test of this
-// package; panicking then is better than dead-lettering every event as invalid.
-var rules = sync.OnceValue(func() protovalidate.Validator {
-	v, err := protovalidate.New(protovalidate.WithMessages(&keytrailv1.UsageEvent{}, &keytrailv1.LifecycleEvent{}))
+// eventRules are the static rules, compiled once, on first use, for both event types: by
+// protovalidate, and for the fast path (fastrules.go) where every rule allows it.
+type eventRules struct {
+	validator protovalidate.Validator
+	fast      map[protoreflect.FullName]*fastRules
+}
+
+// rules come from the descriptors compiled into gen/, so a rule that does not compile fails
+// every test of this package; panicking then is better than dead-lettering every event as
+// invalid.
+var rules = sync.OnceValue(func() eventRules {
+	msgs := []proto.Message{&keytrailv1.UsageEvent{}, &keytrailv1.LifecycleEvent{}}
+	v, err := protovalidate.New(protovalidate.WithMessages(msgs...))
 	if err != nil {
 		panic(fmt.Sprintf("event: compile the buf.validate rules of events.proto: %v", err))
 	}
-	return v
+	r := eventRules{validator: v, fast: map[protoreflect.FullName]*fastRules{}}
+	for _, m := range msgs {
+		if f, ok := compileFast(m.ProtoReflect().Descriptor()); ok {
+			r.fast[m.ProtoReflect().Descriptor().FullName()] = f
+		}
+	}
+	return r
 })
 
 // checkRules evaluates the static rules and turns the first violation into the Invalid the
 // ingester dead-letters: the documented reason, and a detail naming the field.
 func checkRules(m proto.Message) error {
-	err := rules().Validate(m)
+	r := rules()
+	pm := m.ProtoReflect()
+	if f := r.fast[pm.Descriptor().FullName()]; f != nil && f.accepts(pm) {
+		return nil
+	}
+	err := r.validator.Validate(m)
 	if err == nil {
 		return nil
 	}
