@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -147,6 +148,10 @@ func New(cfg Config) (*Server, error) {
 	admit := newAdmission(cfg.Admission, metrics)
 	svc := &queryService{reader: cfg.Reader, log: log}
 	hs := health.NewServer()
+	onPanic := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		log.ErrorContext(ctx, "panic in handler", "panic", p)
+		return status.Error(codes.Internal, "internal error")
+	})
 	// Two gRPC servers share one service, one rate limiter and one admission limiter: the
 	// network one (TLS when configured, so the handshake's client certificate reaches the
 	// interceptors) and the in-memory one the REST gateway calls, behind the REST edge.
@@ -159,10 +164,7 @@ func New(cfg Config) (*Server, error) {
 		// calls before the gateway parses them, so the gateway's server does not apply it again.
 		chain := []grpc.UnaryServerInterceptor{
 			markSeen, // calls that end before this are recorded by undecodedCalls
-			recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
-				log.ErrorContext(ctx, "panic in handler", "panic", p)
-				return status.Error(codes.Internal, "internal error")
-			})),
+			recovery.UnaryServerInterceptor(onPanic),
 			authenticate(cfg.Auth, refused),
 		}
 		if rateLimited {
@@ -174,7 +176,24 @@ func New(cfg Config) (*Server, error) {
 			grpcprotovalidate.UnaryServerInterceptor(validator),
 			admit.interceptor(),
 		)
-		opts = append(opts, grpc.ChainUnaryInterceptor(chain...), grpc.StatsHandler(undecodedCalls{authn: cfg.Auth, refusals: refused}),
+		// Streams (server reflection, health's Watch) the same way; see stream.go.
+		streamChain := []grpc.StreamServerInterceptor{
+			markSeenStream,
+			recovery.StreamServerInterceptor(onPanic),
+			authenticateStream(cfg.Auth, refused),
+		}
+		if rateLimited {
+			streamChain = append(streamChain, limiter.streamInterceptor(refused, metrics.shed))
+		}
+		streamChain = append(streamChain,
+			recordStream(cfg.Recorder),
+			logging.StreamServerInterceptor(slogAdapter(log), logging.WithLogOnEvents(logging.FinishCall)),
+		)
+		for i, in := range streamChain {
+			streamChain[i] = registeredOnly(in)
+		}
+		opts = append(opts, grpc.ChainUnaryInterceptor(chain...), grpc.ChainStreamInterceptor(streamChain...),
+			grpc.StatsHandler(undecodedCalls{authn: cfg.Auth, refusals: refused}),
 			// Without a handler of its own grpc-go answers an unknown method before any stats
 			// handler sees the call end, so it would go unrecorded; with one, undecodedCalls
 			// records it like any call that never reached the interceptors.
@@ -182,6 +201,9 @@ func New(cfg Config) (*Server, error) {
 		srv := grpc.NewServer(opts...)
 		keytrailv1.RegisterQueryServiceServer(srv, svc)
 		healthpb.RegisterHealthServer(srv, hs)
+		// Server reflection: grpcurl and similar clients list and describe the API without
+		// proto files (with a credential, like every call but health).
+		reflection.Register(srv)
 		return srv
 	}
 	var netOpts []grpc.ServerOption
