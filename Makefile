@@ -1,7 +1,8 @@
 # keytrail developer tasks. `make` (or `make help`) lists them.
 #
 # Everything this Makefile builds or runs lives under .local/ (git-ignored): the pinned protobuf
-# toolchain and our binaries in .local/bin, the local ClickHouse in .local/clickhouse.
+# toolchain, staticcheck and our binaries in .local/bin, the pinned OpenAPI linter in
+# .local/openapi-lint, the local ClickHouse in .local/clickhouse.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -50,12 +51,17 @@ $(eval $(call go-tool,protoc-gen-go,google.golang.org/protobuf/cmd/protoc-gen-go
 $(eval $(call go-tool,protoc-gen-go-grpc,google.golang.org/grpc/cmd/protoc-gen-go-grpc,$(PROTOC_GEN_GO_GRPC_VERSION)))
 $(eval $(call go-tool,protoc-gen-grpc-gateway,github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway,$(GRPC_GATEWAY_VERSION)))
 $(eval $(call go-tool,protoc-gen-openapiv2,github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2,$(GRPC_GATEWAY_VERSION)))
+PROTO_TOOLS := $(TOOL_BINS)
+
+# The Go linter of `make lint` (part of `make test`), pinned the same way.
+STATICCHECK_VERSION := v0.8.2
+$(eval $(call go-tool,staticcheck,honnef.co/go/tools/cmd/staticcheck,$(STATICCHECK_VERSION)))
 
 .PHONY: tools
-tools: $(TOOL_BINS) ## Install the pinned buf and protoc plugins into .local/bin
+tools: $(TOOL_BINS) ## Install the pinned buf, protoc plugins and staticcheck into .local/bin
 
 .PHONY: proto
-proto: tools ## Lint proto/ and regenerate gen/ with buf (local plugins, no network)
+proto: $(PROTO_TOOLS) ## Lint proto/ and regenerate gen/ with buf (local plugins, no network)
 	$(LOCAL_BIN)/buf lint
 	PATH="$(LOCAL_BIN):$$PATH" $(LOCAL_BIN)/buf generate
 
@@ -113,12 +119,33 @@ clickhouse-stop: ## Stop the local ClickHouse started from this repo
 ##@ Checks
 
 .PHONY: test
-test: ## Start the local ClickHouse (and install Chromium), check the console bundle, then go vet and go test everything
+test: ## What CI runs: every static check (make check), then go test everything against the local ClickHouse
+	$(MAKE) check
+	$(MAKE) test-go
+
+.PHONY: test-go
+test-go: ## Start the local ClickHouse (and install Chromium), then go test PKGS, without the static checks (the quick loop)
 	$(CLICKHOUSE) start
 	$(CONSOLE_INSTALL) chromium
-	$(MAKE) console-check
-	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) $(PKGS)
+
+.PHONY: check
+check: lint proto-check openapi-lint console-check ## The static checks: go vet, staticcheck, buf lint, gen/ matches proto/, buf breaking, OpenAPI lint, console bundle
+
+.PHONY: lint
+lint: $(LOCAL_BIN)/staticcheck ## go vet and the pinned staticcheck over PKGS
+	$(GO) vet $(PKGS)
+	$(LOCAL_BIN)/staticcheck $(PKGS)
+
+.PHONY: proto-check
+proto-check: $(PROTO_TOOLS) ## buf lint; gen/ is what make proto makes of proto/; buf breaking against the baseline commit
+	$(LOCAL_BIN)/buf lint
+	$(CURDIR)/tools/check-gen.sh
+	$(CURDIR)/tools/buf-breaking.sh
+
+.PHONY: openapi-lint
+openapi-lint: ## Lint the OpenAPI document with the pinned Redocly CLI (tools/openapi-lint)
+	$(CURDIR)/tools/openapi-lint/run.sh
 
 # Benchmark knobs: `BENCH_SCALE=0.05 make bench` (1 = full scale, about an hour here; 0.01 a few
 # minutes), BENCH_PHASES=drain,query to run some phases only. See docs/benchmarks.md.
