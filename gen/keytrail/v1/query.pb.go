@@ -944,10 +944,10 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\vListBudgets\x12\x1f.keytrail.v1.ListBudgetsRequest\x1a .keytrail.v1.ListBudgetsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/budgets\x12m\n" +
 	"\rListAnomalies\x12!.keytrail.v1.ListAnomaliesRequest\x1a\".keytrail.v1.ListAnomaliesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/anomalies\x12r\n" +
 	"\x0eListNewCallers\x12\".keytrail.v1.ListNewCallersRequest\x1a#.keytrail.v1.ListNewCallersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/new-callers\x12q\n" +
-	"\vGetKeyUsage\x12\x1f.keytrail.v1.GetKeyUsageRequest\x1a .keytrail.v1.GetKeyUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/keys/{key_id}/usageB\x84\r\x92A\xc7\f\x12\xe5\x05\n" +
-	"\bkeytrail\x12\xd4\x05API-key audit and usage analytics. Times are RFC 3339; omitted start_time means the beginning of history, omitted end_time means now. Lists are paginated with page_size (default 100, at most 1000) and the opaque next_page_token.\n" +
+	"\vGetKeyUsage\x12\x1f.keytrail.v1.GetKeyUsageRequest\x1a .keytrail.v1.GetKeyUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/keys/{key_id}/usageB\xab\r\x92A\xee\f\x12\x8c\x06\n" +
+	"\bkeytrail\x12\xfb\x05API-key audit and usage analytics. Times are RFC 3339; omitted start_time means the beginning of history, omitted end_time means now. Lists are paginated with page_size (default 100, at most 1000) and the opaque next_page_token.\n" +
 	"\n" +
-	"Every operation needs a credential: `Authorization: Bearer <token>`, or a TLS client certificate (mTLS) whose common name the server maps to a principal, when the server is configured for it (OpenAPI 2 cannot declare mutual TLS, so only the bearer scheme is listed). /healthz, /readyz, /metrics and this document (/openapi.json) are served without credentials and are not operations of this API. Errors have the body of google.rpc.Status: {\"code\": <gRPC code>, \"message\": \"...\", \"details\": []}.2\x02v1Rf\n" +
+	"Every operation needs a credential: `Authorization: Bearer <token>`, or a TLS client certificate (mTLS) whose common name the server maps to a principal, when the server is configured for it (OpenAPI 2 cannot declare mutual TLS, so only the bearer scheme is listed). /healthz, /readyz, /metrics, this document (/openapi.json) and the web console's static files (/ui/) are served without credentials and are not operations of this API. Errors have the body of google.rpc.Status: {\"code\": <gRPC code>, \"message\": \"...\", \"details\": []}.2\x02v1Rf\n" +
 	"\x03400\x12_\n" +
 	"EInvalidArgument: a parameter is invalid; the message names the field.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusR\x88\x01\n" +
