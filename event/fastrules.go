@@ -15,7 +15,7 @@ import (
 // The fast path of the static rules. protovalidate evaluates events.proto's annotations
 // through its general machinery (reflection per rule, Go regexps for the character classes,
 // CEL for timestamps) at about ten times the instructions the hand-written checks took
-// (BenchmarkValidateUsage; figures in docs/development.md), and the ingester validates every
+// (BenchmarkValidateUsage; figures in docs/benchmarks.md), and the ingester validates every
 // usage event. So the same annotations are also compiled, once, into the plain Go checks
 // below, for the messages whose every rule is of a kind they know. They only accept or
 // refuse: an event they refuse is evaluated again by protovalidate, whose violation gives
