@@ -944,7 +944,7 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\vListBudgets\x12\x1f.keytrail.v1.ListBudgetsRequest\x1a .keytrail.v1.ListBudgetsResponse\"\x13\x82\xd3\xe4\x93\x02\r\x12\v/v1/budgets\x12m\n" +
 	"\rListAnomalies\x12!.keytrail.v1.ListAnomaliesRequest\x1a\".keytrail.v1.ListAnomaliesResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/anomalies\x12r\n" +
 	"\x0eListNewCallers\x12\".keytrail.v1.ListNewCallersRequest\x1a#.keytrail.v1.ListNewCallersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/new-callers\x12q\n" +
-	"\vGetKeyUsage\x12\x1f.keytrail.v1.GetKeyUsageRequest\x1a .keytrail.v1.GetKeyUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/keys/{key_id}/usageB\xab\r\x92A\xee\f\x12\x8c\x06\n" +
+	"\vGetKeyUsage\x12\x1f.keytrail.v1.GetKeyUsageRequest\x1a .keytrail.v1.GetKeyUsageResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/keys/{key_id}/usageB\xa9\x0f\x92A\xec\x0e\x12\x8c\x06\n" +
 	"\bkeytrail\x12\xfb\x05API-key audit and usage analytics. Times are RFC 3339; omitted start_time means the beginning of history, omitted end_time means now. Lists are paginated with page_size (default 100, at most 1000) and the opaque next_page_token.\n" +
 	"\n" +
 	"Every operation needs a credential: `Authorization: Bearer <token>`, or a TLS client certificate (mTLS) whose common name the server maps to a principal, when the server is configured for it (OpenAPI 2 cannot declare mutual TLS, so only the bearer scheme is listed). /healthz, /readyz, /metrics, this document (/openapi.json) and the web console's static files (/ui/) are served without credentials and are not operations of this API. Errors have the body of google.rpc.Status: {\"code\": <gRPC code>, \"message\": \"...\", \"details\": []}.2\x02v1Rf\n" +
@@ -956,12 +956,12 @@ const file_keytrail_v1_query_proto_rawDesc = "" +
 	"\x14\x1a\x12.google.rpc.StatusR\x91\x01\n" +
 	"\x03403\x12\x89\x01\n" +
 	"oPermissionDenied: the credential may not read the project asked for, or the call needs a role it does not have.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusRe\n" +
-	"\x03429\x12^\n" +
-	"DResourceExhausted: the caller is over its rate limit; retry shortly.\x12\x16\n" +
-	"\x14\x1a\x12.google.rpc.StatusR\x8d\x01\n" +
-	"\x03503\x12\x85\x01\n" +
-	"kUnavailable: the query audit log is not accepting records and no query is answered unrecorded; retry later.\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\xd3\x01\n" +
+	"\x03429\x12\xcb\x01\n" +
+	"\xb0\x01ResourceExhausted: the caller is over its rate limit, or already has its share of the calls in flight; retry after Retry-After seconds (also a google.rpc.RetryInfo in details).\x12\x16\n" +
+	"\x14\x1a\x12.google.rpc.StatusR\x9c\x02\n" +
+	"\x03503\x12\x94\x02\n" +
+	"\xf9\x01Unavailable: the server is answering as many calls as it can (retry after Retry-After seconds, or on another node), its storage connections are all busy, or the query audit log is not accepting records (no query is answered unrecorded); retry later.\x12\x16\n" +
 	"\x14\x1a\x12.google.rpc.StatusZ\xd0\x01\n" +
 	"\xcd\x01\n" +
 	"\x06bearer\x12\xc2\x01\b\x02\x12\xac\x01A bearer token from the server's tokens file, sent as `Authorization: Bearer <token>`. A TLS client certificate is accepted instead where the server is configured for mTLS.\x1a\rAuthorization \x02b\f\n" +
