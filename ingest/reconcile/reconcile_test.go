@@ -307,10 +307,6 @@ func TestRedeliveryCheckRepairsBeforeTheBatchIsAcknowledged(t *testing.T) {
 
 	// 1. Bucketed and all-time rollups missed the batch.
 	batch := usageRecords(events("rd", time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC), 11*time.Second, 400), 1)
-	var evs []*keytrailv1.UsageEvent
-	for _, r := range batch {
-		evs = append(evs, r.Event.Usage)
-	}
 	for _, v := range []string{"spend_daily", "key_service_totals"} {
 		if err := db.Conn.Exec(ctx, "DETACH TABLE "+v+"_mv"); err != nil {
 			t.Fatal(err)
