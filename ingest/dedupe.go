@@ -27,6 +27,18 @@ type Deduper interface {
 	Classify(ctx context.Context, records []Record) ([]Presence, error)
 }
 
+// RetryDeduplicator is implemented by sinks whose storage drops a write sent again
+// identically (ClickHouse's replicated tables deduplicate insert blocks by content, each table
+// on its own). When DeduplicatesRetries reports true, the ingester retries a failed Write with
+// the same records, as they are, and the sink makes the retry identical to the first attempt.
+// It does not check the records against storage first: an insert that failed half way (a
+// server killed after it stored the raw rows and before a rollup's view ran) would show the
+// records as stored, and dropping them would leave that rollup short for good, where the
+// identical retry completes every table and stores nothing twice.
+type RetryDeduplicator interface {
+	DeduplicatesRetries() bool
+}
+
 // contentHash fingerprints an event's content after redaction. Deterministic marshalling
 // makes equal events hash equal whatever the wire encoding they arrived in.
 func contentHash(ev event.Event) uint64 {

@@ -115,7 +115,9 @@ type Ingester struct {
 	metrics  *Metrics
 	deduper  Deduper
 	dlStore  DeadLetterStore
-	recent   *recentIDs // used by the reading goroutine only
+	// retryAsIs: the sink's storage drops an identical retry (see RetryDeduplicator).
+	retryAsIs bool
+	recent    *recentIDs // used by the reading goroutine only
 
 	// Delivery tracking of the AckAll consumer, used by the reading goroutine only (see
 	// takeOver): whether the consumer must be taken over before the next fetch, and the
@@ -206,14 +208,16 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 		return nil, fmt.Errorf("ingest: bind consumer %s on %s: %w", cfg.Streams.Durable, cfg.Streams.EventsStream, err)
 	}
 	deduper, _ := cfg.Sink.(Deduper)
+	retrier, _ := cfg.Sink.(RetryDeduplicator)
 	in := &Ingester{
-		cfg:      cfg,
-		consumer: consumer,
-		log:      cfg.Logger.With("component", "ingester"),
-		metrics:  cfg.Metrics,
-		deduper:  deduper,
-		dlStore:  cfg.DeadLetters,
-		recent:   newRecentIDs(cfg.RecentIDs),
+		cfg:       cfg,
+		consumer:  consumer,
+		log:       cfg.Logger.With("component", "ingester"),
+		metrics:   cfg.Metrics,
+		deduper:   deduper,
+		dlStore:   cfg.DeadLetters,
+		retryAsIs: retrier != nil && retrier.DeduplicatesRetries(),
+		recent:    newRecentIDs(cfg.RecentIDs),
 		// A shared durable acks message by message: nothing to take over.
 		needTakeOver: !cfg.Streams.SharedConsumer,
 	}
@@ -513,7 +517,8 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 //  1. Write the records to the Sink, retrying with backoff until it succeeds. The reader
 //     blocks at the hand-over meanwhile, so memory stays bounded. Before each retry the
 //     records are checked against storage as in step 0: a write reported as failed may
-//     have been committed.
+//     have been committed. A sink whose storage drops identical retries is instead sent
+//     the same records again (see RetryDeduplicator).
 //  2. Keep the dead letters the dead-letter stream refused in the DeadLetterStore, retrying
 //     like step 1: a rejected message is acknowledged only once it is kept somewhere.
 //  3. Ack the newest message taken. With AckAll this acknowledges every message up to it:
@@ -532,11 +537,11 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 	}
 	if len(b.records) > 0 {
 		err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
-			if attempt > 1 {
-				// A failed write may have stored the rows all the same: ClickHouse can commit
-				// an insert and the connection break before its reply arrives. Writing them
-				// again blindly would store them twice, so they are checked like redeliveries
-				// first.
+			// A failed write may have stored the rows all the same: ClickHouse can commit an
+			// insert and the connection break before its reply arrives. Writing them again
+			// blindly would store them twice, so they are checked like redeliveries first,
+			// unless the storage itself drops an identical retry (see RetryDeduplicator).
+			if attempt > 1 && !in.retryAsIs {
 				for i := range b.records {
 					b.records[i].MaybeStored = true
 				}

@@ -2,7 +2,7 @@
 -- them. Partitioned by month so retention is a partition drop; sorted for per-key reads.
 -- SQL here must run on ClickHouse 18.16 and current versions (see PLATFORM-NOTES.md).
 
-CREATE TABLE IF NOT EXISTS usage_events
+CREATE TABLE IF NOT EXISTS {{create "usage_events"}}
 (
     event_id String,
     event_time DateTime('UTC'),
@@ -28,11 +28,13 @@ CREATE TABLE IF NOT EXISTS usage_events
     stream_seq UInt64,
     ingested_at DateTime('UTC')
 )
-ENGINE = MergeTree()
+ENGINE = {{engine "usage_events" "MergeTree()"}}
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (key_id, service, event_time);
+{{distributed "usage_events"}};
+{{ingest_input "usage_events"}};
 
-CREATE TABLE IF NOT EXISTS lifecycle_events
+CREATE TABLE IF NOT EXISTS {{create "lifecycle_events"}}
 (
     event_id String,
     event_time DateTime('UTC'),
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS lifecycle_events
     stream_seq UInt64,
     ingested_at DateTime('UTC')
 )
-ENGINE = MergeTree()
+ENGINE = {{engine "lifecycle_events" "MergeTree()"}}
 PARTITION BY toYYYYMM(event_time)
 ORDER BY (project, key_id, event_time_ms, event_id);
+{{distributed "lifecycle_events" "cityHash64(project)"}};

@@ -3,7 +3,7 @@
 -- first/last seen keep millisecond precision through min/max states; last_success_ms is the
 -- last request that did not fail (status < 400), 0 when there was none.
 
-CREATE TABLE IF NOT EXISTS usage_by_key_minute
+CREATE TABLE IF NOT EXISTS {{create "usage_by_key_minute"}}
 (
     minute DateTime('UTC'),
     project String,
@@ -13,13 +13,14 @@ CREATE TABLE IF NOT EXISTS usage_by_key_minute
     errors AggregateFunction(sum, UInt64),
     first_seen_ms AggregateFunction(min, Int64),
     last_seen_ms AggregateFunction(max, Int64),
-    last_success_ms AggregateFunction(maxIf, Int64, UInt8)
+    last_success_ms AggregateFunction(maxIf, Int64, UInt8){{insert_tag_column}}
 )
-ENGINE = AggregatingMergeTree()
+ENGINE = {{engine "usage_by_key_minute" "AggregatingMergeTree()"}}
 PARTITION BY toYYYYMM(minute)
 ORDER BY (key_id, service, minute, project);
+{{distributed "usage_by_key_minute"}};
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS usage_by_key_minute_mv TO usage_by_key_minute AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{view "usage_by_key_minute_mv"}} TO {{to "usage_by_key_minute"}} AS
 SELECT
     toStartOfMinute(event_time) AS minute,
     project,
@@ -29,11 +30,11 @@ SELECT
     sumState(toUInt64(status_code >= 400)) AS errors,
     minState(event_time_ms) AS first_seen_ms,
     maxState(event_time_ms) AS last_seen_ms,
-    maxIfState(event_time_ms, status_code < 400) AS last_success_ms
-FROM usage_events
+    maxIfState(event_time_ms, status_code < 400) AS last_success_ms{{insert_tag}}
+FROM {{from "usage_events"}}
 GROUP BY minute, project, key_id, service;
 
-CREATE TABLE IF NOT EXISTS usage_by_service_minute
+CREATE TABLE IF NOT EXISTS {{create "usage_by_service_minute"}}
 (
     minute DateTime('UTC'),
     project String,
@@ -43,13 +44,14 @@ CREATE TABLE IF NOT EXISTS usage_by_service_minute
     errors AggregateFunction(sum, UInt64),
     first_seen_ms AggregateFunction(min, Int64),
     last_seen_ms AggregateFunction(max, Int64),
-    last_success_ms AggregateFunction(maxIf, Int64, UInt8)
+    last_success_ms AggregateFunction(maxIf, Int64, UInt8){{insert_tag_column}}
 )
-ENGINE = AggregatingMergeTree()
+ENGINE = {{engine "usage_by_service_minute" "AggregatingMergeTree()"}}
 PARTITION BY toYYYYMM(minute)
 ORDER BY (service, key_id, minute, project);
+{{distributed "usage_by_service_minute"}};
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS usage_by_service_minute_mv TO usage_by_service_minute AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{view "usage_by_service_minute_mv"}} TO {{to "usage_by_service_minute"}} AS
 SELECT
     toStartOfMinute(event_time) AS minute,
     project,
@@ -59,6 +61,6 @@ SELECT
     sumState(toUInt64(status_code >= 400)) AS errors,
     minState(event_time_ms) AS first_seen_ms,
     maxState(event_time_ms) AS last_seen_ms,
-    maxIfState(event_time_ms, status_code < 400) AS last_success_ms
-FROM usage_events
+    maxIfState(event_time_ms, status_code < 400) AS last_success_ms{{insert_tag}}
+FROM {{from "usage_events"}}
 GROUP BY minute, project, service, key_id;

@@ -11,10 +11,10 @@
 -- view stops last; the old table is dropped by 0007, so a run of this file killed half way
 -- starts over from an intact old table.
 
-DROP TABLE IF EXISTS usage_key_minute_mv;
-DROP TABLE IF EXISTS usage_key_minute;
+{{drop_view "usage_key_minute_mv"}};
+{{drop_table "usage_key_minute"}};
 
-CREATE TABLE IF NOT EXISTS usage_key_minute
+CREATE TABLE IF NOT EXISTS {{create "usage_key_minute"}}
 (
     minute DateTime('UTC'),
     project String,
@@ -24,14 +24,15 @@ CREATE TABLE IF NOT EXISTS usage_key_minute
     errors AggregateFunction(sum, UInt64),
     first_seen_ms AggregateFunction(min, Int64),
     last_seen_ms AggregateFunction(max, Int64),
-    last_success_ms AggregateFunction(maxIf, Int64, UInt8)
+    last_success_ms AggregateFunction(maxIf, Int64, UInt8){{insert_tag_column}}
 )
-ENGINE = AggregatingMergeTree()
+ENGINE = {{engine "usage_key_minute" "AggregatingMergeTree()"}}
 PARTITION BY toYYYYMM(minute)
 ORDER BY (key_id, minute, service, project)
 SETTINGS index_granularity = 1024;
+{{distributed "usage_key_minute"}};
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS usage_key_minute_mv TO usage_key_minute AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{view "usage_key_minute_mv"}} TO {{to "usage_key_minute"}} AS
 SELECT
     toStartOfMinute(event_time) AS minute,
     project,
@@ -41,12 +42,12 @@ SELECT
     sumState(toUInt64(status_code >= 400)) AS errors,
     minState(event_time_ms) AS first_seen_ms,
     maxState(event_time_ms) AS last_seen_ms,
-    maxIfState(event_time_ms, status_code < 400) AS last_success_ms
-FROM usage_events
+    maxIfState(event_time_ms, status_code < 400) AS last_success_ms{{insert_tag}}
+FROM {{from "usage_events"}}
 GROUP BY minute, project, key_id, service;
 
-INSERT INTO usage_key_minute (minute, project, key_id, service, requests, errors, first_seen_ms, last_seen_ms, last_success_ms)
+INSERT INTO {{local "usage_key_minute"}} (minute, project, key_id, service, requests, errors, first_seen_ms, last_seen_ms, last_success_ms)
 SELECT minute, project, key_id, service, requests, errors, first_seen_ms, last_seen_ms, last_success_ms
-FROM usage_by_key_minute;
+FROM {{local "usage_by_key_minute"}};
 
-DROP TABLE IF EXISTS usage_by_key_minute_mv;
+{{drop_view "usage_by_key_minute_mv"}};

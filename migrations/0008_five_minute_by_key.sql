@@ -10,10 +10,10 @@
 -- (README, Upgrading). The old view stops last; the old table is dropped by 0009, so a run
 -- of this file killed half way starts over from an intact old table.
 
-DROP TABLE IF EXISTS usage_key_5min_mv;
-DROP TABLE IF EXISTS usage_key_5min;
+{{drop_view "usage_key_5min_mv"}};
+{{drop_table "usage_key_5min"}};
 
-CREATE TABLE IF NOT EXISTS usage_key_5min
+CREATE TABLE IF NOT EXISTS {{create "usage_key_5min"}}
 (
     bucket DateTime('UTC'),
     project String,
@@ -21,14 +21,15 @@ CREATE TABLE IF NOT EXISTS usage_key_5min
     service String,
     requests UInt64,
     errors UInt64,
-    total_cost_micros Int64
+    total_cost_micros Int64{{insert_tag_column}}
 )
-ENGINE = SummingMergeTree()
+ENGINE = {{engine "usage_key_5min" "SummingMergeTree()"}}
 PARTITION BY toYYYYMM(bucket)
 ORDER BY (key_id, bucket, service, project)
 SETTINGS index_granularity = 1024;
+{{distributed "usage_key_5min"}};
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS usage_key_5min_mv TO usage_key_5min AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{view "usage_key_5min_mv"}} TO {{to "usage_key_5min"}} AS
 SELECT
     toStartOfFiveMinute(event_time) AS bucket,
     project,
@@ -36,12 +37,12 @@ SELECT
     service,
     count() AS requests,
     countIf(status_code >= 400) AS errors,
-    sum(cost_micros) AS total_cost_micros
-FROM usage_events
+    sum(cost_micros) AS total_cost_micros{{insert_tag}}
+FROM {{from "usage_events"}}
 GROUP BY bucket, project, key_id, service;
 
-INSERT INTO usage_key_5min (bucket, project, key_id, service, requests, errors, total_cost_micros)
+INSERT INTO {{local "usage_key_5min"}} (bucket, project, key_id, service, requests, errors, total_cost_micros)
 SELECT bucket, project, key_id, service, requests, errors, total_cost_micros
-FROM usage_5min;
+FROM {{local "usage_5min"}};
 
-DROP TABLE IF EXISTS usage_5min_mv;
+{{drop_view "usage_5min_mv"}};

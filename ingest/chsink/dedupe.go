@@ -6,6 +6,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/event/auditchain"
 	"github.com/keytrail/keytrail/ingest"
@@ -21,12 +23,20 @@ import (
 // It first waits for inserts ClickHouse is still running (see fence.go): one sent by a
 // process killed a moment ago commits after its sender died.
 func (s *Sink) Classify(ctx context.Context, records []ingest.Record) ([]ingest.Presence, error) {
+	if s.cluster != nil {
+		return s.classifyCluster(ctx, records)
+	}
 	if err := s.awaitRunningInserts(ctx); err != nil {
 		return nil, err
 	}
+	return classifyOn(ctx, s.conn, "usage_events", "lifecycle_events", records)
+}
+
+// classifyOn classifies records against the named tables over conn, in chunks.
+func classifyOn(ctx context.Context, conn driver.Conn, usageTable, lifecycleTable string, records []ingest.Record) ([]ingest.Presence, error) {
 	out := make([]ingest.Presence, 0, len(records))
 	for chunk := range slices.Chunk(records, classifyChunk) {
-		presence, err := s.classify(ctx, chunk)
+		presence, err := classify(ctx, conn, usageTable, lifecycleTable, chunk)
 		if err != nil {
 			return nil, err
 		}
@@ -40,7 +50,8 @@ func (s *Sink) Classify(ctx context.Context, records []ingest.Record) ([]ingest.
 // a 10,000-event batch of UUID ids exceeds.
 const classifyChunk = 1000
 
-func (s *Sink) classify(ctx context.Context, records []ingest.Record) ([]ingest.Presence, error) {
+// classify looks one chunk up. The table names are the sink's own constants, never input.
+func classify(ctx context.Context, conn driver.Conn, usageTable, lifecycleTable string, records []ingest.Record) ([]ingest.Presence, error) {
 	var usageIDs, usageKeys, lifecycleIDs []string
 	var minSec, maxSec int64
 	for i, r := range records {
@@ -61,7 +72,7 @@ func (s *Sink) classify(ctx context.Context, records []ingest.Record) ([]ingest.
 	}
 	storedUsage := map[string]uint64{}
 	if len(usageIDs) > 0 {
-		rows, err := s.conn.Query(ctx, `SELECT event_id, content_hash FROM usage_events
+		rows, err := conn.Query(ctx, `SELECT event_id, content_hash FROM `+usageTable+`
 WHERE key_id IN (SELECT arrayJoin(?)) AND event_id IN (SELECT arrayJoin(?)) AND event_time >= toDateTime(?) AND event_time <= toDateTime(?)`,
 			usageKeys, usageIDs, minSec, maxSec)
 		if err != nil {
@@ -83,7 +94,7 @@ WHERE key_id IN (SELECT arrayJoin(?)) AND event_id IN (SELECT arrayJoin(?)) AND 
 	}
 	storedLifecycle := map[string]string{}
 	if len(lifecycleIDs) > 0 {
-		rows, err := s.conn.Query(ctx, `SELECT event_id, content_hash FROM lifecycle_events
+		rows, err := conn.Query(ctx, `SELECT event_id, content_hash FROM `+lifecycleTable+`
 WHERE event_id IN (SELECT arrayJoin(?)) AND event_time >= toDateTime(?) AND event_time <= toDateTime(?)`,
 			lifecycleIDs, minSec, maxSec)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 )
 
 // An insert outlives the client that sent it: once ClickHouse has the whole batch it commits
@@ -62,13 +63,30 @@ func (s *Sink) insertNamespace(ctx context.Context) (string, error) {
 
 // awaitRunningInserts returns once no insert into this database that ClickHouse was running
 // when it was called is running any more (committed or failed), or with an error naming
-// the inserts still running after fenceMaxWait.
+// the inserts still running after fenceMaxWait. On a cluster it asks every server that
+// answers: the inserts of a killed ingester ran on the servers it wrote to, and a server
+// that does not answer runs nothing that could commit.
 func (s *Sink) awaitRunningInserts(ctx context.Context) error {
 	prefix, err := s.insertNamespace(ctx)
 	if err != nil {
 		return err
 	}
-	running, err := s.runningInserts(ctx, "substring(query_id, 1, ?) = ?", len(prefix), prefix)
+	if s.cluster == nil {
+		return awaitRunningInsertsOn(ctx, s.conn, prefix)
+	}
+	for _, r := range s.cluster.c.Replicas() {
+		if r.Conn.Ping(ctx) != nil {
+			continue
+		}
+		if err := awaitRunningInsertsOn(ctx, r.Conn, prefix); err != nil {
+			return fmt.Errorf("%s: %w", r.Name(), err)
+		}
+	}
+	return nil
+}
+
+func awaitRunningInsertsOn(ctx context.Context, conn driver.Conn, prefix string) error {
+	running, err := runningInserts(ctx, conn, "substring(query_id, 1, ?) = ?", len(prefix), prefix)
 	if err != nil {
 		return err
 	}
@@ -84,15 +102,15 @@ func (s *Sink) awaitRunningInserts(ctx context.Context) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		if running, err = s.runningInserts(ctx, "query_id IN (SELECT arrayJoin(?))", running); err != nil {
+		if running, err = runningInserts(ctx, conn, "query_id IN (SELECT arrayJoin(?))", running); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (s *Sink) runningInserts(ctx context.Context, where string, args ...any) ([]string, error) {
-	rows, err := s.conn.Query(ctx, "SELECT query_id FROM system.processes WHERE "+where, args...)
+func runningInserts(ctx context.Context, conn driver.Conn, where string, args ...any) ([]string, error) {
+	rows, err := conn.Query(ctx, "SELECT query_id FROM system.processes WHERE "+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list running inserts: %w", err)
 	}

@@ -12,11 +12,15 @@ import (
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/event/auditchain"
 	"github.com/keytrail/keytrail/ingest"
+	"github.com/keytrail/keytrail/internal/storage"
 )
 
 // Config configures a Sink.
 type Config struct {
 	Conn driver.Conn
+	// Cluster, when set, is the ClickHouse cluster Conn belongs to: the sink then writes each
+	// shard's rows to a server of that shard (see cluster.go).
+	Cluster *storage.Cluster
 	// Now stamps ingested_at; time.Now when nil.
 	Now func() time.Time
 }
@@ -40,6 +44,8 @@ type Sink struct {
 	heads map[string]auditchain.Head
 	// namespace is the query id prefix of this database's inserts (see fence.go).
 	namespace string
+	// cluster is nil on a single server.
+	cluster *clusterWriter
 }
 
 // New creates a Sink.
@@ -50,16 +56,24 @@ func New(cfg Config) (*Sink, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Sink{conn: cfg.Conn, now: cfg.Now, storedThrough: map[string]uint64{}, heads: map[string]auditchain.Head{}}, nil
+	s := &Sink{conn: cfg.Conn, now: cfg.Now, storedThrough: map[string]uint64{}, heads: map[string]auditchain.Head{}}
+	if cfg.Cluster != nil {
+		s.cluster = newClusterWriter(cfg.Cluster)
+	}
+	return s, nil
 }
 
 var (
-	_ ingest.Sink    = (*Sink)(nil)
-	_ ingest.Deduper = (*Sink)(nil)
+	_ ingest.Sink              = (*Sink)(nil)
+	_ ingest.Deduper           = (*Sink)(nil)
+	_ ingest.RetryDeduplicator = (*Sink)(nil)
 )
 
 // Write stores the records: lifecycle rows first (the audit trail matters most), then usage.
 func (s *Sink) Write(ctx context.Context, records []ingest.Record) error {
+	if s.cluster != nil {
+		return s.writeCluster(ctx, records)
+	}
 	var usage, lifecycle []ingest.Record
 	for _, r := range records {
 		switch r.Event.Kind {
@@ -120,6 +134,11 @@ func newUsageColumns(n int) usageColumns {
 }
 
 func (s *Sink) insertUsage(ctx context.Context, records []ingest.Record, ingestedAt time.Time) error {
+	return s.sendColumns(ctx, s.conn, "INSERT INTO usage_events ("+UsageColumns+")", usageBlock(records, ingestedAt)...)
+}
+
+// usageBlock is the columns of a usage insert, in UsageColumns order.
+func usageBlock(records []ingest.Record, ingestedAt time.Time) []any {
 	c := newUsageColumns(len(records))
 	for _, r := range records {
 		e := r.Event.Usage
@@ -134,9 +153,8 @@ func (s *Sink) insertUsage(ctx context.Context, records []ingest.Record, ingeste
 		c.inTokens, c.outTokens, c.costs = append(c.inTokens, e.GetInputTokens()), append(c.outTokens, e.GetOutputTokens()), append(c.costs, e.GetCostMicros())
 		c.hashes, c.seqs = append(c.hashes, r.ContentHash), append(c.seqs, r.StreamSeq)
 	}
-	return s.sendColumns(ctx, "INSERT INTO usage_events ("+UsageColumns+")",
-		c.ids, c.times, c.timesMs, c.projects, c.keys, c.services, c.gateways, c.methods, c.endpoints, c.models, c.providers,
-		c.statuses, c.latencies, c.inTokens, c.outTokens, c.costs, c.ips, c.requestIDs, c.hashes, c.seqs, c.ingested)
+	return []any{c.ids, c.times, c.timesMs, c.projects, c.keys, c.services, c.gateways, c.methods, c.endpoints, c.models, c.providers,
+		c.statuses, c.latencies, c.inTokens, c.outTokens, c.costs, c.ips, c.requestIDs, c.hashes, c.seqs, c.ingested}
 }
 
 // LifecycleColumns is the column list of every lifecycle insert, in append order.
@@ -169,8 +187,28 @@ func LifecycleEntry(r ingest.Record) auditchain.Entry {
 }
 
 func (s *Sink) insertLifecycle(ctx context.Context, records []ingest.Record, ingestedAt time.Time) error {
-	// Extend each project's chain in stream order; the cached heads move only once the
-	// insert succeeded, so a retried batch gets the same hashes and sequence numbers.
+	rows, heads, err := s.chainRows(ctx, records)
+	if err != nil {
+		return err
+	}
+	if err := s.sendColumns(ctx, s.conn, "INSERT INTO lifecycle_events ("+LifecycleColumns+")", lifecycleBlock(rows, records, ingestedAt)...); err != nil {
+		// The insert may have been committed although it reported an error; the next write
+		// must continue from what ClickHouse holds, not from this process's guess.
+		for p := range heads {
+			delete(s.heads, p)
+		}
+		return err
+	}
+	for p, h := range heads {
+		s.heads[p] = h
+	}
+	return nil
+}
+
+// chainRows extends each project's chain in stream order and returns the rows and the new
+// heads. The cached heads move only once the insert succeeded, so a retried batch gets the
+// same hashes and sequence numbers.
+func (s *Sink) chainRows(ctx context.Context, records []ingest.Record) ([]auditchain.Row, map[string]auditchain.Head, error) {
 	heads := map[string]auditchain.Head{}
 	var rows []auditchain.Row
 	for _, r := range records {
@@ -179,13 +217,19 @@ func (s *Sink) insertLifecycle(ctx context.Context, records []ingest.Record, ing
 		if !ok {
 			var err error
 			if head, err = s.head(ctx, project); err != nil {
-				return err
+				return nil, nil, err
 			}
 		}
 		var row auditchain.Row
 		row, heads[project] = head.Next(LifecycleEntry(r))
 		rows = append(rows, row)
 	}
+	return rows, heads, nil
+}
+
+// lifecycleBlock is the columns of a lifecycle insert, in LifecycleColumns order; records[i]
+// is the record of rows[i].
+func lifecycleBlock(rows []auditchain.Row, records []ingest.Record, ingestedAt time.Time) []any {
 	n := len(rows)
 	var (
 		ids, projects, keys, actions, newKeys, actors, actorTypes, reasons, periods = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -211,27 +255,18 @@ func (s *Sink) insertLifecycle(ctx context.Context, records []ingest.Record, ing
 		contentHashes[i], prevHashes[i], chainHashes[i], chainSeqs[i] = row.ContentHash, row.PrevHash, row.ChainHash, row.Seq
 		seqs[i] = records[i].StreamSeq
 	}
-	if err := s.sendColumns(ctx, "INSERT INTO lifecycle_events ("+LifecycleColumns+")",
-		ids, times, timesMs, projects, keys, actions, newKeys, actors, actorTypes, reasons,
+	return []any{ids, times, timesMs, projects, keys, actions, newKeys, actors, actorTypes, reasons,
 		expires, budgets, periods, scopes, attrKeys, attrValues, changeFields, changeBefore, changeAfter,
-		contentHashes, prevHashes, chainHashes, chainSeqs, seqs, ingested); err != nil {
-		// The insert may have been committed although it reported an error; the next write
-		// must continue from what ClickHouse holds, not from this process's guess.
-		for p := range heads {
-			delete(s.heads, p)
-		}
-		return err
-	}
-	for p, h := range heads {
-		s.heads[p] = h
-	}
-	return nil
+		contentHashes, prevHashes, chainHashes, chainSeqs, seqs, ingested}
 }
 
 // head is where a project's chain ends, from the cache or from ClickHouse.
 func (s *Sink) head(ctx context.Context, project string) (auditchain.Head, error) {
 	if h, ok := s.heads[project]; ok {
 		return h, nil
+	}
+	if s.cluster != nil {
+		return s.headCluster(ctx, project)
 	}
 	// A predecessor's last lifecycle insert may still be committing; reading the head
 	// before it ends would fork the chain.
@@ -250,13 +285,14 @@ func (s *Sink) head(ctx context.Context, project string) (auditchain.Head, error
 	return h, nil
 }
 
-// sendColumns appends whole columns, then sends the batch, tagged for the insert fence.
-func (s *Sink) sendColumns(ctx context.Context, insert string, columns ...any) error {
+// sendColumns appends whole columns, then sends the batch over conn, tagged for the insert
+// fence.
+func (s *Sink) sendColumns(ctx context.Context, conn driver.Conn, insert string, columns ...any) error {
 	ctx, err := s.insertContext(ctx)
 	if err != nil {
 		return err
 	}
-	batch, err := s.conn.PrepareBatch(ctx, insert)
+	batch, err := conn.PrepareBatch(ctx, insert)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,9 @@ type Config struct {
 	MaxOpenConns int
 	// DialTimeout bounds connecting; 0 means 5s.
 	DialTimeout time.Duration
+	// Cluster names the ClickHouse cluster (remote_servers) the database lives on; empty for
+	// a single server. Open then creates the database on every server of the cluster.
+	Cluster string
 }
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
@@ -40,6 +43,9 @@ func (c Config) Validate() error {
 		if !identifier.MatchString(opts.Auth.Database) {
 			errs = append(errs, fmt.Errorf("clickhouse dsn: database %q must be a plain identifier", opts.Auth.Database))
 		}
+	}
+	if c.Cluster != "" && !identifier.MatchString(c.Cluster) {
+		errs = append(errs, fmt.Errorf("clickhouse cluster %q must be a plain identifier", c.Cluster))
 	}
 	if c.MaxOpenConns < 0 {
 		errs = append(errs, errors.New("clickhouse: max open conns must not be negative"))
@@ -67,7 +73,7 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 	// database is created over a connection to "default" first.
 	bootstrap := *opts
 	bootstrap.Auth.Database = "default"
-	if err := createDatabase(ctx, &bootstrap, database); err != nil {
+	if err := createDatabase(ctx, &bootstrap, database, cfg.Cluster); err != nil {
 		return nil, err
 	}
 	conn, err := clickhouse.Open(opts)
@@ -81,14 +87,29 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 	return conn, nil
 }
 
-func createDatabase(ctx context.Context, opts *clickhouse.Options, database string) error {
+func createDatabase(ctx context.Context, opts *clickhouse.Options, database, cluster string) error {
 	conn, err := clickhouse.Open(opts)
 	if err != nil {
 		return fmt.Errorf("open clickhouse: %w", err)
 	}
 	defer conn.Close()
-	// database matched the identifier pattern in Validate; identifiers cannot be bound.
-	if err := conn.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+database); err != nil {
+	// database and cluster matched the identifier pattern in Validate; identifiers cannot be
+	// bound.
+	create := "CREATE DATABASE IF NOT EXISTS " + database
+	if cluster != "" {
+		// ON CLUSTER waits for every server of the cluster, so it runs only when the
+		// database is missing here: a process restarting while a server is down must not
+		// wait for it.
+		var n uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM system.databases WHERE name = ?", database).Scan(&n); err != nil {
+			return fmt.Errorf("look for database %s: %w", database, err)
+		}
+		if n > 0 {
+			return nil
+		}
+		create += " ON CLUSTER " + cluster
+	}
+	if err := conn.Exec(ctx, create); err != nil {
 		return fmt.Errorf("create database %s: %w", database, err)
 	}
 	return nil
