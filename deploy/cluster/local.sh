@@ -173,10 +173,12 @@ EOF
   nohup setsid java -Xms32m -Xmx256m -XX:+UseSerialGC -Dzookeeper.log.dir="$zdir/log" \
     -cp /etc/zookeeper/conf:/usr/share/java/zookeeper.jar \
     org.apache.zookeeper.server.quorum.QuorumPeerMain "$zdir/zoo.cfg" </dev/null >>"$zdir/log/stdout.log" 2>&1 &
-  echo $! >"$zdir/pid"
+  local pid=$!
+  echo "$pid" >"$zdir/pid"
   local deadline=$((SECONDS + 30))
+  # kill -0, not pid_of: until the exec completes, the child's command line is still ours.
   until [[ "$(zk_mode)" == "Mode: standalone" ]]; do
-    pid_of zookeeper "$(marker_of zookeeper)" >/dev/null || { tail -n 20 "$zdir/log/stdout.log" >&2; die "zookeeper exited during start-up"; }
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$zdir/log/stdout.log" >&2; die "zookeeper exited during start-up"; }
     ((SECONDS < deadline)) || die "zookeeper not serving on 127.0.0.1:$zk_port after 30s"
     sleep 0.1
   done
@@ -276,10 +278,11 @@ cluster {
 EOF
   tcp_open $((base + 50 + j)) && die "something else listens on $name's port $((base + 50 + j))"
   nohup setsid "$nats_bin" -c "$ndir/nats.conf" </dev/null >>"$ndir/nats.log" 2>&1 &
-  echo $! >"$ndir/pid"
+  local pid=$!
+  echo "$pid" >"$ndir/pid"
   local deadline=$((SECONDS + 30))
   until tcp_open $((base + 50 + j)); do
-    pid_of "$name" "$(marker_of "$name")" >/dev/null || { tail -n 20 "$ndir/nats.log" >&2; die "$name exited during start-up"; }
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$ndir/nats.log" >&2; die "$name exited during start-up"; }
     ((SECONDS < deadline)) || die "$name not listening after 30s"
     sleep 0.1
   done

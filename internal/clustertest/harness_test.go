@@ -1,0 +1,284 @@
+//go:build cluster
+
+package clustertest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/keytrail/keytrail/internal/storage"
+	"github.com/keytrail/keytrail/migrations"
+)
+
+// The cluster every test of the package shares (TestMain starts it), and the keytrail binary.
+var (
+	lab         *cluster
+	keytrailBin string
+)
+
+func TestMain(m *testing.M) {
+	code, err := run(m)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clustertest:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func run(m *testing.M) (int, error) {
+	tmp, err := os.MkdirTemp("", "keytrail-clustertest-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(tmp)
+	keytrailBin = filepath.Join(tmp, "keytrail")
+	if out, err := exec.Command(goCommand(), "build", "-o", keytrailBin, "github.com/keytrail/keytrail/services/keytrail").CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("build keytrail: %v\n%s", err, out)
+	}
+	lab, err = startCluster(filepath.Join(tmp, "cluster"))
+	if err != nil {
+		return 0, err
+	}
+	code := m.Run()
+	if code != 0 {
+		lab.dumpLogs()
+	}
+	if out, err := lab.run("stop"); err != nil {
+		fmt.Fprintf(os.Stderr, "clustertest: stopping the cluster: %v\n%s", err, out)
+	}
+	return code, nil
+}
+
+func goCommand() string {
+	if root := os.Getenv("GOROOT"); root != "" {
+		if _, err := os.Stat(filepath.Join(root, "bin", "go")); err == nil {
+			return filepath.Join(root, "bin", "go")
+		}
+	}
+	return "go"
+}
+
+// cluster drives deploy/cluster/local.sh for one cluster in its own directory and ports.
+type cluster struct {
+	script, dir string
+	base        int
+	name        string
+}
+
+// Topology of the test cluster: local.sh's defaults.
+const (
+	shards   = 2
+	replicas = 2
+	natsN    = 3
+)
+
+// startCluster starts ZooKeeper, the four ClickHouse servers and the three NATS servers on a
+// free range of ports.
+func startCluster(dir string) (*cluster, error) {
+	script, err := filepath.Abs(filepath.Join("..", "..", "deploy", "cluster", "local.sh"))
+	if err != nil {
+		return nil, err
+	}
+	base, err := freePortRange(80)
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{script: script, dir: dir, base: base, name: "keytrail"}
+	start := time.Now()
+	if out, err := c.run("start"); err != nil {
+		c.run("stop")
+		return nil, fmt.Errorf("start the cluster: %v\n%s", err, out)
+	}
+	fmt.Fprintf(os.Stderr, "clustertest: cluster up in %s (ports %d-%d, dir %s)\n", time.Since(start).Round(time.Millisecond), base, base+79, dir)
+	return c, nil
+}
+
+// freePortRange finds n consecutive ports in 30000-44999 that nothing listens on.
+func freePortRange(n int) (int, error) {
+	for range 50 {
+		base := 30000 + rand.IntN(15000-n)
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				ok = false
+				continue
+			}
+			l.Close()
+		}
+		if ok {
+			return base, nil
+		}
+	}
+	return 0, fmt.Errorf("no %d free consecutive ports found", n)
+}
+
+func (c *cluster) run(args ...string) (string, error) {
+	cmd := exec.Command(c.script, args...)
+	cmd.Env = append(os.Environ(),
+		"KEYTRAIL_CLUSTER_DIR="+c.dir,
+		"KEYTRAIL_CLUSTER_PORT_BASE="+strconv.Itoa(c.base),
+		"KEYTRAIL_CLUSTER_NAME="+c.name,
+	)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (c *cluster) must(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := c.run(args...); err != nil {
+		t.Fatalf("local.sh %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// chName is local.sh's name of a ClickHouse server; shard and replica count from 1.
+func chName(shard, replica int) string { return fmt.Sprintf("ch-s%dr%d", shard, replica) }
+
+// chAddr is the native address of a ClickHouse server.
+func (c *cluster) chAddr(shard, replica int) string {
+	k := (shard-1)*replicas + replica - 1
+	return "127.0.0.1:" + strconv.Itoa(c.base+10+3*k)
+}
+
+func (c *cluster) chAddrs() []string {
+	var out []string
+	for s := 1; s <= shards; s++ {
+		for r := 1; r <= replicas; r++ {
+			out = append(out, c.chAddr(s, r))
+		}
+	}
+	return out
+}
+
+// dsn is a DSN naming every server of the cluster (clickhouse-go fails over in order).
+func (c *cluster) dsn(database string) string {
+	return "clickhouse://" + strings.Join(c.chAddrs(), ",") + "/" + database + "?dial_timeout=2s"
+}
+
+// serverDSN names one server only.
+func (c *cluster) serverDSN(shard, replica int, database string) string {
+	return "clickhouse://" + c.chAddr(shard, replica) + "/" + database + "?dial_timeout=2s"
+}
+
+func (c *cluster) natsURL(i int) string { return "nats://127.0.0.1:" + strconv.Itoa(c.base+50+i-1) }
+
+func (c *cluster) natsURLs() string {
+	var urls []string
+	for i := 1; i <= natsN; i++ {
+		urls = append(urls, c.natsURL(i))
+	}
+	return strings.Join(urls, ",")
+}
+
+// dumpLogs prints the tail of every server's error log, for a failed run.
+func (c *cluster) dumpLogs() {
+	logs, _ := filepath.Glob(filepath.Join(c.dir, "ch-*", "log", "clickhouse-server.err.log"))
+	more, _ := filepath.Glob(filepath.Join(c.dir, "nats-*", "nats.log"))
+	for _, path := range append(logs, more...) {
+		fmt.Fprintf(os.Stderr, "--- last lines of %s\n%s\n", path, tail(path, 15))
+	}
+}
+
+func tail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// clusterDB is one test's database on the cluster, with the cluster schema applied.
+type clusterDB struct {
+	Name    string
+	Config  storage.Config
+	Conn    driver.Conn
+	Cluster *storage.Cluster
+}
+
+var dbSeq = rand.IntN(1 << 20)
+
+// newClusterDB creates a fresh database on every server and applies the migrations up to
+// last (0 for all); it is dropped when the test passes.
+func newClusterDB(t *testing.T, last uint32) *clusterDB {
+	t.Helper()
+	dbSeq++
+	name := fmt.Sprintf("kt_cluster_%d_%d", os.Getpid()%10000, dbSeq)
+	cfg := storage.Config{DSN: lab.dsn(name), Cluster: lab.name}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	conn, err := storage.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := storage.OpenCluster(ctx, cfg, conn, lab.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Run(ctx, migrations.Config{Conn: conn, Cluster: c, Last: last}); err != nil {
+		t.Fatalf("apply the cluster schema: %v", err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" ON CLUSTER "+lab.name); err != nil {
+				t.Logf("drop %s: %v", name, err)
+			}
+		} else {
+			t.Logf("kept database %s on the cluster in %s", name, lab.dir)
+		}
+		c.Close()
+		conn.Close()
+	})
+	return &clusterDB{Name: name, Config: cfg, Conn: conn, Cluster: c}
+}
+
+// count runs a query returning one number on one connection.
+func count(t testing.TB, conn driver.Conn, query string, args ...any) uint64 {
+	t.Helper()
+	var n uint64
+	if err := conn.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+// eventually polls cond until it returns nil or the timeout passes.
+func eventually(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	wait := 20 * time.Millisecond
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %s: %v", timeout, err)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
