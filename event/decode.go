@@ -58,7 +58,7 @@ func (s Subjects) Decode(subject, contentType string, data []byte, now time.Time
 		}
 		ev, project = Event{Kind: kind, Lifecycle: m}, m.GetProject()
 	}
-	if subjectToken(project) != projectToken {
+	if SubjectToken(project) != projectToken {
 		return Event{}, invalid(ReasonProjectMismatch, "project %q does not match subject %q", project, subject)
 	}
 	return ev, nil

@@ -38,12 +38,12 @@ type Subjects struct {
 
 // Usage is the subject a gateway publishes a project's usage events to.
 func (s Subjects) Usage(project string) string {
-	return s.Prefix + ".usage." + subjectToken(project)
+	return s.Prefix + ".usage." + SubjectToken(project)
 }
 
 // Lifecycle is the subject a gateway publishes a project's lifecycle events to.
 func (s Subjects) Lifecycle(project string) string {
-	return s.Prefix + ".lifecycle." + subjectToken(project)
+	return s.Prefix + ".lifecycle." + SubjectToken(project)
 }
 
 // DeadLetter is the subject the ingester republishes a rejected message of this kind to.
@@ -76,10 +76,10 @@ func (s Subjects) Parse(subject string) (Kind, string, error) {
 	return 0, "", fmt.Errorf("subject %q has unknown kind %q", subject, kind)
 }
 
-// subjectToken makes a project name safe as one NATS subject token: the separators and
+// SubjectToken makes a project name safe as one NATS subject token: the separators and
 // wildcards of the subject grammar and white space become '_'. Validation compares the
 // event's project through the same mapping, so a project named "a.b" still round-trips.
-func subjectToken(project string) string {
+func SubjectToken(project string) string {
 	return strings.Map(func(r rune) rune {
 		switch r {
 		case '.', '*', '>', ' ', '\t', '\r', '\n':

@@ -106,18 +106,20 @@ type DeadLetterStore interface {
 
 // newDeadLetter makes the kept form of a rejected message: redacted, and its headers within
 // NATS's 64 KiB limit. maxMsg bounds headers and payload together (the server's max payload).
-func newDeadLetter(subjects event.Subjects, stream string, msg jetstream.Msg, why *event.Invalid, meta *jetstream.MsgMetadata, maxMsg int) *DeadLetter {
+// subject is the one the message was published to (without a partition token, see
+// broker.StreamConfig.PublishedSubject).
+func newDeadLetter(subjects event.Subjects, stream, subject string, msg jetstream.Msg, why *event.Invalid, meta *jetstream.MsgMetadata, maxMsg int) *DeadLetter {
 	d := &DeadLetter{Stream: stream, Reason: why.Reason, At: time.Now().UTC(), Kind: "unknown"}
 	d.ReceivedAt = d.At
 	if meta != nil {
 		d.StreamSeq, d.ReceivedAt = meta.Sequence.Stream, meta.Timestamp.UTC()
 	}
 	kind := event.Kind(0)
-	if k, _, err := subjects.Parse(msg.Subject()); err == nil {
+	if k, _, err := subjects.Parse(subject); err == nil {
 		kind, d.Kind = k, k.String()
 	}
 	var n int
-	d.Subject, n = event.RedactSubject(msg.Subject())
+	d.Subject, n = event.RedactSubject(subject)
 	d.Redacted += n
 	detail, n := event.RedactText(why.Detail)
 	d.Detail, d.Redacted = headerSafe(detail, 1024), d.Redacted+n
@@ -311,7 +313,8 @@ func (d *DeadLetter) ReplayMessage(source string) (*nats.Msg, error) {
 // held up for longer than the retry, and nothing is acknowledged before the dead letter is
 // kept somewhere.
 func (in *Ingester) deadLetter(ctx context.Context, b *batch, msg jetstream.Msg, why *event.Invalid, meta *jetstream.MsgMetadata) {
-	d := newDeadLetter(in.cfg.Streams.Subjects, in.cfg.Streams.EventsStream, msg, why, meta, int(in.cfg.JetStream.Conn().MaxPayload()))
+	subject, _ := in.cfg.Streams.PublishedSubject(msg.Subject())
+	d := newDeadLetter(in.cfg.Streams.Subjects, in.cfg.Streams.EventsStream, subject, msg, why, meta, int(in.cfg.JetStream.Conn().MaxPayload()))
 	if d.Redacted > 0 {
 		in.metrics.secretsRedacted.WithLabelValues(d.Kind).Add(float64(d.Redacted))
 	}

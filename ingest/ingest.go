@@ -203,9 +203,9 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	consumer, err := cfg.JetStream.Consumer(ctx, cfg.Streams.EventsStream, cfg.Streams.Durable)
+	consumer, err := cfg.JetStream.Consumer(ctx, cfg.Streams.EventsStream, cfg.Streams.IngestDurable())
 	if err != nil {
-		return nil, fmt.Errorf("ingest: bind consumer %s on %s: %w", cfg.Streams.Durable, cfg.Streams.EventsStream, err)
+		return nil, fmt.Errorf("ingest: bind consumer %s on %s: %w", cfg.Streams.IngestDurable(), cfg.Streams.EventsStream, err)
 	}
 	deduper, _ := cfg.Sink.(Deduper)
 	retrier, _ := cfg.Sink.(RetryDeduplicator)
@@ -382,7 +382,12 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonUndecodable, Detail: "no jetstream metadata: " + err.Error()}, nil)
 		return true
 	}
-	ev, err := in.cfg.Streams.Subjects.Decode(msg.Subject(), msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.cfg.Now())
+	subject, err := in.cfg.Streams.PublishedSubject(msg.Subject())
+	if err != nil {
+		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonBadSubject, Detail: err.Error()}, meta)
+		return true
+	}
+	ev, err := in.cfg.Streams.Subjects.Decode(subject, msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.cfg.Now())
 	if err != nil {
 		var inv *event.Invalid
 		if !errors.As(err, &inv) {
@@ -444,7 +449,7 @@ func (in *Ingester) takeOver(ctx context.Context) error {
 		in.nextDelivery = info.Delivered.Consumer + 1
 		return nil
 	}
-	reset, err := in.cfg.JetStream.ResetConsumer(ctx, in.cfg.Streams.EventsStream, in.cfg.Streams.Durable)
+	reset, err := in.cfg.JetStream.ResetConsumer(ctx, in.cfg.Streams.EventsStream, in.cfg.Streams.IngestDurable())
 	if err != nil {
 		return fmt.Errorf("reset consumer to redeliver %d unacknowledged messages: %w", info.NumAckPending, err)
 	}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +41,88 @@ type StreamConfig struct {
 	// AckAll, acks a whole batch with one message and drains about twice as fast. JetStream
 	// cannot change the ack policy of an existing durable: choose at deployment.
 	SharedConsumer bool
+	// Partitions splits the events by project into this many partitions, each drained by its
+	// own durable and ingester (0 or 1: one partition, the durable named Durable). The stream
+	// inserts the partition, a hash of the project, as a subject token (a JetStream subject
+	// transform): <prefix>.<kind>.<partition>.<project>. Every process of a deployment must
+	// use the same count; EnsureStreams refuses a different one.
+	Partitions int
+	// Partition is the partition this process's ingester drains (0 to Partitions-1).
+	Partition int
+}
+
+// partitioned reports whether the events are split into several partitions.
+func (c StreamConfig) partitioned() bool { return c.Partitions > 1 }
+
+// DurableName is the durable consumer of a partition: Durable itself when unpartitioned.
+func (c StreamConfig) DurableName(partition int) string {
+	if !c.partitioned() {
+		return c.Durable
+	}
+	return fmt.Sprintf("%s-p%d-of-%d", c.Durable, partition, c.Partitions)
+}
+
+// IngestDurable is the durable consumer this process's ingester drains.
+func (c StreamConfig) IngestDurable() string { return c.DurableName(c.Partition) }
+
+// partitionFilter is the consumer filter of a partition's durable.
+func (c StreamConfig) partitionFilter(partition int) string {
+	return fmt.Sprintf("%s.*.%d.*", c.Subjects.Prefix, partition)
+}
+
+// subjectTransform inserts the partition token: the partition is FNV-1a (32 bits) of the
+// project token modulo Partitions (nats-server's partition() mapping function).
+func (c StreamConfig) subjectTransform() *jetstream.SubjectTransformConfig {
+	if !c.partitioned() {
+		return nil
+	}
+	p := c.Subjects.Prefix
+	return &jetstream.SubjectTransformConfig{
+		Source:      p + ".*.*",
+		Destination: fmt.Sprintf("%s.{{wildcard(1)}}.{{partition(%d,2)}}.{{wildcard(2)}}", p, c.Partitions),
+	}
+}
+
+// streamSubjects are the events stream's subjects. Partitioned, they are exactly three tokens
+// long: a subject with more would not be transformed, match no partition and be dropped by
+// interest retention, so the stream refuses it at publish instead (the publisher sees an
+// error). Unpartitioned, such a subject reaches the ingester and is dead-lettered.
+func (c StreamConfig) streamSubjects() []string {
+	if !c.partitioned() {
+		return c.Subjects.EventFilters()
+	}
+	return []string{c.Subjects.Prefix + ".usage.*", c.Subjects.Prefix + ".lifecycle.*"}
+}
+
+// PartitionOf is the partition a project's events go to (the subject transform's choice).
+func (c StreamConfig) PartitionOf(project string) int {
+	if !c.partitioned() {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(event.SubjectToken(project)))
+	return int(h.Sum32() % uint32(c.Partitions))
+}
+
+// PublishedSubject is the subject a message was published to, from the subject the stream
+// stored it under (which carries the partition token when partitioned). It reports an error
+// for a stored subject that is not <prefix>.<kind>.<partition>.<project> with the project's
+// own partition.
+func (c StreamConfig) PublishedSubject(stored string) (string, error) {
+	if !c.partitioned() {
+		return stored, nil
+	}
+	tokens := strings.Split(stored, ".")
+	prefixLen := len(strings.Split(c.Subjects.Prefix, "."))
+	if len(tokens) != prefixLen+3 {
+		return stored, fmt.Errorf("subject %q is not <prefix>.<kind>.<partition>.<project>", stored)
+	}
+	part, project := tokens[prefixLen+1], tokens[prefixLen+2]
+	published := strings.Join(append(tokens[:prefixLen+1:prefixLen+1], project), ".")
+	if part != strconv.Itoa(c.PartitionOf(project)) {
+		return published, fmt.Errorf("subject %q carries partition %s, but project token %q belongs to partition %d", stored, part, project, c.PartitionOf(project))
+	}
+	return published, nil
 }
 
 // AckPolicy is the durable consumer's ack policy for this configuration.
@@ -85,7 +170,36 @@ func (c StreamConfig) Validate() error {
 	if c.Replicas < 1 {
 		errs = append(errs, errors.New("streams: replicas must be at least 1"))
 	}
+	if c.Partitions < 0 || (c.Partitions <= 1 && c.Partition != 0) || (c.Partitions > 1 && (c.Partition < 0 || c.Partition >= c.Partitions)) {
+		errs = append(errs, fmt.Errorf("streams: partition %d is not one of the %d partitions (0 to %d)", c.Partition, max(c.Partitions, 1), max(c.Partitions, 1)-1))
+	}
+	if c.Partitions > 1 && c.SharedConsumer {
+		errs = append(errs, errors.New("streams: partitions and the shared consumer exclude each other (a partition is drained by one ingester)"))
+	}
 	return errors.Join(errs...)
+}
+
+// checkPartitions refuses to change the partitioning of an existing events stream: the
+// durables of the old partitions would keep their messages for ever (interest retention), and
+// messages already stored keep the old partition tokens.
+func (c StreamConfig) checkPartitions(ctx context.Context, js jetstream.JetStream) error {
+	s, err := js.Stream(ctx, c.EventsStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", c.EventsStream, err)
+	}
+	existing := 1
+	if t := s.CachedInfo().Config.SubjectTransform; t != nil {
+		if _, err := fmt.Sscanf(t.Destination[strings.Index(t.Destination, "{{partition(")+len("{{partition("):], "%d", &existing); err != nil {
+			return fmt.Errorf("stream %s has a subject transform keytrail did not make: %s", c.EventsStream, t.Destination)
+		}
+	}
+	if existing != max(c.Partitions, 1) {
+		return fmt.Errorf("stream %s is split into %d ingest partitions, this process is configured for %d: every process must use the same -ingest-partitions (docs/cluster.md says how to change it)", c.EventsStream, existing, max(c.Partitions, 1))
+	}
+	return nil
 }
 
 // EnsureStreams creates or updates the events stream, the dead-letter stream and the
@@ -98,10 +212,13 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	if maxBytes == 0 {
 		maxBytes = -1
 	}
+	if err := c.checkPartitions(ctx, js); err != nil {
+		return err
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        c.EventsStream,
 		Description: "keytrail usage and lifecycle events awaiting ingestion",
-		Subjects:    c.Subjects.EventFilters(),
+		Subjects:    c.streamSubjects(),
 		Storage:     jetstream.FileStorage,
 		// Interest retention drops a message once the ingester acknowledged it (it is then in
 		// ClickHouse); discard-new turns a full stream into publish errors, never silent loss.
@@ -111,8 +228,9 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 		Duplicates: c.DuplicateWindow,
 		// Larger than event.MaxPayloadBytes on purpose: an oversize event must reach the
 		// ingester so it is dead-lettered with its reason, not bounced at the door.
-		MaxMsgSize: 1 << 20,
-		Replicas:   c.Replicas,
+		MaxMsgSize:       1 << 20,
+		Replicas:         c.Replicas,
+		SubjectTransform: c.subjectTransform(),
 	}); err != nil {
 		return fmt.Errorf("ensure stream %s: %w", c.EventsStream, err)
 	}
@@ -129,19 +247,29 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	}); err != nil {
 		return fmt.Errorf("ensure stream %s: %w", c.DeadLetterStream, err)
 	}
-	if _, err := js.CreateOrUpdateConsumer(ctx, c.EventsStream, jetstream.ConsumerConfig{
-		Durable:     c.Durable,
-		Description: "keytrail ingester",
-		// AckAll lets one ack cover a whole flushed batch; the ingester acks only the last
-		// message of a batch after ClickHouse accepted every row before it. A shared durable
-		// needs per-message acks: with AckAll, one ingester's ack would cover messages
-		// another ingester has not stored yet.
-		AckPolicy:     c.AckPolicy(),
-		AckWait:       c.AckWait,
-		MaxAckPending: c.MaxAckPending,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}); err != nil {
-		return fmt.Errorf("ensure consumer %s: %w", c.Durable, err)
+	// Every partition's durable exists before anything is published to it: with interest
+	// retention a message no consumer is interested in is not kept.
+	for p := range max(c.Partitions, 1) {
+		cc := jetstream.ConsumerConfig{
+			Durable:     c.DurableName(p),
+			Description: "keytrail ingester",
+			// AckAll lets one ack cover a whole flushed batch; the ingester acks only the last
+			// message of a batch after ClickHouse accepted every row before it. A shared durable
+			// needs per-message acks: with AckAll, one ingester's ack would cover messages
+			// another ingester has not stored yet.
+			AckPolicy:     c.AckPolicy(),
+			AckWait:       c.AckWait,
+			MaxAckPending: c.MaxAckPending,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			Replicas:      c.Replicas,
+		}
+		if c.partitioned() {
+			cc.Description = fmt.Sprintf("keytrail ingester, partition %d of %d", p, c.Partitions)
+			cc.FilterSubject = c.partitionFilter(p)
+		}
+		if _, err := js.CreateOrUpdateConsumer(ctx, c.EventsStream, cc); err != nil {
+			return fmt.Errorf("ensure consumer %s: %w", cc.Durable, err)
+		}
 	}
 	return nil
 }
