@@ -113,6 +113,9 @@ type Config struct {
 	Cluster *storage.Cluster
 	// Last is the newest version to apply; 0 applies every migration.
 	Last uint32
+	// Guard, when set, runs before every statement; an error stops the run there. keytrail
+	// checks it still holds the migrations lease.
+	Guard func(context.Context) error
 }
 
 // Validate reports every problem with the configuration at once.
@@ -130,7 +133,8 @@ func Apply(ctx context.Context, conn driver.Conn) ([]uint32, error) {
 }
 
 // ApplyUpTo is Apply for the migrations up to and including version last: the schema of an
-// older release, for tests of what a later migration does to existing data.
+// older release, for tests of what a later migration does to existing data. last 0 applies
+// every migration, like Apply.
 func ApplyUpTo(ctx context.Context, conn driver.Conn, last uint32) ([]uint32, error) {
 	return Run(ctx, Config{Conn: conn, Last: last})
 }
@@ -176,6 +180,11 @@ func Run(ctx context.Context, cfg Config) ([]uint32, error) {
 	var done []uint32
 	for _, m := range pending {
 		for i, stmt := range m.Statements {
+			if cfg.Guard != nil {
+				if err := cfg.Guard(ctx); err != nil {
+					return done, fmt.Errorf("migration %04d_%s before statement %d: %w", m.Version, m.Name, i+1, err)
+				}
+			}
 			if err := exec(ctx, cfg, stmt); err != nil {
 				return done, fmt.Errorf("migration %04d_%s statement %d: %w", m.Version, m.Name, i+1, err)
 			}

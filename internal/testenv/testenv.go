@@ -49,6 +49,18 @@ func ClickHouse(t testing.TB) *Database {
 // older release's schema, to test what a later migration does to existing data.
 func ClickHouseAt(t testing.TB, last uint32) *Database {
 	t.Helper()
+	return clickHouse(t, &last)
+}
+
+// EmptyClickHouse is a fresh database with no schema: what a first start finds.
+func EmptyClickHouse(t testing.TB) *Database {
+	t.Helper()
+	return clickHouse(t, nil)
+}
+
+// clickHouse creates the database and applies the migrations up to *last (none when nil).
+func clickHouse(t testing.TB, last *uint32) *Database {
+	t.Helper()
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	name := nonIdent.ReplaceAllString(strings.ToLower(t.Name()), "_")
@@ -64,8 +76,10 @@ func ClickHouseAt(t testing.TB, last uint32) *Database {
 	if err != nil {
 		t.Fatalf("clickhouse at %s is not reachable (run `make test`, which starts it): %v", ClickHouseAddr(), err)
 	}
-	if _, err := migrations.ApplyUpTo(ctx, conn, last); err != nil {
-		t.Fatalf("apply migrations: %v", err)
+	if last != nil {
+		if _, err := migrations.ApplyUpTo(ctx, conn, *last); err != nil {
+			t.Fatalf("apply migrations: %v", err)
+		}
 	}
 	t.Cleanup(func() {
 		if !t.Failed() {

@@ -29,8 +29,10 @@ type Config struct {
 	NATSStoreDir   string
 	NATSSyncPeriod string
 	SubjectPrefix  string
+	StreamReplicas int
 
-	ClickHouseDSN string
+	ClickHouseDSN     string
+	ClickHouseCluster string
 
 	GRPCListen string
 	HTTPListen string
@@ -39,12 +41,16 @@ type Config struct {
 	QueryMaxInflightPerPrincipal int
 	QueryQueueTimeout            time.Duration
 
-	BatchSize      int
-	FlushInterval  time.Duration
-	SharedConsumer bool
-	AckWait        time.Duration
-	MaxAckPending  int
-	StallTimeout   time.Duration
+	BatchSize        int
+	FlushInterval    time.Duration
+	SharedConsumer   bool
+	IngestPartitions int
+	IngestPartition  int
+	AckWait          time.Duration
+	MaxAckPending    int
+	StallTimeout     time.Duration
+
+	LeaseTTL time.Duration
 
 	ReconcileInterval time.Duration
 	ReconcileLookback time.Duration
@@ -101,6 +107,25 @@ func (c Config) Validate() error {
 	}
 	if err := (storage.Config{DSN: c.ClickHouseDSN}).Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("%s: %w", ref("clickhouse-dsn"), err))
+	}
+	if c.ClickHouseCluster != "" && (storage.Config{DSN: storage.DefaultDSN, Cluster: c.ClickHouseCluster}).Validate() != nil {
+		errs = append(errs, invalid("clickhouse-cluster", c.ClickHouseCluster, "a plain identifier, the cluster's name in remote_servers"))
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		errs = append(errs, invalid("stream-replicas", strconv.Itoa(c.StreamReplicas), "1 to 5"))
+	} else if c.StreamReplicas > 1 && c.NATSURL == "" {
+		errs = append(errs, fmt.Errorf("%s above 1 needs a NATS cluster (%s); the embedded server is a single node", ref("stream-replicas"), ref("nats-url")))
+	}
+	if c.IngestPartitions < 1 {
+		errs = append(errs, invalid("ingest-partitions", strconv.Itoa(c.IngestPartitions), "a positive number"))
+	} else if c.IngestPartition < 0 || c.IngestPartition >= c.IngestPartitions {
+		errs = append(errs, invalid("ingest-partition", strconv.Itoa(c.IngestPartition), fmt.Sprintf("one of the %d partitions, 0 to %d", c.IngestPartitions, c.IngestPartitions-1)))
+	}
+	if c.IngestPartitions > 1 && c.SharedConsumer {
+		errs = append(errs, fmt.Errorf("%s and %s exclude each other: a partition keeps one writer per audit chain", ref("ingest-partitions"), ref("ingest-shared-consumer")))
+	}
+	if c.LeaseTTL < time.Second {
+		errs = append(errs, invalid("lease-ttl", c.LeaseTTL.String(), "at least 1s"))
 	}
 	if c.runsQuery() && (c.GRPCListen == "" || c.HTTPListen == "") {
 		errs = append(errs, fmt.Errorf("%s and %s are required for the query role", ref("grpc-listen"), ref("http-listen")))
@@ -205,12 +230,14 @@ func parseConfig(name string, args []string) (Config, error) {
 func flagSet(name string, c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.StringVar(&c.Role, "role", RoleAll, "what this process runs: all, ingest or query")
-	fs.StringVar(&c.NATSURL, "nats-url", "", "external NATS URL; empty runs an embedded NATS server with JetStream")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "external NATS URL, or several separated by commas (a cluster); empty runs an embedded NATS server with JetStream")
 	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
 	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", ".local/nats", "JetStream storage of the embedded NATS server")
 	fs.StringVar(&c.NATSSyncPeriod, "nats-sync-interval", "", "how often the embedded JetStream fsyncs: a duration, or \"always\" to fsync every write; empty keeps the server default (2m)")
 	fs.StringVar(&c.SubjectPrefix, "subject-prefix", "keytrail", "first token of every keytrail subject")
-	fs.StringVar(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol)")
+	fs.IntVar(&c.StreamReplicas, "stream-replicas", 1, "replicas of keytrail's JetStream streams and leases (3 on a NATS cluster)")
+	fs.StringVar(&c.ClickHouseDSN, "clickhouse-dsn", storage.DefaultDSN, "ClickHouse DSN (native protocol); several hosts (h1:9000,h2:9000) fail over in order")
+	fs.StringVar(&c.ClickHouseCluster, "clickhouse-cluster", "", "ClickHouse cluster name (remote_servers): the replicated, sharded schema with Distributed tables; empty for one server (docs/cluster.md)")
 	fs.StringVar(&c.GRPCListen, "grpc-listen", "127.0.0.1:9090", "gRPC listen address")
 	fs.StringVar(&c.HTTPListen, "http-listen", "127.0.0.1:8080", "REST, OpenAPI, health and metrics listen address (-role ingest: health and metrics only; empty turns them off)")
 	fs.IntVar(&c.QueryMaxInflight, "query-max-inflight", api.DefaultMaxInFlight, "most API calls answered at once; beyond it calls wait up to query-queue-timeout, then get 503 (0: no bound)")
@@ -224,6 +251,9 @@ func flagSet(name string, c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", false, "let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created)")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 10*time.Minute, "how often an ingesting process sweeps the rollups for cells short of usage_events and repairs them; 0 turns the sweep off (the check after a redelivery always runs)")
 	fs.DurationVar(&c.ReconcileLookback, "reconcile-lookback", 24*time.Hour, "what each rollup sweep compares: the UTC days overlapping this span back from now")
+	fs.IntVar(&c.IngestPartitions, "ingest-partitions", 1, "split the events by project into this many partitions, one ingester each (the same on every process; fixed when the events stream is created)")
+	fs.IntVar(&c.IngestPartition, "ingest-partition", 0, "the partition this process ingests (0 to ingest-partitions-1)")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 10*time.Second, "how long the migrations and alert-evaluator leases outlive a dead holder (the same on every process)")
 	fs.DurationVar(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")
 	fs.DurationVar(&c.AlertWindow, "alert-window", 30*time.Minute, "recent range each alert scan examines (must cover ingestion delay)")
 	fs.StringVar(&c.AlertWebhookURL, "alert-webhook-url", "", "also POST every alert to this URL")

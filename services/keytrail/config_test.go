@@ -30,6 +30,8 @@ func flagCases() []flagCase {
 		{flag: "nats-sync-interval", good: "10s", other: "always", field: func(c Config) any { return c.NATSSyncPeriod }, want: "10s", bad: []string{"sometimes", "10", "-1s"}},
 		{flag: "subject-prefix", good: "kt", other: "audit", field: func(c Config) any { return c.SubjectPrefix }, want: "kt", bad: []string{"a.b", "kt>", "a b"}},
 		{flag: "clickhouse-dsn", good: "clickhouse://ch:9000/audit", other: "clickhouse://ch:9000/other", field: func(c Config) any { return c.ClickHouseDSN }, want: "clickhouse://ch:9000/audit", bad: []string{"http://ch:8123/audit", "clickhouse://ch:9000/my-db"}},
+		{flag: "stream-replicas", good: "3", other: "5", with: []string{"-nats-url", "nats://n1:4222,nats://n2:4222,nats://n3:4222"}, field: func(c Config) any { return c.StreamReplicas }, want: 3, bad: []string{"0", "6", "three"}},
+		{flag: "clickhouse-cluster", good: "keytrail", other: "other", field: func(c Config) any { return c.ClickHouseCluster }, want: "keytrail", bad: []string{"my-cluster", "a b"}},
 		{flag: "grpc-listen", good: ":9091", other: ":9092", field: func(c Config) any { return c.GRPCListen }, want: ":9091", bad: []string{"9090"}},
 		{flag: "http-listen", good: ":8081", other: ":8082", field: func(c Config) any { return c.HTTPListen }, want: ":8081", bad: []string{"8080"}},
 		{flag: "query-max-inflight", good: "16", other: "0", field: func(c Config) any { return c.QueryMaxInflight }, want: 16, bad: []string{"many", "-1", "1.5"}},
@@ -43,6 +45,9 @@ func flagCases() []flagCase {
 		{flag: "ingest-shared-consumer", good: "1", other: "false", field: func(c Config) any { return c.SharedConsumer }, want: true, bad: []string{"yes", "on"}},
 		{flag: "reconcile-interval", good: "0s", other: "1m", field: func(c Config) any { return c.ReconcileInterval }, want: time.Duration(0), bad: []string{"10", "-1m"}},
 		{flag: "reconcile-lookback", good: "72h", other: "1h", field: func(c Config) any { return c.ReconcileLookback }, want: 72 * time.Hour, bad: []string{"1d", "0s", "-1h"}},
+		{flag: "ingest-partitions", good: "4", other: "2", field: func(c Config) any { return c.IngestPartitions }, want: 4, bad: []string{"0", "-1", "many"}},
+		{flag: "ingest-partition", good: "2", other: "1", with: []string{"-ingest-partitions", "3"}, field: func(c Config) any { return c.IngestPartition }, want: 2, bad: []string{"3", "-1", "x"}},
+		{flag: "lease-ttl", good: "30s", other: "5s", field: func(c Config) any { return c.LeaseTTL }, want: 30 * time.Second, bad: []string{"500ms", "30"}},
 		{flag: "alert-interval", good: "0s", other: "5m", field: func(c Config) any { return c.AlertInterval }, want: time.Duration(0), bad: []string{"1", "-1m"}},
 		{flag: "alert-window", good: "2h", other: "1h", field: func(c Config) any { return c.AlertWindow }, want: 2 * time.Hour, bad: []string{"x", "-1m"}},
 		{flag: "alert-webhook-url", good: "https://hooks.example/alerts", other: "http://other.example/", field: func(c Config) any { return c.AlertWebhookURL }, want: "https://hooks.example/alerts", bad: []string{"hooks.example/alerts", "ftp://hooks.example/"}},
@@ -135,10 +140,10 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Role: "all", NATSListen: "127.0.0.1:4222", NATSStoreDir: ".local/nats", SubjectPrefix: "keytrail",
+		Role: "all", NATSListen: "127.0.0.1:4222", NATSStoreDir: ".local/nats", SubjectPrefix: "keytrail", StreamReplicas: 1,
 		ClickHouseDSN: "clickhouse://127.0.0.1:19000/keytrail", GRPCListen: "127.0.0.1:9090", HTTPListen: "127.0.0.1:8080",
 		QueryMaxInflight: 8, QueryMaxInflightPerPrincipal: 6, QueryQueueTimeout: 100 * time.Millisecond,
-		BatchSize: 10000, FlushInterval: 500 * time.Millisecond, AckWait: 30 * time.Second, MaxAckPending: 50000,
+		BatchSize: 10000, FlushInterval: 500 * time.Millisecond, AckWait: 30 * time.Second, MaxAckPending: 50000, IngestPartitions: 1, LeaseTTL: 10 * time.Second,
 		ReconcileInterval: 10 * time.Minute, ReconcileLookback: 24 * time.Hour,
 		StallTimeout: 2 * time.Minute, AlertInterval: time.Minute, AlertWindow: 30 * time.Minute, AlertWebhookFormat: "protojson", AlertNewCallers: "all",
 		LogFormat: "text", LogLevel: "info", MemoryLimit: "auto",

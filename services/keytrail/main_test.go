@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +23,9 @@ import (
 
 	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/internal/testenv"
+	"github.com/keytrail/keytrail/migrations"
 	"github.com/keytrail/keytrail/publisher"
 )
 
@@ -420,4 +423,50 @@ func TestIngestOnlyProcessServesMetricsAndProbes(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Processes that start at the same moment against a new database all reach the migrations
+// step. The migrations lease (a NATS KV key) lets one apply them while the others wait, then
+// find nothing left: the ledger records each version exactly once. Without the lease, two
+// runners both see an empty ledger, both apply everything and record every version twice
+// (and a backfill would count twice).
+func TestProcessesStartingAtOnceMigrateOnce(t *testing.T) {
+	db := testenv.EmptyClickHouse(t)
+	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
+	all, err := migrations.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const processes = 3
+	var wg sync.WaitGroup
+	mains := make([]*Main, processes)
+	errs := make([]error, processes)
+	start := make(chan struct{})
+	for i := range processes {
+		cfg, err := parseConfig("test", []string{"-role", "ingest", "-nats-url", js.URL, "-clickhouse-dsn", db.DSN,
+			"-http-listen", "", "-log-level", "warn", "-lease-ttl", "2s"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mains[i] = &Main{Config: cfg, Stdout: io.Discard}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = mains[i].Start(context.Background())
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, m := range mains {
+		if errs[i] != nil {
+			t.Errorf("process %d: %v", i, errs[i])
+		}
+		t.Cleanup(func() { _ = m.Close() })
+	}
+	rows := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM schema_migrations")
+	versions := testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(version) FROM schema_migrations")
+	if rows != uint64(len(all)) || versions != uint64(len(all)) {
+		t.Errorf("the ledger holds %d rows for %d versions; want each of the %d migrations recorded once", rows, versions, len(all))
+	}
 }
