@@ -289,6 +289,19 @@ EOF
   echo "$name listening at nats://127.0.0.1:$((base + 50 + j))"
 }
 
+# nats_wait_healthy NAME: waits until the server's /healthz says ok, which on a cluster means
+# JetStream is in contact with a meta leader (so a quorum of servers is up).
+nats_wait_healthy() {
+  local name="$1" j
+  j="$(nats_index "$name")"
+  local deadline=$((SECONDS + 60))
+  until curl -sf --max-time 2 "http://127.0.0.1:$((base + 70 + j))/healthz" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "$name not healthy after 60s (no JetStream meta leader?): $(curl -s --max-time 2 "http://127.0.0.1:$((base + 70 + j))/healthz")"
+    sleep 0.2
+  done
+  echo "$name healthy"
+}
+
 # ---------------------------------------------------------------------------------------------
 
 proc_stop() {
@@ -373,8 +386,10 @@ main() {
     start)
       if [[ -n "$target" ]]; then
         start_one "$target"
+        [[ "$target" != nats-* ]] || nats_wait_healthy "$target"
       else
         for name in $(all_components); do start_one "$name"; done
+        for name in $(nats_names); do nats_wait_healthy "$name"; done
       fi
       ;;
     stop)

@@ -108,15 +108,19 @@ func AcquireLease(ctx context.Context, cfg LeaseConfig) (*Lease, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	kv, err := cfg.JetStream.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      cfg.Bucket,
-		Description: "keytrail leases: which process runs the migrations, the alert evaluator",
-		TTL:         cfg.TTL,
-		Replicas:    cfg.Replicas,
-		Storage:     jetstream.FileStorage,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lease bucket %s: %w", cfg.Bucket, err)
+	var kv jetstream.KeyValue
+	if err := Provision(ctx, "lease bucket "+cfg.Bucket, func(ctx context.Context) error {
+		var err error
+		kv, err = cfg.JetStream.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      cfg.Bucket,
+			Description: "keytrail leases: which process runs the migrations, the alert evaluator",
+			TTL:         cfg.TTL,
+			Replicas:    cfg.Replicas,
+			Storage:     jetstream.FileStorage,
+		})
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	waiting := false
 	for {

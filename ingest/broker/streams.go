@@ -212,40 +212,20 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 	if maxBytes == 0 {
 		maxBytes = -1
 	}
-	if err := c.checkPartitions(ctx, js); err != nil {
+	if err := Provision(ctx, "read stream "+c.EventsStream, func(ctx context.Context) error { return c.checkPartitions(ctx, js) }); err != nil {
 		return err
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        c.EventsStream,
-		Description: "keytrail usage and lifecycle events awaiting ingestion",
-		Subjects:    c.streamSubjects(),
-		Storage:     jetstream.FileStorage,
-		// Interest retention drops a message once the ingester acknowledged it (it is then in
-		// ClickHouse); discard-new turns a full stream into publish errors, never silent loss.
-		Retention:  jetstream.InterestPolicy,
-		Discard:    jetstream.DiscardNew,
-		MaxBytes:   maxBytes,
-		Duplicates: c.DuplicateWindow,
-		// Larger than event.MaxPayloadBytes on purpose: an oversize event must reach the
-		// ingester so it is dead-lettered with its reason, not bounced at the door.
-		MaxMsgSize:       1 << 20,
-		Replicas:         c.Replicas,
-		SubjectTransform: c.subjectTransform(),
+	if err := Provision(ctx, "ensure stream "+c.EventsStream, func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateStream(ctx, c.eventsStreamConfig(maxBytes))
+		return err
 	}); err != nil {
-		return fmt.Errorf("ensure stream %s: %w", c.EventsStream, err)
+		return err
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        c.DeadLetterStream,
-		Description: "keytrail events the ingester rejected; header Keytrail-Reason says why",
-		Subjects:    []string{c.Subjects.DeadLetterFilter()},
-		Storage:     jetstream.FileStorage,
-		Retention:   jetstream.LimitsPolicy,
-		MaxAge:      c.DeadLetterMaxAge,
-		Duplicates:  c.DuplicateWindow,
-		MaxMsgSize:  2 << 20,
-		Replicas:    c.Replicas,
+	if err := Provision(ctx, "ensure stream "+c.DeadLetterStream, func(ctx context.Context) error {
+		_, err := js.CreateOrUpdateStream(ctx, c.deadLetterStreamConfig())
+		return err
 	}); err != nil {
-		return fmt.Errorf("ensure stream %s: %w", c.DeadLetterStream, err)
+		return err
 	}
 	// Every partition's durable exists before anything is published to it: with interest
 	// retention a message no consumer is interested in is not kept.
@@ -267,9 +247,46 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, c StreamConfig) 
 			cc.Description = fmt.Sprintf("keytrail ingester, partition %d of %d", p, c.Partitions)
 			cc.FilterSubject = c.partitionFilter(p)
 		}
-		if _, err := js.CreateOrUpdateConsumer(ctx, c.EventsStream, cc); err != nil {
-			return fmt.Errorf("ensure consumer %s: %w", cc.Durable, err)
+		if err := Provision(ctx, "ensure consumer "+cc.Durable, func(ctx context.Context) error {
+			_, err := js.CreateOrUpdateConsumer(ctx, c.EventsStream, cc)
+			return err
+		}); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+func (c StreamConfig) eventsStreamConfig(maxBytes int64) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.EventsStream,
+		Description: "keytrail usage and lifecycle events awaiting ingestion",
+		Subjects:    c.streamSubjects(),
+		Storage:     jetstream.FileStorage,
+		// Interest retention drops a message once the ingester acknowledged it (it is then in
+		// ClickHouse); discard-new turns a full stream into publish errors, never silent loss.
+		Retention:  jetstream.InterestPolicy,
+		Discard:    jetstream.DiscardNew,
+		MaxBytes:   maxBytes,
+		Duplicates: c.DuplicateWindow,
+		// Larger than event.MaxPayloadBytes on purpose: an oversize event must reach the
+		// ingester so it is dead-lettered with its reason, not bounced at the door.
+		MaxMsgSize:       1 << 20,
+		Replicas:         c.Replicas,
+		SubjectTransform: c.subjectTransform(),
+	}
+}
+
+func (c StreamConfig) deadLetterStreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.DeadLetterStream,
+		Description: "keytrail events the ingester rejected; header Keytrail-Reason says why",
+		Subjects:    []string{c.Subjects.DeadLetterFilter()},
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      c.DeadLetterMaxAge,
+		Duplicates:  c.DuplicateWindow,
+		MaxMsgSize:  2 << 20,
+		Replicas:    c.Replicas,
+	}
 }

@@ -173,7 +173,7 @@ func (m *Main) Start(parent context.Context) error {
 	}
 	alerts := alerting.DefaultStreamConfig(cfg.SubjectPrefix)
 	alerts.Replicas = cfg.StreamReplicas
-	if err := alerting.EnsureStreamConfig(ctx, js, alerts); err != nil {
+	if err := broker.Provision(ctx, "ensure the alerts stream", func(ctx context.Context) error { return alerting.EnsureStreamConfig(ctx, js, alerts) }); err != nil {
 		return err
 	}
 	m.leases = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keytrail_lease_held",
