@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -98,21 +99,35 @@ func (s *Sink) writeCluster(ctx context.Context, records []ingest.Record) error 
 		w.pending = p
 	}
 	p := w.pending
-	var errs []error
-	for _, in := range p.inserts {
-		if in.done {
-			continue
-		}
-		r := w.c.Shards[in.shard].Replicas[w.replica[in.shard]]
-		if err := s.sendColumns(ctx, r.Conn, "INSERT INTO "+in.table+" ("+in.columns+")", in.block...); err != nil {
-			errs = append(errs, fmt.Errorf("insert %d rows into %s on %s: %w", in.rows, in.table, r.Name(), err))
-			w.next(in.shard)
-			continue
-		}
-		in.done = true
+	// Resolved before the goroutines below share it.
+	if _, err := s.insertNamespace(ctx); err != nil {
+		return err
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
+	// The shards are written at once, each by its own goroutine over its own connections;
+	// within a shard, lifecycle rows go before usage rows.
+	errs := make([]error, len(w.c.Shards))
+	var wg sync.WaitGroup
+	for sh := range w.c.Shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, in := range p.inserts {
+				if in.shard != sh || in.done {
+					continue
+				}
+				r := w.c.Shards[sh].Replicas[w.replica[sh]]
+				if err := s.sendColumns(ctx, r.Conn, "INSERT INTO "+in.table+" ("+in.columns+")", in.block...); err != nil {
+					errs[sh] = fmt.Errorf("insert %d rows into %s on %s: %w", in.rows, in.table, r.Name(), err)
+					w.next(sh)
+					return
+				}
+				in.done = true
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	for project, h := range p.heads {
 		s.heads[project] = h

@@ -115,3 +115,19 @@ func (s *eventSet) lifecycleTotal() int {
 	}
 	return n
 }
+
+// burst is n more usage events (ids <prefix>NNNNNN) over the same keys, services and span.
+func (s *eventSet) burst(n int, prefix string) []*keytrailv1.UsageEvent {
+	out := make([]*keytrailv1.UsageEvent, n)
+	step := setSpan / time.Duration(n)
+	for i := range n {
+		p := setProjects[i%len(setProjects)]
+		out[i] = &keytrailv1.UsageEvent{
+			EventId: fmt.Sprintf("%s%06d", prefix, i), Time: timestamppb.New(s.base.Add(time.Duration(i) * step)), Project: p,
+			KeyId: key(p, (i/len(setProjects))%setKeys), Service: fmt.Sprintf("svc-%d", (i/7)%setServices), Method: "POST",
+			Endpoint: "/v1/embeddings", Model: "text-embedding", Provider: "openai", StatusCode: 200, LatencyMs: 20,
+			InputTokens: 100, CostMicros: 3, ClientIp: "10.2.0.1",
+		}
+	}
+	return out
+}

@@ -221,7 +221,7 @@ var dbSeq = rand.IntN(1 << 20)
 
 // newClusterDB creates a fresh database on every server and applies the migrations up to
 // last (0 for all); it is dropped when the test passes.
-func newClusterDB(t *testing.T, last uint32) *clusterDB {
+func newClusterDB(t testing.TB, last uint32) *clusterDB {
 	t.Helper()
 	dbSeq++
 	name := fmt.Sprintf("kt_cluster_%d_%d", os.Getpid()%10000, dbSeq)

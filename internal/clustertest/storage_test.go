@@ -126,7 +126,7 @@ func TestClusterBackfillCopiesEachShardOnce(t *testing.T) {
 }
 
 // syncAll waits until every replica holds every part of the tables.
-func syncAll(t *testing.T, db *clusterDB, tables ...string) {
+func syncAll(t testing.TB, db *clusterDB, tables ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
