@@ -8,7 +8,7 @@
 -- the same on every redelivery, so both copies land in one partition.
 -- Subject, detail, headers and payload are redacted as in the dead-letter stream
 -- (docs/events.md). Retention by partition drop like the event tables.
-CREATE TABLE IF NOT EXISTS dead_letters
+CREATE TABLE IF NOT EXISTS {{create "dead_letters"}}
 (
     stream String,
     stream_seq UInt64,
@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS dead_letters
     fallback_cause String,
     replayed_at DateTime('UTC')
 )
-ENGINE = ReplacingMergeTree(replayed_at)
+ENGINE = {{engine "dead_letters" "ReplacingMergeTree(replayed_at)"}}
 PARTITION BY toYYYYMM(received_at)
 ORDER BY (stream, stream_seq);
+-- On a cluster every copy of a row lands on one shard, so FINAL collapses them.
+{{distributed "dead_letters" "cityHash64(stream, stream_seq)"}};

@@ -123,6 +123,7 @@ func TestClusterRenderingIsReplicatedDistributedAndQualified(t *testing.T) {
 		"usage_key_minute": storage.ShardingKey, "usage_by_service_minute": storage.ShardingKey, "key_service_totals": storage.ShardingKey,
 		"key_client_ip_totals": storage.ShardingKey, "spend_hourly": storage.ShardingKey, "spend_daily": storage.ShardingKey,
 		"usage_key_hourly": storage.ShardingKey, "usage_key_5min": storage.ShardingKey,
+		"dead_letters": "cityHash64(stream, stream_seq)",
 	}
 	for table, key := range want {
 		if distributedBy[table] != key {

@@ -68,6 +68,15 @@ func Open(ctx context.Context, cfg Config) (driver.Conn, error) {
 		opts.MaxIdleConns = cfg.MaxOpenConns
 	}
 	database := opts.Auth.Database
+	if cfg.Cluster != "" {
+		// Inserts into Distributed tables (the query audit log, dead letters) return only once
+		// a replica of every shard holds their rows; by default they are queued on the local
+		// disk of the server that received them and acknowledged before the shards have them.
+		if opts.Settings == nil {
+			opts.Settings = clickhouse.Settings{}
+		}
+		opts.Settings["insert_distributed_sync"] = 1
+	}
 
 	// The server rejects a handshake naming a database that does not exist, so the
 	// database is created over a connection to "default" first.
