@@ -150,7 +150,7 @@ openapi-lint: ## Lint the OpenAPI document with the pinned Redocly CLI (tools/op
 test-cluster: ## Start a loopback cluster (ZooKeeper, 2x2 ClickHouse, 3 NATS; deploy/cluster/local.sh) and run the cluster tests against it
 	$(CLICKHOUSE) install
 	$(GO) vet -tags cluster ./internal/clustertest/
-	$(GO) test -tags cluster -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./internal/clustertest/
+	$(GO) test -tags cluster -count=1 -v -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./internal/clustertest/
 
 # Benchmark knobs: `BENCH_SCALE=0.05 make bench` (1 = full scale, about an hour here; 0.01 a few
 # minutes), BENCH_PHASES=drain,query to run some phases only. See docs/benchmarks.md.
