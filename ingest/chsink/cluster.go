@@ -241,55 +241,45 @@ func (w *clusterWriter) reader(shard int) *storage.Replica {
 	return w.c.Shards[shard].Replicas[w.replica[shard]]
 }
 
-// classifyCluster asks each shard about the records that shard would hold.
+// classifyCluster asks every shard about every record, not only the shard that would hold
+// it now: after a shard is added, rows stored before the change live where the old mapping
+// put them. These reads happen after a start, a crash or a lost ack, not on the hot path.
 func (s *Sink) classifyCluster(ctx context.Context, records []ingest.Record) ([]ingest.Presence, error) {
 	if err := s.settle(ctx); err != nil {
 		return nil, err
 	}
-	w := s.cluster
-	byShard := make([][]int, len(w.c.Shards))
-	for i, r := range records {
-		var sh int
-		switch r.Event.Kind {
-		case event.KindUsage:
-			sh = w.c.ShardOf(r.Event.Usage.GetProject(), r.Event.Usage.GetKeyId())
-		case event.KindLifecycle:
-			sh = w.c.ShardOfProject(r.Event.Lifecycle.GetProject())
-		}
-		byShard[sh] = append(byShard[sh], i)
-	}
 	out := make([]ingest.Presence, len(records))
-	for sh, idx := range byShard {
-		if len(idx) == 0 {
-			continue
-		}
-		sub := make([]ingest.Record, len(idx))
-		for j, i := range idx {
-			sub[j] = records[i]
-		}
-		r := w.reader(sh)
-		presence, err := classifyOn(ctx, r.Conn, "usage_events"+migrations.LocalSuffix, "lifecycle_events"+migrations.LocalSuffix, sub)
+	for sh := range s.cluster.c.Shards {
+		r := s.cluster.reader(sh)
+		presence, err := classifyOn(ctx, r.Conn, "usage_events"+migrations.LocalSuffix, "lifecycle_events"+migrations.LocalSuffix, records)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", r.Name(), err)
 		}
-		for j, i := range idx {
-			out[i] = presence[j]
+		for i, p := range presence {
+			// A conflict anywhere wins; otherwise stored anywhere means stored.
+			if p == ingest.Conflict || (p == ingest.AlreadyStored && out[i] == ingest.NotStored) {
+				out[i] = p
+			}
 		}
 	}
 	return out, nil
 }
 
-// headCluster reads where a project's chain ends from the project's shard; prepare settled
-// storage first.
+// headCluster reads where a project's chain ends, the highest chain_seq on any shard (a
+// project's rows are on one shard until a shard is added); prepare settled storage first.
 func (s *Sink) headCluster(ctx context.Context, project string) (auditchain.Head, error) {
-	r := s.cluster.reader(s.cluster.c.ShardOfProject(project))
-	var h auditchain.Head
-	err := r.Conn.QueryRow(ctx, "SELECT chain_seq, chain_hash FROM lifecycle_events"+migrations.LocalSuffix+" WHERE project = ? ORDER BY chain_seq DESC LIMIT 1", project).Scan(&h.Seq, &h.Hash)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		h = auditchain.GenesisHead
-	case err != nil:
-		return auditchain.Head{}, fmt.Errorf("read audit chain head of %s on %s: %w", project, r.Name(), err)
+	h := auditchain.GenesisHead
+	for sh := range s.cluster.c.Shards {
+		r := s.cluster.reader(sh)
+		var got auditchain.Head
+		err := r.Conn.QueryRow(ctx, "SELECT chain_seq, chain_hash FROM lifecycle_events"+migrations.LocalSuffix+" WHERE project = ? ORDER BY chain_seq DESC LIMIT 1", project).Scan(&got.Seq, &got.Hash)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return auditchain.Head{}, fmt.Errorf("read audit chain head of %s on %s: %w", project, r.Name(), err)
+		case got.Seq > h.Seq:
+			h = got
+		}
 	}
 	s.heads[project] = h
 	return h, nil

@@ -8,4 +8,9 @@
 // every insert is tagged with a query id in the database's namespace, and the storage check
 // of redelivered records (Classify) and the first read of an audit chain head wait for the
 // tagged inserts still running: a killed ingester's last insert commits after it died.
+//
+// On a ClickHouse cluster (Config.Cluster) the sink writes each shard's rows to a server of
+// that shard and retries a failed write identically, which the replicated tables deduplicate
+// table by table; its correctness reads first bring the server they read up to date with its
+// siblings (SYSTEM SYNC REPLICA). cluster.go says why.
 package chsink

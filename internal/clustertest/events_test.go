@@ -89,7 +89,7 @@ func newEventSet(usage int) *eventSet {
 		})
 		s.usage++
 		// Lifecycle events all along, so the audit chains grow while the faults happen.
-		if i%500 == 250 {
+		if i%500 == 250+(i/500)%len(setProjects) { // every project in turn
 			lc(at, p, keyID, keytrailv1.Action_ACTION_SCOPES_CHANGED, func(e *keytrailv1.LifecycleEvent) {
 				e.Scopes = []string{"chat", fmt.Sprintf("batch-%d", i)}
 				e.Changes = []*keytrailv1.FieldChange{{Field: "scopes", Before: "chat", After: fmt.Sprintf("chat,batch-%d", i)}}

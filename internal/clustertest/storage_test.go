@@ -6,9 +6,12 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -20,6 +23,7 @@ import (
 	"github.com/keytrail/keytrail/ingest/chsink"
 	"github.com/keytrail/keytrail/internal/testenv"
 	"github.com/keytrail/keytrail/migrations"
+	"github.com/keytrail/keytrail/query/chreader"
 )
 
 // The cluster schema comes from the same migration files: every server holds the replicated
@@ -268,5 +272,86 @@ func TestIdenticalRetryCompletesAnInsertThatFailedHalfWay(t *testing.T) {
 			}
 			t.Logf("%s: %v", tc.name, got)
 		})
+	}
+}
+
+// A single-server deployment's history moves to a cluster as docs/cluster.md says: each
+// shard's usage rows through its usage_events_ingest (the views fill every rollup), each
+// shard's lifecycle rows into lifecycle_events_local, read from the old server with remote().
+// Afterwards the cluster holds every event once, its rollups equal the raw rows, the copied
+// audit chains verify, and new lifecycle events written by the cluster's sink continue them.
+func TestSingleServerHistoryMovesToTheCluster(t *testing.T) {
+	set := newEventSet(4000)
+	single := testenv.ClickHouse(t)
+	for chunk := range slices.Chunk(set.events, 2000) {
+		testenv.Insert(t, single, chunk...)
+	}
+	db := newClusterDB(t, 0)
+	ctx := clickhouse.Context(context.Background(), clickhouse.WithSettings(clickhouse.Settings{"insert_deduplicate": 0}))
+	old := "remote('" + testenv.ClickHouseAddr() + "', " + single.Name + ", %s)"
+	for i, shard := range db.Cluster.Shards {
+		for _, stmt := range []string{
+			fmt.Sprintf("INSERT INTO %s.usage_events_ingest SELECT * FROM "+old+" WHERE cityHash64(project, key_id) %% %d = %d", db.Name, "usage_events", len(db.Cluster.Shards), i),
+			fmt.Sprintf("INSERT INTO %s.lifecycle_events_local SELECT * FROM "+old+" WHERE cityHash64(project) %% %d = %d", db.Name, "lifecycle_events", len(db.Cluster.Shards), i),
+		} {
+			if err := shard.Replicas[0].Conn.Exec(ctx, stmt); err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+		}
+	}
+	syncAll(t, db, "usage_events_local", "lifecycle_events_local", "usage_key_minute_local")
+	wantUsage, wantLifecycle := uint64(set.usage), uint64(set.lifecycleTotal())
+	if u, l := count(t, db.Conn, "SELECT count() FROM usage_events"), count(t, db.Conn, "SELECT count() FROM lifecycle_events"); u != wantUsage || l != wantLifecycle {
+		t.Fatalf("the cluster holds %d usage and %d lifecycle events, want %d and %d", u, l, wantUsage, wantLifecycle)
+	}
+	for _, r := range migrations.UsageRollups {
+		if n := count(t, db.Conn, "SELECT toUInt64("+r.Requests+") FROM "+r.Table); n != wantUsage {
+			t.Errorf("%s counts %d requests after the move, want %d", r.Table, n, wantUsage)
+		}
+	}
+	for i, shard := range db.Cluster.Shards {
+		for _, r := range shard.Replicas {
+			for _, q := range []string{
+				"SELECT count() FROM %s.usage_events_local WHERE cityHash64(project, key_id) %% 2 != %d",
+				"SELECT count() FROM %s.lifecycle_events_local WHERE cityHash64(project) %% 2 != %d",
+			} {
+				if n := count(t, r.Conn, fmt.Sprintf(q, db.Name, i)); n != 0 {
+					t.Errorf("%s holds %d rows of another shard", r.Name(), n)
+				}
+			}
+			if i != r.Shard-1 {
+				t.Fatalf("shard order: %s is not shard %d", r.Name(), i+1)
+			}
+		}
+	}
+	// New lifecycle events, written as the cluster's ingester writes them, continue the
+	// copied chains; then every chain verifies through the Distributed table.
+	sink, err := chsink.New(chsink.Config{Conn: db.Conn, Cluster: db.Cluster})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var records []ingest.Record
+	for i, p := range setProjects {
+		e := &keytrailv1.LifecycleEvent{EventId: "after-move-" + p, Time: timestamppb.New(set.base.Add(29 * time.Hour)), Project: p,
+			KeyId: key(p, 1), Action: keytrailv1.Action_ACTION_DISABLED, Actor: "ops", ActorType: keytrailv1.ActorType_ACTOR_TYPE_USER}
+		records = append(records, ingest.Record{Event: event.Event{Kind: event.KindLifecycle, Lifecycle: e}, StreamSeq: uint64(i + 1)})
+	}
+	if err := sink.Write(context.Background(), records); err != nil {
+		t.Fatal(err)
+	}
+	// Reads through the Distributed table may go to either replica of a shard: wait until both
+	// have the new rows (replication takes about 0.1 s).
+	syncAll(t, db, "lifecycle_events_local")
+	chains, err := chreader.NewReader(chreader.ClusterConn(db.Conn), nil).VerifyAuditTrail(context.Background(), "", time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(chains) != len(setProjects) {
+		t.Fatalf("%d chains after the move, want %d", len(chains), len(setProjects))
+	}
+	for _, c := range chains {
+		if want := set.lifecycle[c.Project] + 1; c.Break != nil || c.Rows != want || c.LastSeq != uint64(want) {
+			t.Errorf("chain of %s after the move: %d rows through seq %d, break %+v; want %d intact rows", c.Project, c.Rows, c.LastSeq, c.Break, want)
+		}
 	}
 }

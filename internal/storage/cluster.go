@@ -52,7 +52,7 @@ const ShardingKey = "cityHash64(project, key_id)"
 
 // LifecycleShardingKey places lifecycle events by project alone: a project's audit chain
 // lives on one shard, so a batch extends it with one insert (atomic for the rows of one
-// month) and its head is read from one shard. A key's lifecycle is then on one shard too.
+// month). A key's lifecycle is then on one shard too.
 // ShardOfProject computes the same choice in Go.
 const LifecycleShardingKey = "cityHash64(project)"
 

@@ -7,4 +7,7 @@
 // Time ranges are exact to the millisecond although the rollups are per minute: the whole
 // minutes of a range are read from the rollups and the partial minutes at its edges from the
 // raw events (see splitRange), so an answer never depends on where a range starts.
+//
+// On a ClickHouse cluster the same builders run through the Distributed tables, which carry
+// the single-server names; ClusterConn makes their subquery IN and JOIN GLOBAL (cluster.go).
 package chreader
