@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,6 +97,9 @@ func startCluster(dir string) (*cluster, error) {
 		return nil, err
 	}
 	c := &cluster{script: script, dir: dir, base: base, name: "keytrail"}
+	if err := c.watchdog(); err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	if out, err := c.run("start"); err != nil {
 		c.run("stop")
@@ -125,15 +129,33 @@ func freePortRange(n int) (int, error) {
 	return 0, fmt.Errorf("no %d free consecutive ports found", n)
 }
 
-func (c *cluster) run(args ...string) (string, error) {
-	cmd := exec.Command(c.script, args...)
-	cmd.Env = append(os.Environ(),
+func (c *cluster) env() []string {
+	return append(os.Environ(),
 		"KEYTRAIL_CLUSTER_DIR="+c.dir,
 		"KEYTRAIL_CLUSTER_PORT_BASE="+strconv.Itoa(c.base),
 		"KEYTRAIL_CLUSTER_NAME="+c.name,
 	)
+}
+
+func (c *cluster) run(args ...string) (string, error) {
+	cmd := exec.Command(c.script, args...)
+	cmd.Env = c.env()
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// watchdog starts a shell, in a session of its own, that stops the cluster and removes the
+// test's temporary directory (the cluster's parent) once this test process is gone: a
+// panicking test ends the process before TestMain can do either.
+func (c *cluster) watchdog() error {
+	cmd := exec.Command("bash", "-c", `while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop >/dev/null 2>&1; rm -rf -- "$3"`,
+		"watchdog", strconv.Itoa(os.Getpid()), c.script, filepath.Dir(c.dir))
+	cmd.Env = c.env()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the cluster's watchdog: %w", err)
+	}
+	return cmd.Process.Release()
 }
 
 func (c *cluster) must(t testing.TB, args ...string) {
