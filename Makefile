@@ -147,9 +147,10 @@ proto-check: $(PROTO_TOOLS) ## buf lint; gen/ is what make proto makes of proto/
 openapi-lint: ## Lint the OpenAPI document with the pinned Redocly CLI (tools/openapi-lint)
 	$(CURDIR)/tools/openapi-lint/run.sh
 .PHONY: test-cluster
-test-cluster: ## Start a loopback cluster (ZooKeeper, 2x2 ClickHouse, 3 NATS; deploy/cluster/local.sh) and run the cluster tests against it
+test-cluster: $(LOCAL_BIN)/staticcheck ## Start a loopback cluster (ZooKeeper, 2x2 ClickHouse, 3 NATS; deploy/cluster/local.sh) and run the cluster tests against it
 	$(CLICKHOUSE) install
 	$(GO) vet -tags cluster ./internal/clustertest/
+	$(LOCAL_BIN)/staticcheck -tags cluster ./internal/clustertest/
 	$(GO) test -tags cluster -count=1 -v -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./internal/clustertest/
 
 # Benchmark knobs: `BENCH_SCALE=0.05 make bench` (1 = full scale, about an hour here; 0.01 a few

@@ -192,11 +192,6 @@ func (c *cluster) dsn(database string) string {
 	return "clickhouse://" + strings.Join(c.chAddrs(), ",") + "/" + database + "?dial_timeout=2s"
 }
 
-// serverDSN names one server only.
-func (c *cluster) serverDSN(shard, replica int, database string) string {
-	return "clickhouse://" + c.chAddr(shard, replica) + "/" + database + "?dial_timeout=2s"
-}
-
 func (c *cluster) natsURL(i int) string { return "nats://127.0.0.1:" + strconv.Itoa(c.base+50+i-1) }
 
 func (c *cluster) natsURLs() string {
