@@ -119,9 +119,10 @@ clickhouse-stop: ## Stop the local ClickHouse started from this repo
 ##@ Checks
 
 .PHONY: test
-test: ## What CI runs: every static check (make check), then go test everything against the local ClickHouse
+test: ## What CI runs: every static check (make check), go test everything against the local ClickHouse, then the cluster tests (make test-cluster)
 	$(MAKE) check
 	$(MAKE) test-go
+	$(MAKE) test-cluster
 
 .PHONY: test-go
 test-go: ## Start the local ClickHouse (and install Chromium), then go test PKGS, without the static checks (the quick loop)
