@@ -64,7 +64,8 @@ func TestLeaseIsHeldByOneAtATime(t *testing.T) {
 }
 
 // A holder that dies without releasing (its NATS connection gone, so no renewals) frees the
-// lease within its TTL, and the dead holder learns it lost the lease.
+// lease within its TTL, and the holder learns it lost the lease before another process can
+// take it: for a moment it may still be running, and it must not run beside its successor.
 func TestLeaseOfADeadHolderExpires(t *testing.T) {
 	t.Parallel()
 	env := testenv.NewJetStream(t, broker.DefaultStreamConfig())
@@ -94,10 +95,17 @@ func TestLeaseOfADeadHolderExpires(t *testing.T) {
 		t.Fatal("a second holder got the lease while the first renews it")
 	case <-time.After(2500 * time.Millisecond): // more than twice the TTL
 	}
+	lostAt := make(chan time.Time, 1)
+	go func() {
+		<-a.Done()
+		lostAt <- time.Now()
+	}()
+	var tookAt time.Time
 	died := time.Now()
 	ncA.Close()
 	select {
 	case at := <-took:
+		tookAt = at
 		if wait := at.Sub(died); wait > 3*time.Second {
 			t.Errorf("the lease was free %s after its holder died; want within about its 1s TTL", wait)
 		}
@@ -108,6 +116,12 @@ func TestLeaseOfADeadHolderExpires(t *testing.T) {
 	case <-a.Done():
 	case <-time.After(5 * time.Second):
 		t.Error("the dead holder was never told it lost the lease")
+	}
+	gaveUp := <-lostAt
+	t.Logf("lost %s, taken %s after death", gaveUp.Sub(died), tookAt.Sub(died))
+	if !gaveUp.Before(tookAt) {
+		t.Errorf("the cut-off holder gave the lease up %s after another took it; want before",
+			gaveUp.Sub(tookAt))
 	}
 	if err := a.Check(context.Background()); err == nil {
 		t.Error("Check passed on a lost lease")

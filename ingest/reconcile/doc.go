@@ -69,9 +69,9 @@
 //     the lock also means a repair never races with a batch the ingester will retry, and
 //     the retry's storage check waits for the repair (repairs are tagged for the fence).
 //  3. Two repairs of one cell must not both add the difference: within a process the lock
-//     serializes them; across processes writing one database (several ingesters), Config.Lock
-//     does (NATSLease: a JetStream key-value lease per database). Without a Lock, run one
-//     ingesting process per database.
+//     serializes them; across processes writing one database (several ingesters), Config.Lease
+//     does (a broker lease per database, LeaseName). Without a Lease, run one ingesting
+//     process per database.
 //
 // So no margin of "old enough" hours is needed, and a check can run while ingestion goes
 // on. What it costs, and the limits, are in docs/guarantees.md and docs/operations.md.

@@ -13,15 +13,15 @@ import (
 	"github.com/keytrail/keytrail/internal/testenv"
 )
 
-// Two processes' leases on one database exclude each other; a lease on another database
-// does not wait; a lease whose holder died (never released, never refreshed) frees itself
-// after its TTL.
-func TestNATSLeaseExcludesAcrossHolders(t *testing.T) {
+// Two processes' repair leases on one database exclude each other; a lease on another
+// database does not wait; release ends the holder's context and leaves no key behind; a
+// lease whose holder died (never released, never renewed) frees itself after its TTL.
+func TestRepairLeaseExcludesAcrossHolders(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
-	lease := func(db string) *reconcile.NATSLease {
-		l, err := reconcile.NewNATSLease(ctx, reconcile.LeaseConfig{JetStream: js.JS, Database: db, TTL: time.Second})
+	lease := func(db string) *broker.LeaseKey {
+		l, err := broker.OpenLease(ctx, broker.LeaseConfig{JetStream: js.JS, Name: reconcile.LeaseName(db), TTL: time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -29,36 +29,45 @@ func TestNATSLeaseExcludesAcrossHolders(t *testing.T) {
 	}
 	a, b, other := lease("keytrail"), lease("keytrail"), lease("keytrail_staging")
 
-	heldA, releaseA, err := a.Lock(ctx)
+	heldA, err := a.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	short, cancel := context.WithTimeout(ctx, 2500*time.Millisecond) // past the TTL: a's refreshes keep it
-	_, _, err = b.Lock(short)
+	short, cancel := context.WithTimeout(ctx, 2500*time.Millisecond) // past the TTL: a's renewals keep it
+	_, err = b.Acquire(short)
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second holder's Lock while the first holds it: %v, want deadline exceeded", err)
+		t.Fatalf("second holder's Acquire while the first holds it: %v, want deadline exceeded", err)
 	}
-	if heldA.Err() != nil {
-		t.Fatalf("first holder lost the lease while refreshing it: %v", heldA.Err())
+	select {
+	case <-heldA.Done():
+		t.Fatal("first holder lost the lease while renewing it")
+	default:
 	}
-	_, releaseOther, err := other.Lock(ctx)
+	heldOther, err := other.Acquire(ctx)
 	if err != nil {
 		t.Fatalf("a lease on another database: %v", err)
 	}
-	releaseOther()
-	releaseA()
-	if heldA.Err() == nil {
-		t.Error("the holder's context is still live after release")
+	release := func(l *broker.Lease) {
+		t.Helper()
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
-	_, releaseB, err := b.Lock(ctx)
+	release(heldOther)
+	release(heldA)
+	select {
+	case <-heldA.Done():
+	default:
+		t.Error("the holder's lease is still live after release")
+	}
+	heldB, err := b.Acquire(ctx)
 	if err != nil {
 		t.Fatalf("after release: %v", err)
 	}
-	releaseB()
+	release(heldB)
 
-	// A holder that died: its key is there and nobody refreshes it.
-	kv, err := js.JS.KeyValue(ctx, reconcile.LeaseBucket)
+	kv, err := js.JS.KeyValue(ctx, broker.DefaultLeaseBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,26 +78,57 @@ func TestNATSLeaseExcludesAcrossHolders(t *testing.T) {
 	if len(keys) != 0 {
 		t.Fatalf("keys left after every release: %v", keys)
 	}
-	_, releaseA, err = a.Lock(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, _ = kv.Keys(ctx)
-	if len(keys) != 1 {
-		t.Fatalf("lease keys %v, want one", keys)
-	}
-	dead := keys[0]
-	releaseA()
-	if _, err := kv.Create(ctx, dead, []byte("dead-holder")); err != nil {
+	// A holder that died: its key is there and nobody renews it.
+	if _, err := kv.Create(ctx, reconcile.LeaseName("keytrail"), []byte("dead-holder")); err != nil {
 		t.Fatal(err)
 	}
 	started := time.Now()
-	_, releaseB, err = b.Lock(ctx)
+	heldB, err = b.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	releaseB()
+	release(heldB)
 	if waited := time.Since(started); waited < 500*time.Millisecond {
 		t.Errorf("took a dead holder's lease after %s, before its 1s TTL", waited)
 	}
+}
+
+// A reconciler given its database's lease checks only while holding it: while another
+// process holds it the check waits, and runs once it is released.
+func TestCheckHoldsTheRepairLease(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	js := testenv.NewJetStream(t, broker.DefaultStreamConfig())
+	db := testenv.ClickHouse(t)
+	open := func() *broker.LeaseKey {
+		l, err := broker.OpenLease(ctx, broker.LeaseConfig{JetStream: js.JS, Name: reconcile.LeaseName(db.Name), TTL: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	r, _ := newReconciler(t, db, func(c *reconcile.Config) { c.Lease = open() })
+	start := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
+	evs := events("held", start, time.Minute, 10)
+	withViewsDetached(t, db, []string{"usage_key_hourly"}, evs)
+	scope := reconcile.Scope{Days: []time.Time{start}, Keys: []string{"key_0", "key_1", "key_2", "key_3", "key_4"}}
+
+	other, err := open().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	rep, err := r.Check(short, scope)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || rep.Repaired() != 0 {
+		t.Fatalf("check while another process holds the lease: %d repaired, error %v; want none, deadline exceeded", rep.Repaired(), err)
+	}
+	if err := other.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = r.Check(ctx, scope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect([]string{"usage_key_hourly"}, evs).check(t, rep)
 }

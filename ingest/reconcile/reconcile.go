@@ -15,6 +15,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/ingest/chsink"
 	"github.com/keytrail/keytrail/migrations"
 )
@@ -25,9 +26,10 @@ type Config struct {
 	// Sink is the ingester's ClickHouse sink on the same database: its insert fence and
 	// query-id tags order repairs against inserts (see doc.go).
 	Sink *chsink.Sink
-	// Lock, when set, serializes repairs with other processes writing the same database
-	// (NATSLease). Without it only this process's repairs and inserts are serialized.
-	Lock Locker
+	// Lease, when set, serializes repairs with other processes writing the same database:
+	// the broker lease named LeaseName(database), held for each check. Without it only this
+	// process's repairs and inserts are serialized.
+	Lease *broker.LeaseKey
 	// Interval is how often the sweep runs; 0 disables it (redelivery checks still run).
 	Interval time.Duration
 	// Lookback is how far back the sweep looks, rounded out to whole UTC days.
@@ -206,19 +208,31 @@ func (r *Reconciler) record(trigger string, rep Report, err error) {
 	}
 }
 
-// check runs under r.mu. What it repaired before an error is in the report.
+// check runs under r.mu, holding Config.Lease when set. What it repaired before an error is
+// in the report.
 func (r *Reconciler) check(ctx context.Context, s Scope, trigger string) (rep Report, err error) {
 	rep = newReport()
 	if len(s.Keys) == 0 {
 		return rep, nil
 	}
-	if r.cfg.Lock != nil {
-		var unlock func()
-		if ctx, unlock, err = r.cfg.Lock.Lock(ctx); err != nil {
-			return rep, fmt.Errorf("reconcile: take the repair lease: %w", err)
-		}
-		defer unlock()
+	if r.cfg.Lease == nil {
+		return r.checkHeld(ctx, s, trigger)
 	}
+	held := false
+	err = r.cfg.Lease.With(ctx, func(ctx context.Context, _ *broker.Lease) error {
+		held = true
+		rep, err = r.checkHeld(ctx, s, trigger)
+		return err
+	})
+	if !held {
+		err = fmt.Errorf("reconcile: take the repair lease: %w", err)
+	}
+	return rep, err
+}
+
+// checkHeld is check once the lease, if any, is held: ctx ends if it is lost.
+func (r *Reconciler) checkHeld(ctx context.Context, s Scope, trigger string) (rep Report, err error) {
+	rep = newReport()
 	days := dayStarts(s.Days)
 	keys := slices.Clone(s.Keys)
 	sort.Strings(keys)

@@ -253,7 +253,7 @@ func flagSet(name string, c *Config) *flag.FlagSet {
 	fs.DurationVar(&c.ReconcileLookback, "reconcile-lookback", 24*time.Hour, "what each rollup sweep compares: the UTC days overlapping this span back from now")
 	fs.IntVar(&c.IngestPartitions, "ingest-partitions", 1, "split the events by project into this many partitions, one ingester each (the same on every process; fixed when the events stream is created)")
 	fs.IntVar(&c.IngestPartition, "ingest-partition", 0, "the partition this process ingests (0 to ingest-partitions-1)")
-	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 10*time.Second, "how long the migrations and alert-evaluator leases outlive a dead holder (the same on every process)")
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", 10*time.Second, "how long the migrations, alert-evaluator and rollup-repair leases outlive a dead holder (the same on every process)")
 	fs.DurationVar(&c.AlertInterval, "alert-interval", time.Minute, "how often the alert evaluator scans; 0 disables it (keep it on in one process per deployment)")
 	fs.DurationVar(&c.AlertWindow, "alert-window", 30*time.Minute, "recent range each alert scan examines (must cover ingestion delay)")
 	fs.StringVar(&c.AlertWebhookURL, "alert-webhook-url", "", "also POST every alert to this URL")

@@ -328,18 +328,18 @@ func (m *Main) Start(parent context.Context) error {
 }
 
 // reconciler builds the rollup reconciliation of the ingester's database. Its repairs are
-// serialized with other processes writing the same database by a JetStream lease.
+// serialized with other processes writing the same database by that database's lease.
 func (m *Main) reconciler(ctx context.Context, js jetstream.JetStream, sink *chsink.Sink) (*reconcile.Reconciler, error) {
 	var database string
 	if err := m.ch.QueryRow(ctx, "SELECT currentDatabase()").Scan(&database); err != nil {
 		return nil, fmt.Errorf("read the current database: %w", err)
 	}
-	lease, err := reconcile.NewNATSLease(ctx, reconcile.LeaseConfig{JetStream: js, Database: database})
+	lease, err := broker.OpenLease(ctx, m.leaseConfig(js, reconcile.LeaseName(database)))
 	if err != nil {
 		return nil, err
 	}
 	return reconcile.New(reconcile.Config{
-		Conn: m.ch, Sink: sink, Lock: lease,
+		Conn: m.ch, Sink: sink, Lease: lease,
 		Interval: m.Config.ReconcileInterval, Lookback: m.Config.ReconcileLookback,
 		Registerer: m.registry, Logger: m.log,
 	})
