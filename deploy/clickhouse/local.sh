@@ -17,6 +17,8 @@ set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$script_dir/../.." && pwd)"
+# shellcheck source=deploy/common.sh
+source "$repo/deploy/common.sh"
 
 server_bin=/usr/sbin/clickhouse-server
 client_bin=/usr/bin/clickhouse-client
@@ -61,28 +63,10 @@ ping() {
   curl -sf --max-time 2 "http://127.0.0.1:$http_port/ping" >/dev/null 2>&1
 }
 
-# A server answering on the HTTP port is only the one the caller wants if it also listens on the
-# TCP port: catches KEYTRAIL_CH_TCP_PORT changed without KEYTRAIL_CH_HTTP_PORT.
-tcp_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$tcp_port") 2>/dev/null
-}
-
 # Prints the pid from the pid file if that process is our server: clickhouse-server started with
-# this instance's config file. PIDs wrap quickly here, so a bare pid proves nothing.
+# this instance's config file.
 our_pid() {
-  local pid arg args=()
-  [[ -f "$pid_file" ]] || return 1
-  pid="$(<"$pid_file")"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  mapfile -d '' args 2>/dev/null <"/proc/$pid/cmdline" || return 1
-  ((${#args[@]} > 0)) && [[ "${args[0]}" == *clickhouse-server ]] || return 1
-  for arg in "${args[@]:1}"; do
-    if [[ "$arg" == "--config-file=$config_file" ]]; then
-      echo "$pid"
-      return 0
-    fi
-  done
-  return 1
+  verified_pid "$pid_file" "--config-file=$config_file" clickhouse-server
 }
 
 cmd_install() {
@@ -94,16 +78,7 @@ cmd_install() {
   if ((${#packages[@]} == 0)); then
     return 0
   fi
-  local sudo=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 ||
-      die "clickhouse-server is not installed and installing it needs root (no sudo here): run as root
-  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y clickhouse-server clickhouse-client"
-    sudo=(sudo)
-  fi
-  echo "installing ${packages[*]} (Debian packages; ClickHouse is 18.16)..."
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  apt_install "${packages[@]}"
   [[ -x "$server_bin" ]] || die "apt-get finished but $server_bin is missing"
 }
 
@@ -134,7 +109,9 @@ cmd_start() {
   write_config
 
   if ping; then
-    tcp_open || die "a server answers on http port $http_port but nothing listens on tcp port $tcp_port: set KEYTRAIL_CH_HTTP_PORT (and KEYTRAIL_CH_INTERSERVER_PORT) for this instance too"
+    # A server answering on the HTTP port is only the one the caller wants if it also listens
+    # on the TCP port: catches KEYTRAIL_CH_TCP_PORT changed without KEYTRAIL_CH_HTTP_PORT.
+    tcp_open "$tcp_port" || die "a server answers on http port $http_port but nothing listens on tcp port $tcp_port: set KEYTRAIL_CH_HTTP_PORT (and KEYTRAIL_CH_INTERSERVER_PORT) for this instance too"
     if our_pid >/dev/null; then
       echo "ClickHouse already running (pid $(our_pid), dir $ch_dir)"
     else

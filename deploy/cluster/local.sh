@@ -18,6 +18,7 @@
 #   KEYTRAIL_CLUSTER_SHARDS, KEYTRAIL_CLUSTER_REPLICAS   ClickHouse topology (default 2 and 2)
 #   KEYTRAIL_CLUSTER_NATS       number of nats-server processes (default 3)
 #   KEYTRAIL_CLUSTER_ZK_SESSION_MS  ClickHouse's ZooKeeper session timeout (default 6000)
+#   KEYTRAIL_NATS_SERVER_BIN    a nats-server binary to run (default: built from go.mod's version)
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,8 +31,9 @@ shards="${KEYTRAIL_CLUSTER_SHARDS:-2}"
 replicas="${KEYTRAIL_CLUSTER_REPLICAS:-2}"
 nats_count="${KEYTRAIL_CLUSTER_NATS:-3}"
 zk_session_ms="${KEYTRAIL_CLUSTER_ZK_SESSION_MS:-6000}"
-nats_bin="${KEYTRAIL_NATS_SERVER_BIN:-$repo/.local/bin/nats-server}"
 ch_script="$repo/deploy/clickhouse/local.sh"
+# shellcheck source=deploy/common.sh
+source "$repo/deploy/common.sh"
 
 die() {
   echo "cluster/local.sh: $*" >&2
@@ -89,19 +91,9 @@ nats_index() {
 # pid_of NAME MARKER prints the pid from NAME's pid file if that process's command line
 # contains MARKER as one argument.
 pid_of() {
-  local pid_file="$dir/$1/pid" marker="$2" pid arg args=()
+  local pid_file="$dir/$1/pid"
   [[ "$1" == ch-* ]] && pid_file="$dir/$1/clickhouse-server.pid"
-  [[ -f "$pid_file" ]] || return 1
-  pid="$(<"$pid_file")"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  mapfile -d '' args 2>/dev/null <"/proc/$pid/cmdline" || return 1
-  for arg in "${args[@]}"; do
-    if [[ "$arg" == "$marker" ]]; then
-      echo "$pid"
-      return 0
-    fi
-  done
-  return 1
+  verified_pid "$pid_file" "$2"
 }
 
 marker_of() {
@@ -121,23 +113,12 @@ wait_gone() {
   done
 }
 
-tcp_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
 # ---------------------------------------------------------------------------------------------
 # ZooKeeper (Debian's package, standalone).
 
 zk_install() {
   [[ -f /usr/share/java/zookeeper.jar ]] && command -v java >/dev/null 2>&1 && return 0
-  local sudo=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 || die "zookeeper is not installed and installing it needs root: apt-get install -y zookeeper"
-    sudo=(sudo)
-  fi
-  echo "installing zookeeper (Debian package)..."
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null
+  apt_install zookeeper
   [[ -f /usr/share/java/zookeeper.jar ]] || die "apt-get finished but /usr/share/java/zookeeper.jar is missing"
 }
 
@@ -240,13 +221,30 @@ ch_stop() {
 
 # ---------------------------------------------------------------------------------------------
 # NATS: nats-server built from the Go module keytrail already depends on (the Debian package is
-# too old for the JetStream features keytrail uses).
+# too old for the JetStream features keytrail uses), at the version go.mod requires, into
+# .local/bin/nats-server-<version>: the binary and path internal/testenv's NATSServerBinary
+# builds for the fault tests, so either builds it for the other and a go.mod upgrade builds
+# the new one. KEYTRAIL_NATS_SERVER_BIN names another binary instead.
+
+nats_bin=""
 
 nats_build() {
+  [[ -z "$nats_bin" ]] || return 0
+  if [[ -n "${KEYTRAIL_NATS_SERVER_BIN:-}" ]]; then
+    nats_bin="$KEYTRAIL_NATS_SERVER_BIN"
+    [[ -x "$nats_bin" ]] || die "KEYTRAIL_NATS_SERVER_BIN=$nats_bin is not an executable"
+    return 0
+  fi
+  local module=github.com/nats-io/nats-server/v2 version
+  version="$(cd "$repo" && go list -m -f '{{.Version}}' "$module")" || die "version of $module: go list failed"
+  nats_bin="$repo/.local/bin/nats-server-$version"
   [[ -x "$nats_bin" ]] && return 0
-  echo "building nats-server from the Go module into $nats_bin..."
+  echo "building nats-server $version from the Go module into $nats_bin..."
   mkdir -p "$(dirname "$nats_bin")"
-  (cd "$repo" && go build -o "$nats_bin" github.com/nats-io/nats-server/v2)
+  # Built beside its final name and renamed: a test building it at the same time never runs
+  # half a binary.
+  (cd "$repo" && go build -o "$nats_bin.tmp$$" "$module") || { rm -f "$nats_bin.tmp$$"; die "go build $module failed"; }
+  mv -f "$nats_bin.tmp$$" "$nats_bin"
 }
 
 nats_start() {
@@ -373,7 +371,7 @@ cmd_status() {
 }
 
 usage() {
-  sed -n '2,22s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+  sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 main() {

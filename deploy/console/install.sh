@@ -8,21 +8,12 @@
 # The console itself needs neither at run time: its bundle is committed and embedded.
 set -euo pipefail
 
+# shellcheck source=deploy/common.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/common.sh"
+
 die() {
   echo "install.sh: $*" >&2
   exit 1
-}
-
-apt_install() {
-  local sudo=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null 2>&1 || die "installing $* needs root (no sudo here): run as root
-  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $*"
-    sudo=(sudo)
-  fi
-  echo "installing $* (Debian packages)..."
-  "${sudo[@]}" apt-get update -qq
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
 case "${1:-}" in

@@ -37,8 +37,8 @@ import (
 // ClickHouse holds count() == uniqExact(event_id) == 200,000 with every rollup's requests
 // == 200,000, errors == 8,000 and cost == the raw sum.
 func TestIngesterKilledRepeatedlyStoresEachEventOnce(t *testing.T) {
-	kills := envInt(t, "KEYTRAIL_FAULT_KILLS", 10)
-	n := envInt(t, "KEYTRAIL_FAULT_KILL_EVENTS", 200_000)
+	kills := testenv.EnvInt(t, "KEYTRAIL_FAULT_KILLS", 10)
+	n := testenv.EnvInt(t, "KEYTRAIL_FAULT_KILL_EVENTS", 200_000)
 	started := time.Now()
 
 	streams := broker.DefaultStreamConfig() // what the binary itself ensures at start-up
@@ -48,7 +48,7 @@ func TestIngesterKilledRepeatedlyStoresEachEventOnce(t *testing.T) {
 	p, failed := newPublisher(t, js.URL, streams, nil)
 
 	ing := newIngesterProcess(t, js.URL, db.DSN)
-	ing.start()
+	ing.Start()
 
 	// Spread the load over the time the kills take (about 0.65 s pause + 0.3 s restart each).
 	ctx, cancel := context.WithCancel(context.Background())
@@ -67,13 +67,13 @@ func TestIngesterKilledRepeatedlyStoresEachEventOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 		rows := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events")
-		ing.kill()
+		ing.Kill()
 		if info.NumAckPending > 0 {
 			killedHolding++
 		}
 		t.Logf("kill %d at %s: %d rows stored, %d delivered and unacknowledged, %d not yet delivered",
 			k, time.Since(started).Round(time.Millisecond), rows, info.NumAckPending, info.NumPending)
-		ing.start()
+		ing.Start()
 	}
 	if err := <-published; err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func TestIngesterKilledRepeatedlyStoresEachEventOnce(t *testing.T) {
 	waitDrained(t, js.JS, streams, 2*time.Minute)
 	got := waitExactlyOnce(t, db.Conn, l, 30*time.Second)
 	t.Logf("fault: %d SIGKILLs (%d while holding unacknowledged events, seed %d; %d take-overs of unacknowledged deliveries logged); load: %d events; took %s",
-		kills, killedHolding, seed, strings.Count(ing.logs(), "took over unacknowledged deliveries"), n, time.Since(started).Round(time.Millisecond))
+		kills, killedHolding, seed, strings.Count(ing.Logs(), "took over unacknowledged deliveries"), n, time.Since(started).Round(time.Millisecond))
 	t.Logf("publisher: %+v", st)
 	t.Logf("final: %v", got)
 }
@@ -119,8 +119,8 @@ func TestIngesterKilledRepeatedlyStoresEachEventOnce(t *testing.T) {
 // 100,000, errors == 4,000, tokens and cost == the raw sums, every rollup cell equal to the
 // raw rows.
 func TestClickHouseKilledMidInsertStoresEachEventOnce(t *testing.T) {
-	outage := envDuration(t, "KEYTRAIL_FAULT_OUTAGE", 25*time.Second)
-	n := envInt(t, "KEYTRAIL_FAULT_OUTAGE_EVENTS", 100_000)
+	outage := testenv.EnvDuration(t, "KEYTRAIL_FAULT_OUTAGE", 25*time.Second)
+	n := testenv.EnvInt(t, "KEYTRAIL_FAULT_OUTAGE_EVENTS", 100_000)
 	const batchSize = 5000        // newIngesterProcess's -batch-size
 	const maxHeld = 2 * batchSize // the batch being written and the one read ahead
 	const rssGrowthLimit = 32 << 20
@@ -135,7 +135,7 @@ func TestClickHouseKilledMidInsertStoresEachEventOnce(t *testing.T) {
 	l := newLoad("outage", n)
 	p, failed := newPublisher(t, js.URL, streams, nil)
 	ing := newIngesterProcess(t, js.URL, dsn)
-	ing.start()
+	ing.Start()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	t.Logf("private ClickHouse on tcp port %d and the ingester started in %s", ch.TCPPort, time.Since(started).Round(time.Millisecond))
@@ -152,7 +152,7 @@ func TestClickHouseKilledMidInsertStoresEachEventOnce(t *testing.T) {
 		}
 		return nil
 	})
-	rssBefore, err := ing.rss()
+	rssBefore, err := ing.RSS()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestClickHouseKilledMidInsertStoresEachEventOnce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rss, err := ing.rss()
+		rss, err := ing.RSS()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,12 +235,12 @@ func TestClickHouseKilledMidInsertStoresEachEventOnce(t *testing.T) {
 	}
 	t.Logf("outage of %s: %d samples, max ack pending %d (limit %d, MaxAckPending %d), delivered seq frozen at %d, lag at the end %d, RSS %d -> max %d MiB",
 		time.Since(stoppedAt).Round(time.Millisecond), samples, maxAckPending, maxHeld, streams.MaxAckPending, frozenAt, lastInfo.NumPending, rssBefore>>20, rssMax>>20)
-	if !bytes.Contains([]byte(ing.logs()), []byte("storing batch failed; retrying")) {
+	if !bytes.Contains([]byte(ing.Logs()), []byte("storing batch failed; retrying")) {
 		t.Errorf("the ingester never reported a failed write during the outage")
 	}
 
 	// Back up, with the ingester paused: what did the kill leave?
-	ing.pause()
+	ing.Pause()
 	ch.Start()
 	t.Logf("ClickHouse started again at %s", time.Since(started).Round(time.Millisecond))
 	left, err := readTotals(ctx, conn)
@@ -258,7 +258,7 @@ func TestClickHouseKilledMidInsertStoresEachEventOnce(t *testing.T) {
 		t.Fatalf("every rollup holds the %d raw rows: the kill did not land between the cut insert's raw part and its views", left.Rows)
 	}
 	t.Logf("rollups short of the raw rows (requests): %v", shortfall)
-	ing.resume()
+	ing.Resume()
 
 	if err := publishPaced(ctx, p, l, during, n, 20_000); err != nil {
 		t.Fatal(err)
@@ -270,7 +270,7 @@ func TestClickHouseKilledMidInsertStoresEachEventOnce(t *testing.T) {
 	}
 	waitDrained(t, js.JS, streams, 2*time.Minute)
 	got := waitExactlyOnce(t, conn, l, 30*time.Second)
-	if repaired := repairsLogged(ing.logs()); !maps.Equal(repaired, shortfall) {
+	if repaired := repairsLogged(ing.Logs()); !maps.Equal(repaired, shortfall) {
 		t.Errorf("the ingester's log reports repairs (requests by rollup) %v, want the shortfall the kill left %v", repaired, shortfall)
 	}
 	t.Logf("fault: ClickHouse SIGKILLed mid-insert and down %s; load: %d events (%d during the outage); took %s", outage, n, during-before, time.Since(started).Round(time.Millisecond))
@@ -347,8 +347,8 @@ func repairsLogged(logs string) map[string]int64 {
 // 100,000, errors == 4,000, tokens and cost == the raw sums: nothing acknowledged is lost,
 // nothing retried is stored twice.
 func TestNATSKilledLosesNothingAcknowledged(t *testing.T) {
-	kills := envInt(t, "KEYTRAIL_FAULT_NATS_KILLS", 3)
-	n := envInt(t, "KEYTRAIL_FAULT_NATS_EVENTS", 100_000)
+	kills := testenv.EnvInt(t, "KEYTRAIL_FAULT_NATS_KILLS", 3)
+	n := testenv.EnvInt(t, "KEYTRAIL_FAULT_NATS_EVENTS", 100_000)
 	started := time.Now()
 
 	natsSrv := testenv.StartNATSServer(t, testenv.NATSServerConfig{Name: "faulttest"})

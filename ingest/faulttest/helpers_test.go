@@ -1,18 +1,11 @@
 package faulttest
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,44 +30,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "faulttest:", err)
 		os.Exit(1)
 	}
-	keytrailBin = filepath.Join(dir, "keytrail")
-	build := exec.Command(testenv.GoCommand(), "build", "-o", keytrailBin, "github.com/keytrail/keytrail/services/keytrail")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "faulttest: build keytrail:", err)
+	if keytrailBin, err = testenv.BuildKeytrail(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "faulttest:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// envInt and envDuration read a load setting (see doc.go), falling back to def.
-func envInt(t *testing.T, name string, def int) int {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		t.Fatalf("%s=%q: want a positive integer", name, s)
-	}
-	return n
-}
-
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		t.Fatalf("%s=%q: want a positive duration", name, s)
-	}
-	return d
 }
 
 // load is a deterministic set of n usage events. Event i is the same every time it is built,
@@ -395,136 +358,11 @@ func waitDrained(t *testing.T, js jetstream.JetStream, streams broker.StreamConf
 	t.Fatalf("events not all acknowledged after %s: %v", timeout, last)
 }
 
-// ingesterProcess runs `keytrail serve -role ingest` as a child process, so it can be killed
-// for real. Every run appends to one log file, shown when the test fails.
-type ingesterProcess struct {
-	t       *testing.T
-	args    []string
-	logPath string
-
-	cmd    *exec.Cmd
-	exited chan error
-	starts int
-}
-
-func newIngesterProcess(t *testing.T, natsURL, dsn string) *ingesterProcess {
+// newIngesterProcess prepares `keytrail serve -role ingest` as a child process, so it can be
+// killed for real.
+func newIngesterProcess(t *testing.T, natsURL, dsn string) *testenv.KeytrailProcess {
 	t.Helper()
-	p := &ingesterProcess{
-		t: t,
-		args: []string{"serve", "-role", "ingest", "-nats-url", natsURL, "-clickhouse-dsn", dsn,
-			"-batch-size", "5000", "-flush-interval", "200ms", "-http-listen", "127.0.0.1:0"},
-		logPath: filepath.Join(t.TempDir(), "keytrail.log"),
-	}
-	t.Cleanup(func() {
-		if p.running() {
-			p.stop()
-		}
-		if t.Failed() {
-			t.Logf("ingester log (last 60 lines of %s):\n%s", p.logPath, p.logTail(60))
-		}
-	})
-	return p
-}
-
-func (p *ingesterProcess) running() bool { return p.cmd != nil }
-
-// start runs the binary and waits until it has bound its consumer and is ingesting.
-func (p *ingesterProcess) start() {
-	p.t.Helper()
-	logFile, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(keytrailBin, p.args...)
-	// Only the flags configure the child: a KEYTRAIL_* variable of the caller's shell (say
-	// KEYTRAIL_INGEST_SHARED_CONSUMER) must not change what is being tested.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KEYTRAIL_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		p.t.Fatalf("start keytrail: %v", err)
-	}
-	p.cmd, p.exited = cmd, make(chan error, 1)
-	go func(c *exec.Cmd, exited chan<- error) { exited <- c.Wait() }(cmd, p.exited)
-	p.starts++
-	deadline := time.Now().Add(30 * time.Second)
-	for strings.Count(p.logs(), `msg="keytrail started"`) < p.starts {
-		select {
-		case err := <-p.exited:
-			p.cmd = nil
-			p.t.Fatalf("keytrail exited during start-up: %v\n%s", err, p.logTail(30))
-		default:
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatalf("keytrail not started after 30s:\n%s", p.logTail(30))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// kill sends SIGKILL: no shutdown flush, no final ack, connections cut mid-write.
-func (p *ingesterProcess) kill() {
-	p.t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		p.t.Fatalf("kill keytrail: %v", err)
-	}
-	<-p.exited
-	p.cmd = nil
-}
-
-// pause stops the process where it is (SIGSTOP); resume lets it go on (SIGCONT).
-func (p *ingesterProcess) pause() {
-	p.t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		p.t.Fatalf("pause keytrail: %v", err)
-	}
-}
-
-func (p *ingesterProcess) resume() {
-	p.t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		p.t.Fatalf("resume keytrail: %v", err)
-	}
-}
-
-// stop asks the process to shut down (SIGTERM) and waits for it.
-func (p *ingesterProcess) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.exited
-	}
-	p.cmd = nil
-}
-
-// rss is the process's resident set size in bytes (VmRSS).
-func (p *ingesterProcess) rss() (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			return kb << 10, err
-		}
-	}
-	return 0, errors.New("no VmRSS in /proc status")
-}
-
-func (p *ingesterProcess) logs() string {
-	b, _ := os.ReadFile(p.logPath)
-	return string(b)
-}
-
-func (p *ingesterProcess) logTail(n int) string {
-	lines := strings.Split(strings.TrimRight(p.logs(), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	return testenv.NewKeytrailProcess(t, keytrailBin, "ingester",
+		"serve", "-role", "ingest", "-nats-url", natsURL, "-clickhouse-dsn", dsn,
+		"-batch-size", "5000", "-flush-interval", "200ms", "-http-listen", "127.0.0.1:0")
 }

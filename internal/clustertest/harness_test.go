@@ -3,7 +3,6 @@
 package clustertest
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -20,6 +19,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/keytrail/keytrail/internal/storage"
+	"github.com/keytrail/keytrail/internal/testenv"
 	"github.com/keytrail/keytrail/migrations"
 )
 
@@ -44,9 +44,8 @@ func run(m *testing.M) (int, error) {
 		return 0, err
 	}
 	defer os.RemoveAll(tmp)
-	keytrailBin = filepath.Join(tmp, "keytrail")
-	if out, err := exec.Command(goCommand(), "build", "-o", keytrailBin, "github.com/keytrail/keytrail/services/keytrail").CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("build keytrail: %v\n%s", err, out)
+	if keytrailBin, err = testenv.BuildKeytrail(tmp); err != nil {
+		return 0, err
 	}
 	lab, err = startCluster(filepath.Join(tmp, "cluster"))
 	if err != nil {
@@ -60,15 +59,6 @@ func run(m *testing.M) (int, error) {
 		fmt.Fprintf(os.Stderr, "clustertest: stopping the cluster: %v\n%s", err, out)
 	}
 	return code, nil
-}
-
-func goCommand() string {
-	if root := os.Getenv("GOROOT"); root != "" {
-		if _, err := os.Stat(filepath.Join(root, "bin", "go")); err == nil {
-			return filepath.Join(root, "bin", "go")
-		}
-	}
-	return "go"
 }
 
 // cluster drives deploy/cluster/local.sh for one cluster in its own directory and ports.
@@ -207,26 +197,8 @@ func (c *cluster) dumpLogs() {
 	logs, _ := filepath.Glob(filepath.Join(c.dir, "ch-*", "log", "clickhouse-server.err.log"))
 	more, _ := filepath.Glob(filepath.Join(c.dir, "nats-*", "nats.log"))
 	for _, path := range append(logs, more...) {
-		fmt.Fprintf(os.Stderr, "--- last lines of %s\n%s\n", path, tail(path, 15))
+		fmt.Fprintf(os.Stderr, "--- last lines of %s\n%s\n", path, testenv.Tail(path, 15))
 	}
-}
-
-func tail(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
 }
 
 // clusterDB is one test's database on the cluster, with the cluster schema applied.
@@ -273,32 +245,4 @@ func newClusterDB(t testing.TB, last uint32) *clusterDB {
 		conn.Close()
 	})
 	return &clusterDB{Name: name, Config: cfg, Conn: conn, Cluster: c}
-}
-
-// count runs a query returning one number on one connection.
-func count(t testing.TB, conn driver.Conn, query string, args ...any) uint64 {
-	t.Helper()
-	var n uint64
-	if err := conn.QueryRow(context.Background(), query, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", query, err)
-	}
-	return n
-}
-
-// eventually polls cond until it returns nil or the timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	wait := 20 * time.Millisecond
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met after %s: %v", timeout, err)
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 500*time.Millisecond)
-	}
 }

@@ -17,6 +17,7 @@ import (
 
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/internal/testenv"
 )
 
 // BenchmarkInsertPaths compares the two ways to write usage rows to the cluster that
@@ -81,7 +82,7 @@ func BenchmarkInsertPaths(b *testing.B) {
 			b.ReportMetric((serversCPU(b)-cpu0)/float64(b.N*batch)*1e6, "server-cpu-s/Mrows")
 			b.ReportMetric(float64(b.N*batch)/elapsed.Seconds(), "rows/s")
 			b.ReportMetric(float64(elapsed.Milliseconds())/float64(b.N), "ms/batch")
-			if n := count(b, db.Conn, "SELECT count() FROM usage_events"); n != uint64(b.N*batch) {
+			if n := testenv.QueryUint64(b, db.Conn, "SELECT count() FROM usage_events"); n != uint64(b.N*batch) {
 				b.Errorf("%s stored %d rows of %d", path, n, b.N*batch)
 			}
 		})

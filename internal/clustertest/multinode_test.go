@@ -60,29 +60,29 @@ import (
 // NATS leader change, the storage stall around the ClickHouse replica loss, and recovery times;
 // last, a burst without faults measures throughput.
 func TestMultiNodeClusterUnderFaults(t *testing.T) {
-	set := newEventSet(envInt(t, "KEYTRAIL_CLUSTER_EVENTS", 60000))
-	rate := envInt(t, "KEYTRAIL_CLUSTER_RATE", 1500)
+	set := newEventSet(testenv.EnvInt(t, "KEYTRAIL_CLUSTER_EVENTS", 60000))
+	rate := testenv.EnvInt(t, "KEYTRAIL_CLUSTER_RATE", 1500)
 	dbName := fmt.Sprintf("kt_multinode_%d", os.Getpid()%100000)
 	dsn := lab.dsn(dbName)
 	dir := t.TempDir()
 
 	common := []string{"serve", "-nats-url", lab.natsURLs(), "-clickhouse-dsn", dsn, "-clickhouse-cluster", lab.name,
 		"-stream-replicas", "3", "-ingest-partitions", "2", "-lease-ttl", "3s", "-ack-wait", "15s", "-log-level", "info"}
-	var ingesters, queries [2]*keytrailProc
+	var ingesters, queries [2]*testenv.KeytrailProcess
 	for i := range 2 {
-		ingesters[i] = newKeytrailProc(t, fmt.Sprintf("ingester-%d", i), append(slices.Clone(common), "-role", "ingest",
+		ingesters[i] = testenv.NewKeytrailProcess(t, keytrailBin, fmt.Sprintf("ingester-%d", i), append(slices.Clone(common), "-role", "ingest",
 			"-ingest-partition", strconv.Itoa(i), "-http-listen", "127.0.0.1:0", "-batch-size", "5000", "-flush-interval", "250ms")...)
-		queries[i] = newKeytrailProc(t, fmt.Sprintf("query-%d", i), append(slices.Clone(common), "-role", "query",
+		queries[i] = testenv.NewKeytrailProcess(t, keytrailBin, fmt.Sprintf("query-%d", i), append(slices.Clone(common), "-role", "query",
 			"-grpc-listen", "127.0.0.1:0", "-http-listen", "127.0.0.1:0", "-dev-token-file", filepath.Join(dir, fmt.Sprintf("token-%d", i)),
 			"-alert-interval", "2s")...)
 	}
 	all := append(ingesters[:], queries[:]...)
 	began := time.Now()
 	for _, p := range all {
-		p.launch()
+		p.Launch()
 	}
 	for _, p := range all {
-		p.awaitStarted(3 * time.Minute)
+		p.AwaitStarted(3 * time.Minute)
 	}
 	t.Logf("four keytrail processes started together and up in %s (one applied the cluster schema under the migrations lease)", time.Since(began).Round(time.Millisecond))
 
@@ -112,7 +112,7 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range cl.Replicas() {
-		if n := count(t, r.Conn, "SELECT count() FROM "+dbName+".schema_migrations"); n != uint64(len(versions)) {
+		if n := testenv.QueryUint64(t, r.Conn, "SELECT count() FROM "+dbName+".schema_migrations"); n != uint64(len(versions)) {
 			t.Errorf("%s: the ledger has %d rows, want each of the %d migrations once", r.Name(), n, len(versions))
 		}
 	}
@@ -191,7 +191,7 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 	natsKill := time.Now()
 	lab.must(t, "kill", leader)
 	var newLeader string
-	eventually(t, time.Minute, func() error {
+	testenv.Eventually(t, time.Minute, func() error {
 		newLeader = streamLeader(t, js, "KEYTRAIL_EVENTS")
 		if newLeader == "" || newLeader == leader {
 			return fmt.Errorf("no new stream leader yet")
@@ -203,16 +203,16 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 	natsRestart := time.Now()
 	lab.must(t, "start", leader) // returns once the server's /healthz is ok: caught up with its streams
 	natsBack := time.Now()
-	eventually(t, 2*time.Minute, func() error { return streamCurrent(js, "KEYTRAIL_EVENTS") })
+	testenv.Eventually(t, 2*time.Minute, func() error { return streamCurrent(js, "KEYTRAIL_EVENTS") })
 	logf("NATS: stream leader %s SIGKILLed; %s elected in %s; %s restarted 2s after the kill, healthy (caught up) %s after its restart, a current replica of the events stream %s later",
 		leader, newLeader, elected.Round(time.Millisecond), leader, natsBack.Sub(natsRestart).Round(time.Millisecond), time.Since(natsBack).Round(time.Millisecond))
 
 	// Fault 2: an ingester dies.
 	waitFor(0.50)
 	ingKill := time.Now()
-	ingesters[0].kill()
+	ingesters[0].Kill()
 	time.Sleep(time.Second)
-	ingesters[0].start()
+	ingesters[0].Start()
 	logf("ingester-0 SIGKILLed, restarted after 1s, serving again %s after the kill", time.Since(ingKill).Round(time.Millisecond))
 
 	// Fault 3: a ClickHouse replica dies: the server both ingesters write shard 1 to first.
@@ -246,7 +246,7 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 
 	wantUsage, wantLifecycle := uint64(set.usage), uint64(set.lifecycleTotal())
 	var storedAll time.Time
-	eventually(t, 3*time.Minute, func() error {
+	testenv.Eventually(t, 3*time.Minute, func() error {
 		var u, l uint64
 		if err := conn.QueryRow(ctx, "SELECT (SELECT count() FROM usage_events), (SELECT count() FROM lifecycle_events)").Scan(&u, &l); err != nil {
 			return err
@@ -271,7 +271,7 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 	// Exactly once, through the Distributed tables and on every server.
 	syncAll(t, &clusterDB{Name: dbName, Cluster: cl}, "usage_events_local", "lifecycle_events_local", "usage_key_minute_local", "usage_by_service_minute_local",
 		"key_service_totals_local", "key_client_ip_totals_local", "spend_hourly_local", "spend_daily_local", "usage_key_hourly_local", "usage_key_5min_local")
-	if n := count(t, conn, "SELECT uniqExact(event_id) FROM usage_events"); n != wantUsage {
+	if n := testenv.QueryUint64(t, conn, "SELECT uniqExact(event_id) FROM usage_events"); n != wantUsage {
 		t.Errorf("uniqExact(event_id) %d, want %d", n, wantUsage)
 	}
 	totals := map[string]string{
@@ -288,7 +288,7 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 		for i, r := range shard.Replicas {
 			for what, q := range totals {
 				table, _, _ := strings.Cut(what, ".")
-				n := count(t, r.Conn, fmt.Sprintf(q, dbName+"."+table+migrations.LocalSuffix))
+				n := testenv.QueryUint64(t, r.Conn, fmt.Sprintf(q, dbName+"."+table+migrations.LocalSuffix))
 				if i == 0 {
 					first[what] = n
 					shardSum[what] += n
@@ -309,13 +309,13 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 		if n != want {
 			t.Errorf("the shards hold %d for %s, want %d", n, what, want)
 		}
-		if d := count(t, conn, fmt.Sprintf(totals[what], strings.SplitN(what, ".", 2)[0])); d != want {
+		if d := testenv.QueryUint64(t, conn, fmt.Sprintf(totals[what], strings.SplitN(what, ".", 2)[0])); d != want {
 			t.Errorf("through the Distributed table %s is %d, want %d", what, d, want)
 		}
 	}
 	logf("stored exactly once: usage_events %d rows = %d distinct ids, lifecycle_events %d; shard 1 holds %d usage rows and shard 2 %d, on both replicas each; every rollup = %d",
-		wantUsage, wantUsage, wantLifecycle, count(t, cl.Shards[0].Replicas[0].Conn, "SELECT count() FROM "+dbName+".usage_events_local"),
-		count(t, cl.Shards[1].Replicas[0].Conn, "SELECT count() FROM "+dbName+".usage_events_local"), wantUsage)
+		wantUsage, wantUsage, wantLifecycle, testenv.QueryUint64(t, cl.Shards[0].Replicas[0].Conn, "SELECT count() FROM "+dbName+".usage_events_local"),
+		testenv.QueryUint64(t, cl.Shards[1].Replicas[0].Conn, "SELECT count() FROM "+dbName+".usage_events_local"), wantUsage)
 
 	// The API: the audit chains, and the answers against a single server's on the same events.
 	cluster0 := apiClient{base: "http://" + queries[0].HTTPAddr, token: readToken(t, filepath.Join(dir, "token-0"))}
@@ -373,17 +373,17 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 	// The alert evaluator runs in exactly one query node, and moves when that node dies.
 	holder := awaitOneLeaseHolder(t, queries, -1)
 	leaseKill := time.Now()
-	queries[holder].kill()
+	queries[holder].Kill()
 	other := awaitOneLeaseHolder(t, queries, holder)
 	logf("alert evaluator: runs on query-%d only; query-%d took it over %s after query-%d was SIGKILLed (lease TTL 3s)", holder, other, time.Since(leaseKill).Round(time.Millisecond), holder)
-	queries[holder].start()
+	queries[holder].Start()
 	if h := awaitOneLeaseHolder(t, queries, -1); h != other {
 		t.Errorf("after query-%d returned, query-%d holds the alert-evaluator lease, want it to stay with query-%d", holder, h, other)
 	}
 
 	// Throughput without faults: a burst of usage events published as fast as one publisher
 	// goes, drained by the two ingesters into the two shards.
-	burst := envInt(t, "KEYTRAIL_CLUSTER_BURST", 40000)
+	burst := testenv.EnvInt(t, "KEYTRAIL_CLUSTER_BURST", 40000)
 	var burstEvents []any
 	for _, e := range set.burst(burst, "b-") {
 		burstEvents = append(burstEvents, e)
@@ -399,8 +399,8 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 	}
 	cancel()
 	burstAcked := time.Since(burstStart)
-	eventually(t, 3*time.Minute, func() error {
-		if n := count(t, conn, "SELECT count() FROM usage_events"); n != wantUsage+uint64(burst) {
+	testenv.Eventually(t, 3*time.Minute, func() error {
+		if n := testenv.QueryUint64(t, conn, "SELECT count() FROM usage_events"); n != wantUsage+uint64(burst) {
 			return fmt.Errorf("%d usage rows, want %d", n, wantUsage+uint64(burst))
 		}
 		return nil
@@ -409,11 +409,11 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 	syncAll(t, &clusterDB{Name: dbName, Cluster: cl}, "usage_events_local")
 	for _, r := range cl.Replicas() {
 		local := fmt.Sprintf("SELECT %%s FROM %s.usage_events_local", dbName)
-		if n, d := count(t, r.Conn, fmt.Sprintf(local, "count()")), count(t, r.Conn, fmt.Sprintf(local, "uniqExact(event_id)")); n != d {
+		if n, d := testenv.QueryUint64(t, r.Conn, fmt.Sprintf(local, "count()")), testenv.QueryUint64(t, r.Conn, fmt.Sprintf(local, "uniqExact(event_id)")); n != d {
 			t.Errorf("after the burst %s holds %d rows for %d distinct ids", r.Name(), n, d)
 		}
 	}
-	if n := count(t, conn, "SELECT uniqExact(event_id) FROM usage_events"); n != wantUsage+uint64(burst) {
+	if n := testenv.QueryUint64(t, conn, "SELECT uniqExact(event_id) FROM usage_events"); n != wantUsage+uint64(burst) {
 		t.Errorf("after the burst: %d distinct ids, want %d", n, wantUsage+uint64(burst))
 	}
 	logf("throughput without faults: a burst of %d usage events acknowledged to the publisher in %s (%.0f/s) and all stored %s after its first publish: %.0f events/s through the cluster",
@@ -681,13 +681,13 @@ func readToken(t *testing.T, path string) string {
 
 // awaitOneLeaseHolder waits until exactly one running query node (not the one excluded)
 // reports holding the alert-evaluator lease, and returns its index.
-func awaitOneLeaseHolder(t *testing.T, queries [2]*keytrailProc, excluded int) int {
+func awaitOneLeaseHolder(t *testing.T, queries [2]*testenv.KeytrailProcess, excluded int) int {
 	t.Helper()
 	holder := -1
-	eventually(t, 30*time.Second, func() error {
+	testenv.Eventually(t, 30*time.Second, func() error {
 		holders := []int{}
 		for i, q := range queries {
-			if i == excluded || q.cmd == nil {
+			if i == excluded || !q.Running() {
 				continue
 			}
 			resp, err := http.Get("http://" + q.HTTPAddr + "/metrics")
@@ -707,17 +707,4 @@ func awaitOneLeaseHolder(t *testing.T, queries [2]*keytrailProc, excluded int) i
 		return nil
 	})
 	return holder
-}
-
-func envInt(t *testing.T, name string, def int) int {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		t.Fatalf("%s=%q: want a positive integer", name, s)
-	}
-	return n
 }

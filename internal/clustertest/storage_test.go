@@ -74,7 +74,7 @@ func TestClusterSchemaFromTheSameMigrations(t *testing.T) {
 				t.Errorf("%s: %s was dropped by a migration but exists", r.Name(), gone)
 			}
 		}
-		if n := count(t, r.Conn, "SELECT count() FROM "+db.Name+".schema_migrations"); n != uint64(len(all)) {
+		if n := testenv.QueryUint64(t, r.Conn, "SELECT count() FROM "+db.Name+".schema_migrations"); n != uint64(len(all)) {
 			t.Errorf("%s: the ledger has %d rows, want one per migration (%d)", r.Name(), n, len(all))
 		}
 	}
@@ -120,19 +120,19 @@ func TestClusterBackfillCopiesEachShardOnce(t *testing.T) {
 	syncAll(t, db, "spend_daily_local", "usage_key_hourly_local", "usage_key_minute_local", "usage_key_5min_local")
 	for _, r := range db.Cluster.Replicas() {
 		for _, table := range []string{"spend_daily", "usage_key_hourly", "usage_key_5min"} {
-			local := count(t, r.Conn, "SELECT sum(requests) FROM "+db.Name+"."+table+"_local")
-			raw := count(t, r.Conn, "SELECT count() FROM "+db.Name+".usage_events_local")
+			local := testenv.QueryUint64(t, r.Conn, "SELECT sum(requests) FROM "+db.Name+"."+table+"_local")
+			raw := testenv.QueryUint64(t, r.Conn, "SELECT count() FROM "+db.Name+".usage_events_local")
 			if local != raw || raw == 0 {
 				t.Errorf("%s: %s_local counts %d requests, its shard's raw rows are %d", r.Name(), table, local, raw)
 			}
 		}
 	}
 	for _, table := range []string{"spend_daily", "usage_key_hourly", "usage_key_5min"} {
-		if n := count(t, db.Conn, "SELECT sum(requests) FROM "+table); n != 400 {
+		if n := testenv.QueryUint64(t, db.Conn, "SELECT sum(requests) FROM "+table); n != 400 {
 			t.Errorf("%s through the Distributed table: %d requests, want 400", table, n)
 		}
 	}
-	if n := count(t, db.Conn, "SELECT countMerge(requests) FROM usage_key_minute"); n != 400 {
+	if n := testenv.QueryUint64(t, db.Conn, "SELECT countMerge(requests) FROM usage_key_minute"); n != 400 {
 		t.Errorf("usage_key_minute: %d requests, want 400", n)
 	}
 }
@@ -231,8 +231,8 @@ func TestIdenticalRetryCompletesAnInsertThatFailedHalfWay(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			eventually(t, time.Minute, func() error {
-				if got := count(t, db.Conn, "SELECT count() FROM usage_events"); got != n {
+			testenv.Eventually(t, time.Minute, func() error {
+				if got := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); got != n {
 					return fmt.Errorf("usage_events holds %d rows, want %d", got, n)
 				}
 				return nil
@@ -250,16 +250,16 @@ func TestIdenticalRetryCompletesAnInsertThatFailedHalfWay(t *testing.T) {
 			// Every replica of each shard holds the same rows, the first replicas included.
 			syncAll(t, db, "usage_events_local", "usage_key_minute_local")
 			for _, r := range db.Cluster.Replicas() {
-				if got := count(t, r.Conn, "SELECT count() FROM "+db.Name+".usage_events_local"); got != count(t, db.Cluster.Shards[r.Shard-1].Replicas[0].Conn, "SELECT count() FROM "+db.Name+".usage_events_local") {
+				if got := testenv.QueryUint64(t, r.Conn, "SELECT count() FROM "+db.Name+".usage_events_local"); got != testenv.QueryUint64(t, db.Cluster.Shards[r.Shard-1].Replicas[0].Conn, "SELECT count() FROM "+db.Name+".usage_events_local") {
 					t.Errorf("%s holds %d raw rows, its shard's first replica another number", r.Name(), got)
 				}
 			}
 			got := map[string]uint64{
-				"usage_events":        count(t, db.Conn, "SELECT count() FROM usage_events"),
-				"uniqExact(event_id)": count(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"),
+				"usage_events":        testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"),
+				"uniqExact(event_id)": testenv.QueryUint64(t, db.Conn, "SELECT uniqExact(event_id) FROM usage_events"),
 			}
 			for _, r := range migrations.UsageRollups {
-				got[r.Table+".requests"] = count(t, db.Conn, "SELECT toUInt64("+r.Requests+") FROM "+r.Table)
+				got[r.Table+".requests"] = testenv.QueryUint64(t, db.Conn, "SELECT toUInt64("+r.Requests+") FROM "+r.Table)
 			}
 			if tc.identical {
 				for what, v := range got {
@@ -301,11 +301,11 @@ func TestSingleServerHistoryMovesToTheCluster(t *testing.T) {
 	}
 	syncAll(t, db, "usage_events_local", "lifecycle_events_local", "usage_key_minute_local")
 	wantUsage, wantLifecycle := uint64(set.usage), uint64(set.lifecycleTotal())
-	if u, l := count(t, db.Conn, "SELECT count() FROM usage_events"), count(t, db.Conn, "SELECT count() FROM lifecycle_events"); u != wantUsage || l != wantLifecycle {
+	if u, l := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"), testenv.QueryUint64(t, db.Conn, "SELECT count() FROM lifecycle_events"); u != wantUsage || l != wantLifecycle {
 		t.Fatalf("the cluster holds %d usage and %d lifecycle events, want %d and %d", u, l, wantUsage, wantLifecycle)
 	}
 	for _, r := range migrations.UsageRollups {
-		if n := count(t, db.Conn, "SELECT toUInt64("+r.Requests+") FROM "+r.Table); n != wantUsage {
+		if n := testenv.QueryUint64(t, db.Conn, "SELECT toUInt64("+r.Requests+") FROM "+r.Table); n != wantUsage {
 			t.Errorf("%s counts %d requests after the move, want %d", r.Table, n, wantUsage)
 		}
 	}
@@ -315,7 +315,7 @@ func TestSingleServerHistoryMovesToTheCluster(t *testing.T) {
 				"SELECT count() FROM %s.usage_events_local WHERE cityHash64(project, key_id) %% 2 != %d",
 				"SELECT count() FROM %s.lifecycle_events_local WHERE cityHash64(project) %% 2 != %d",
 			} {
-				if n := count(t, r.Conn, fmt.Sprintf(q, db.Name, i)); n != 0 {
+				if n := testenv.QueryUint64(t, r.Conn, fmt.Sprintf(q, db.Name, i)); n != 0 {
 					t.Errorf("%s holds %d rows of another shard", r.Name(), n)
 				}
 			}

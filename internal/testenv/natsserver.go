@@ -28,7 +28,7 @@ var natsBuild sync.Mutex
 // NATSServerBinary returns the path of a nats-server binary built from natsServerModule at
 // the version go.mod requires. It is built once into <repo>/.local/bin/nats-server-<version>
 // and reused by later tests and runs (a few seconds the first time, from Go's build cache
-// after that).
+// after that). deploy/cluster/local.sh builds and runs the same file.
 func NATSServerBinary(t testing.TB) string {
 	t.Helper()
 	natsBuild.Lock()
@@ -101,7 +101,7 @@ type NATSServer struct {
 	bin      string
 	dir      string
 	confPath string
-	log      *logFile
+	logPath  string
 
 	mu  sync.Mutex
 	cur *child
@@ -125,7 +125,7 @@ func StartNATSServer(t testing.TB, cfg NATSServerConfig) *NATSServer {
 	s := &NATSServer{
 		t: t, cfg: cfg, bin: NATSServerBinary(t), dir: dir,
 		confPath: filepath.Join(dir, "nats-server.conf"),
-		log:      &logFile{path: filepath.Join(dir, "nats-server.log")},
+		logPath:  filepath.Join(dir, "nats-server.log"),
 	}
 	t.Cleanup(func() {
 		s.mu.Lock()
@@ -136,7 +136,7 @@ func StartNATSServer(t testing.TB, cfg NATSServerConfig) *NATSServer {
 			cur.wait(10 * time.Second)
 		}
 		if t.Failed() {
-			t.Logf("nats-server %s log (last 40 lines of %s):\n%s", cfg.Name, s.log.path, s.log.tail(40))
+			t.Logf("nats-server %s log (last 40 lines of %s):\n%s", cfg.Name, s.logPath, Tail(s.logPath, 40))
 		}
 	})
 	s.Start()
@@ -177,7 +177,7 @@ func (s *NATSServer) Start() {
 	if err := os.WriteFile(s.confPath, []byte(s.conf(port)), 0o600); err != nil {
 		s.t.Fatal(err)
 	}
-	out, err := os.OpenFile(s.log.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	out, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func (s *NATSServer) Start() {
 	if err := s.awaitReady(c, 30*time.Second); err != nil {
 		_ = c.signal(syscall.SIGKILL)
 		c.wait(5 * time.Second)
-		s.t.Fatalf("nats-server %s (pid %d) not ready after %s: %v\n%s", s.cfg.Name, c.pid(), time.Since(started).Round(time.Millisecond), err, s.log.tail(30))
+		s.t.Fatalf("nats-server %s (pid %d) not ready after %s: %v\n%s", s.cfg.Name, c.pid(), time.Since(started).Round(time.Millisecond), err, Tail(s.logPath, 30))
 	}
 }
 
@@ -303,7 +303,7 @@ func (s *NATSServer) Stop() {
 }
 
 // LogTail is the last n lines the server logged (across restarts).
-func (s *NATSServer) LogTail(n int) string { return s.log.tail(n) }
+func (s *NATSServer) LogTail(n int) string { return Tail(s.logPath, n) }
 
 // FreePort returns a TCP port that was free a moment ago, for listeners whose port others
 // must know before they start (a cluster's routes). Prefer port 0 wherever the listener can

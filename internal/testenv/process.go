@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -156,18 +155,4 @@ func (c *child) wait(timeout time.Duration) bool {
 	case <-time.After(timeout):
 		return false
 	}
-}
-
-// logFile is a file a child writes its output to, read back for failure reports.
-type logFile struct {
-	mu   sync.Mutex
-	path string
-}
-
-func (l *logFile) tail(n int) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b, _ := os.ReadFile(l.path)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
