@@ -8,6 +8,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keytrail/keytrail/internal/retry"
 )
 
 // Provisioning calls (create or update a stream, a consumer, a key-value bucket) are retried
@@ -27,26 +29,21 @@ const (
 // Other errors (an invalid configuration) return at once.
 func Provision(ctx context.Context, what string, fn func(context.Context) error) error {
 	deadline := time.Now().Add(provisionBudget)
-	backoff := 250 * time.Millisecond
-	for attempt := 1; ; attempt++ {
+	attempts := 0
+	err := retry.Do(ctx, retry.Policy{First: 250 * time.Millisecond, Max: 2 * time.Second}, func(attempt int) error {
+		attempts = attempt
 		actx, cancel := context.WithTimeout(ctx, provisionAttempt)
+		defer cancel()
 		err := fn(actx)
-		cancel()
-		if err == nil || !retryable(ctx, err) || time.Now().After(deadline) {
-			if err != nil {
-				return fmt.Errorf("%s (attempt %d): %w", what, attempt, err)
-			}
-			return nil
+		if err != nil && (!retryable(ctx, err) || time.Now().After(deadline)) {
+			return retry.Permanent(err)
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%s: %w", what, ctx.Err())
-		case <-t.C:
-		}
-		backoff = min(2*backoff, 2*time.Second)
+		return err
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("%s (attempt %d): %w", what, attempts, err)
 	}
+	return nil
 }
 
 func retryable(parent context.Context, err error) bool {
