@@ -38,26 +38,32 @@ func openClickHouse(ctx context.Context, cfg Config) (driver.Conn, *storage.Clus
 }
 
 // leaseConfig is the configuration of one of this deployment's leases.
+func leaseConfig(cfg Config, js jetstream.JetStream, name string, log *slog.Logger) broker.LeaseConfig {
+	return broker.LeaseConfig{JetStream: js, Name: name, TTL: cfg.LeaseTTL, Replicas: cfg.StreamReplicas, Logger: log}
+}
+
 func (m *Main) leaseConfig(js jetstream.JetStream, name string) broker.LeaseConfig {
-	return broker.LeaseConfig{JetStream: js, Name: name, TTL: m.Config.LeaseTTL, Replicas: m.Config.StreamReplicas, Logger: m.log}
+	return leaseConfig(m.Config, js, name, m.log)
 }
 
 // migrateUnderLease applies the migrations holding the "migrations" lease: processes that
 // start together take turns, and each after the first finds nothing left to apply. The
 // lease is checked again before every statement, so a process that lost it (paused past the
 // TTL) stops before the next statement instead of racing its successor.
-func migrateUnderLease(ctx context.Context, log *slog.Logger, lease broker.LeaseConfig, conn driver.Conn, cluster *storage.Cluster, held *prometheus.GaugeVec) error {
-	return broker.WithLease(ctx, lease, func(ctx context.Context, l *broker.Lease) error {
+func migrateUnderLease(ctx context.Context, log *slog.Logger, lease broker.LeaseConfig, conn driver.Conn, cluster *storage.Cluster, held *prometheus.GaugeVec) (applied []uint32, err error) {
+	err = broker.WithLease(ctx, lease, func(ctx context.Context, l *broker.Lease) error {
 		if held != nil {
 			held.WithLabelValues(lease.Name).Set(1)
 			defer held.WithLabelValues(lease.Name).Set(0)
 		}
-		applied, err := migrations.Run(ctx, migrations.Config{Conn: conn, Cluster: cluster, Guard: l.Check})
+		var err error
+		applied, err = migrations.Run(ctx, migrations.Config{Conn: conn, Cluster: cluster, Guard: l.Check})
 		if len(applied) > 0 {
 			log.Info("applied migrations", "versions", applied)
 		}
 		return err
 	})
+	return applied, err
 }
 
 // whileLeader runs fn whenever this process holds the named lease, until ctx ends: fn's
@@ -106,13 +112,9 @@ func runMigrate(ctx context.Context, cfg Config, stdout io.Writer) error {
 		defer cluster.Close()
 	}
 	var applied []uint32
-	run := func(ctx context.Context, guard func(context.Context) error) error {
-		applied, err = migrations.Run(ctx, migrations.Config{Conn: conn, Cluster: cluster, Guard: guard})
-		return err
-	}
 	if cfg.NATSURL == "" {
 		log.Warn("no -nats-url: applying migrations without the migrations lease; no other keytrail process may be migrating")
-		err = run(ctx, nil)
+		applied, err = migrations.Run(ctx, migrations.Config{Conn: conn, Cluster: cluster})
 	} else {
 		nc, cerr := nats.Connect(cfg.NATSURL, nats.Name("keytrail-migrate"))
 		if cerr != nil {
@@ -123,8 +125,7 @@ func runMigrate(ctx context.Context, cfg Config, stdout io.Writer) error {
 		if jerr != nil {
 			return fmt.Errorf("jetstream: %w", jerr)
 		}
-		lease := broker.LeaseConfig{JetStream: js, Name: "migrations", TTL: cfg.LeaseTTL, Replicas: cfg.StreamReplicas, Logger: log}
-		err = broker.WithLease(ctx, lease, func(ctx context.Context, l *broker.Lease) error { return run(ctx, l.Check) })
+		applied, err = migrateUnderLease(ctx, log, leaseConfig(cfg, js, "migrations", log), conn, cluster, nil)
 	}
 	fmt.Fprintf(stdout, "applied migrations %v\n", applied)
 	return err

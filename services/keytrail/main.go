@@ -184,7 +184,7 @@ func (m *Main) Start(parent context.Context) error {
 	if m.ch, m.cluster, err = openClickHouse(ctx, cfg); err != nil {
 		return err
 	}
-	if err := migrateUnderLease(ctx, m.log, m.leaseConfig(js, "migrations"), m.ch, m.cluster, m.leases); err != nil {
+	if _, err := migrateUnderLease(ctx, m.log, m.leaseConfig(js, "migrations"), m.ch, m.cluster, m.leases); err != nil {
 		return err
 	}
 	// On a cluster the API reads through the Distributed tables (see chreader.ClusterSQL).
