@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/ingest/memsink"
+	"github.com/keytrail/keytrail/internal/testenv"
 )
 
 // ids returns prefix1 ... prefixN.
@@ -51,21 +51,6 @@ func (e *dlEnv) publishLifecycle(t *testing.T, id string) {
 	b, _ := proto.Marshal(&keytrailv1.LifecycleEvent{EventId: id, Time: timestamppb.New(time.Now().Add(-time.Minute)), Project: "acme",
 		KeyId: "key_a", Action: keytrailv1.Action_ACTION_CREATED, Actor: "alice"})
 	publish(t, e.js.JS, e.js.Streams.Subjects.Lifecycle("acme"), id, "", b)
-}
-
-// counter reads an unlabelled counter of the registry.
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() == name {
-			return f.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	return 0
 }
 
 // memSink is the memory sink of an ingester's configuration, to program its faults.
@@ -109,7 +94,7 @@ func TestRefusedWriteIsRetriedAndStoredOnce(t *testing.T) {
 	if got := fmt.Sprint(e.sink.Checks()); got != "[{5 false} {5 false} {5 false} {5 false}]" {
 		t.Errorf("checks %s", got)
 	}
-	if n := counter(t, e.reg, "keytrail_ingest_insert_errors_total"); n != 3 {
+	if n := testenv.Metric(t, e.reg, "keytrail_ingest_insert_errors_total"); n != 3 {
 		t.Errorf("insert errors %v, want 3", n)
 	}
 	wantStoredOnce(t, e.mem, 5)

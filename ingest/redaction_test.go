@@ -37,7 +37,7 @@ func (e *dlEnv) wantNoSecretAnywhere(t *testing.T, secrets map[string]string) {
 		fmt.Fprintf(&dl, "%s %q %s\n", m.Subject, m.Header, m.Data)
 	}
 	logs := e.logs.String()
-	cells := secretCells(t, e.db, secrets)
+	cells := testenv.CountEachOccurrence(t, e.db, secrets)
 	for path, secret := range secrets {
 		if n := cells[path]; n != 0 {
 			t.Errorf("%s: the secret is in %d ClickHouse cells", path, n)
@@ -52,57 +52,6 @@ func (e *dlEnv) wantNoSecretAnywhere(t *testing.T, secrets map[string]string) {
 	if t.Failed() {
 		t.Logf("dead letters:\n%s\nlog:\n%s", dl.String(), logs)
 	}
-}
-
-// secretCells is testenv.CountOccurrences for several needles at once (one query per
-// column rather than per column and needle): the cells of every String and Array(String)
-// column of every table of the test database that contain each secret, by its name.
-func secretCells(t *testing.T, db *testenv.Database, secrets map[string]string) map[string]uint64 {
-	t.Helper()
-	ctx := context.Background()
-	rows, err := db.Conn.Query(ctx, "SELECT table, name, type FROM system.columns WHERE database = ? AND type IN ('String', 'Array(String)', 'Nullable(String)')", db.Name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	type column struct{ table, name, typ string }
-	var cols []column
-	for rows.Next() {
-		var c column
-		if err := rows.Scan(&c.table, &c.name, &c.typ); err != nil {
-			t.Fatal(err)
-		}
-		cols = append(cols, c)
-	}
-	rows.Close()
-	names := make([]string, 0, len(secrets))
-	args := make([]any, 0, len(secrets))
-	for name, secret := range secrets {
-		names, args = append(names, name), append(args, secret)
-	}
-	out := map[string]uint64{}
-	for _, c := range cols {
-		var exprs []string
-		for range names {
-			cond := "position(`" + c.name + "`, ?) > 0"
-			if c.typ == "Array(String)" {
-				cond = "arrayExists(x -> position(x, ?) > 0, `" + c.name + "`)"
-			}
-			exprs = append(exprs, "countIf("+cond+")")
-		}
-		counts := make([]uint64, len(names))
-		dest := make([]any, len(names))
-		for i := range counts {
-			dest[i] = &counts[i]
-		}
-		// Table and column names come from system.columns of our own test database.
-		if err := db.Conn.QueryRow(ctx, "SELECT "+strings.Join(exprs, ", ")+" FROM `"+db.Name+"`.`"+c.table+"`", args...).Scan(dest...); err != nil {
-			t.Fatalf("%s.%s: %v", c.table, c.name, err)
-		}
-		for i, name := range names {
-			out[name] += counts[i]
-		}
-	}
-	return out
 }
 
 // Paths a secret takes into a rejected message, each with its own secret: the project of an
@@ -225,7 +174,7 @@ func TestNoSecretReachesDeadLettersTablesOrLogs(t *testing.T) {
 	}
 	e.wantNoSecretAnywhere(t, secrets)
 	// The search finds what is there: the valid event's fingerprinted id, in one cell.
-	if n := secretCells(t, e.db, map[string]string{"id": event.Fingerprint(secrets["event_id"])})["id"]; n != 1 {
+	if n := testenv.CountEachOccurrence(t, e.db, map[string]string{"id": event.Fingerprint(secrets["event_id"])})["id"]; n != 1 {
 		t.Errorf("the fingerprinted event id is in %d cells, want 1", n)
 	}
 }

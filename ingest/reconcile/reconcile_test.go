@@ -212,7 +212,7 @@ func TestCheckAddsWhatEveryViewMissed(t *testing.T) {
 		t.Errorf("hours checked %d, want 5 (22:00 to 02:00 hold the keys' rows)", rep.HoursChecked)
 	}
 	wantExact(t, db)
-	if got := counter(t, reg, "keytrail_reconcile_rows_corrected_total", "spend_hourly"); got != float64(len(missed)) {
+	if got := testenv.Metric(t, reg, "keytrail_reconcile_rows_corrected_total", "rollup", "spend_hourly"); got != float64(len(missed)) {
 		t.Errorf("keytrail_reconcile_rows_corrected_total{rollup=spend_hourly} = %v, want %d", got, len(missed))
 	}
 
@@ -224,29 +224,6 @@ func TestCheckAddsWhatEveryViewMissed(t *testing.T) {
 		t.Errorf("second check repaired %v, excess %v; want nothing", again.CellsRepaired, again.Excess)
 	}
 	t.Logf("repaired %v cells, %v rows", rep.CellsRepaired, rep.RowsCorrected)
-}
-
-// counter reads a counter of the registry by name and rollup label.
-func counter(t *testing.T, reg *prometheus.Registry, name, rollup string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "rollup" && l.GetValue() == rollup {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no %s{rollup=%q}", name, rollup)
-	return 0
 }
 
 // The sweep is told nothing: it must find, in the days of its lookback, the rollups that

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,7 +81,9 @@ func startCluster(dir string) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	base, err := freePortRange(80)
+	// 10000-17999: apart from the shared ClickHouse's 18123 and 19000 and the private servers
+	// of other suites (20000-29999).
+	base, err := testenv.FreePortRange(10000, 18000, 80)
 	if err != nil {
 		return nil, err
 	}
@@ -97,29 +98,6 @@ func startCluster(dir string) (*cluster, error) {
 	}
 	fmt.Fprintf(os.Stderr, "clustertest: cluster up in %s (ports %d-%d, dir %s)\n", time.Since(start).Round(time.Millisecond), base, base+79, dir)
 	return c, nil
-}
-
-// freePortRange finds n consecutive ports in 10000-17999 that nothing listens on: below the
-// kernel's ephemeral range (32768 and up here), whose ports any outgoing connection may take
-// between this check and a server's start, and apart from the shared ClickHouse's 18123 and
-// 19000 and the private servers of other suites (20000-29999).
-func freePortRange(n int) (int, error) {
-	for range 50 {
-		base := 10000 + rand.IntN(8000-n)
-		ok := true
-		for p := base; p < base+n && ok; p++ {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-			if err != nil {
-				ok = false
-				continue
-			}
-			l.Close()
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, fmt.Errorf("no %d free consecutive ports found", n)
 }
 
 func (c *cluster) env() []string {

@@ -639,19 +639,9 @@ type apiClient struct{ base, token string }
 
 func (c apiClient) get(t *testing.T, path string) []byte {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, c.base+path, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s%s: %v", c.base, path, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s%s: %d %s", c.base, path, resp.StatusCode, body)
+	code, body := testenv.Get(t, c.base, path, nil, "Bearer "+c.token)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s%s: %d %s", c.base, path, code, body)
 	}
 	return body
 }

@@ -3,8 +3,6 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,23 +55,11 @@ func StartClickHouseServer(t testing.TB) *ClickHouseServer {
 // fixed ports), so parallel runs and other instances (19000/18123 and friends) do not clash.
 func freePorts(t testing.TB) (int, int, int) {
 	t.Helper()
-	for range 50 {
-		base := 20000 + rand.IntN(9997)
-		ok := true
-		for p := base; p < base+3 && ok; p++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-			if err != nil {
-				ok = false
-				continue
-			}
-			l.Close()
-		}
-		if ok {
-			return base, base + 1, base + 2
-		}
+	base, err := FreePortRange(20000, 30000, 3)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no three free ports found")
-	return 0, 0, 0
+	return base, base + 1, base + 2
 }
 
 // DSN is the native-protocol DSN of a database on this server.

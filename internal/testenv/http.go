@@ -11,6 +11,13 @@ import (
 // status and body; transport errors fail the test.
 func Get(t testing.TB, base, path string, params url.Values, authorization string) (int, []byte) {
 	t.Helper()
+	code, body, _ := GetWithHeader(t, base, path, params, authorization)
+	return code, body
+}
+
+// GetWithHeader is Get that returns the response's header too.
+func GetWithHeader(t testing.TB, base, path string, params url.Values, authorization string) (int, []byte, http.Header) {
+	t.Helper()
 	u := base + path
 	if len(params) > 0 {
 		u += "?" + params.Encode()
@@ -31,5 +38,5 @@ func Get(t testing.TB, base, path string, params url.Values, authorization strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, body
+	return resp.StatusCode, body, resp.Header
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -316,4 +318,28 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// FreePortRange finds, at random, n consecutive ports in [lo, hi) that nothing listens on,
+// for servers whose ports must be known before any of them starts (a cluster's configuration
+// names them all). The range is the caller's: below the kernel's ephemeral ports (32768 and
+// up here), which any outgoing connection may take between this check and a server's start,
+// and apart from the ranges of other suites running at the same time.
+func FreePortRange(lo, hi, n int) (int, error) {
+	for range 50 {
+		base := lo + rand.IntN(hi-lo-n+1)
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				ok = false
+				continue
+			}
+			l.Close()
+		}
+		if ok {
+			return base, nil
+		}
+	}
+	return 0, fmt.Errorf("no %d free consecutive ports found in %d-%d", n, lo, hi-1)
 }

@@ -167,8 +167,15 @@ func QueryUint64(t testing.TB, conn driver.Conn, query string, args ...any) uint
 // in the database that contain needle. Tests use it to prove a value is nowhere in storage.
 func CountOccurrences(t testing.TB, db *Database, needle string) uint64 {
 	t.Helper()
+	return CountEachOccurrence(t, db, map[string]string{"needle": needle})["needle"]
+}
+
+// CountEachOccurrence is CountOccurrences for several needles at once, by name (one query per
+// column rather than per column and needle).
+func CountEachOccurrence(t testing.TB, db *Database, needles map[string]string) map[string]uint64 {
+	t.Helper()
 	ctx := context.Background()
-	rows, err := db.Conn.Query(ctx, "SELECT table, name, type FROM system.columns WHERE database = ? AND (type = 'String' OR type = 'Array(String)' OR type = 'Nullable(String)')", db.Name)
+	rows, err := db.Conn.Query(ctx, "SELECT table, name, type FROM system.columns WHERE database = ? AND type IN ('String', 'Array(String)', 'Nullable(String)')", db.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,16 +189,35 @@ func CountOccurrences(t testing.TB, db *Database, needle string) uint64 {
 		cols = append(cols, c)
 	}
 	rows.Close()
-	var total uint64
+	names := make([]string, 0, len(needles))
+	args := make([]any, 0, len(needles))
+	for name, needle := range needles {
+		names, args = append(names, name), append(args, needle)
+	}
+	out := map[string]uint64{}
 	for _, c := range cols {
-		cond := "position(`" + c.name + "`, ?) > 0"
-		if c.typ == "Array(String)" {
-			cond = "arrayExists(x -> position(x, ?) > 0, `" + c.name + "`)"
+		var exprs []string
+		for range names {
+			cond := "position(`" + c.name + "`, ?) > 0"
+			if c.typ == "Array(String)" {
+				cond = "arrayExists(x -> position(x, ?) > 0, `" + c.name + "`)"
+			}
+			exprs = append(exprs, "countIf("+cond+")")
+		}
+		counts := make([]uint64, len(names))
+		dest := make([]any, len(names))
+		for i := range counts {
+			dest[i] = &counts[i]
 		}
 		// Table and column names come from system.columns of our own test database.
-		total += QueryUint64(t, db.Conn, "SELECT count() FROM `"+db.Name+"`.`"+c.table+"` WHERE "+cond, needle)
+		if err := db.Conn.QueryRow(ctx, "SELECT "+strings.Join(exprs, ", ")+" FROM `"+db.Name+"`.`"+c.table+"`", args...).Scan(dest...); err != nil {
+			t.Fatalf("%s.%s: %v", c.table, c.name, err)
+		}
+		for i, name := range names {
+			out[name] += counts[i]
+		}
 	}
-	return total
+	return out
 }
 
 // WaitForEvents waits until the database holds exactly usage usage events and lifecycle

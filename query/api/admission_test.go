@@ -132,7 +132,7 @@ func TestOverloadIsShedWithRetryAfterAndRecorded(t *testing.T) {
 	}
 	wantShed(t, s, "acme-globex-bot over REST", tokAcmeGlobex, http.StatusServiceUnavailable, codes.Unavailable, full)
 
-	if v := metricValue(t, reg, "keytrail_query_inflight", "", ""); v != 2 {
+	if v := testenv.Metric(t, reg, "keytrail_query_inflight"); v != 2 {
 		t.Errorf("keytrail_query_inflight = %v while both slots are held, want 2", v)
 	}
 
@@ -154,16 +154,17 @@ func TestOverloadIsShedWithRetryAfterAndRecorded(t *testing.T) {
 		t.Errorf("query_audit_log: %v, want %v", got, want)
 	}
 	for _, c := range []struct {
-		name, label, value string
-		want               float64
+		name   string
+		labels []string
+		want   float64
 	}{
-		{"keytrail_query_shed_total", "reason", "principal_share", 2},
-		{"keytrail_query_shed_total", "reason", "overloaded", 2},
-		{"keytrail_query_inflight", "", "", 0},
-		{"keytrail_query_queued", "", "", 0},
+		{"keytrail_query_shed_total", []string{"reason", "principal_share"}, 2},
+		{"keytrail_query_shed_total", []string{"reason", "overloaded"}, 2},
+		{"keytrail_query_inflight", nil, 0},
+		{"keytrail_query_queued", nil, 0},
 	} {
-		if got := metricValue(t, reg, c.name, c.label, c.value); got != c.want {
-			t.Errorf("%s{%s=%q} = %v, want %v", c.name, c.label, c.value, got, c.want)
+		if got := testenv.Metric(t, reg, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%q = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -161,19 +160,9 @@ func (a keysAPI) rest(t *testing.T, path string, params url.Values, wantStatus i
 
 func (a keysAPI) restAs(t *testing.T, token, u string, wantStatus int, out proto.Message) []byte {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, u, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != wantStatus {
-		t.Fatalf("GET %s: status %d, want %d: %s", u, resp.StatusCode, wantStatus, body)
+	code, body := testenv.Get(t, u, "", nil, "Bearer "+token)
+	if code != wantStatus {
+		t.Fatalf("GET %s: status %d, want %d: %s", u, code, wantStatus, body)
 	}
 	if out != nil {
 		if err := protojson.Unmarshal(body, out); err != nil {

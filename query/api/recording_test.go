@@ -2,7 +2,6 @@ package api_test
 
 import (
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/url"
@@ -20,35 +19,6 @@ import (
 	"github.com/keytrail/keytrail/internal/testenv"
 	"github.com/keytrail/keytrail/query/auth"
 )
-
-// metricValue is the value of a counter or gauge with one label (or none: label "").
-func metricValue(t *testing.T, g prometheus.Gatherer, name, label, value string) float64 {
-	t.Helper()
-	families, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			match := label == ""
-			for _, l := range m.GetLabel() {
-				match = match || (l.GetName() == label && l.GetValue() == value)
-			}
-			if !match {
-				continue
-			}
-			if c := m.GetCounter(); c != nil {
-				return c.GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("metric %s{%s=%q} not found", name, label, value)
-	return 0
-}
 
 // auditCounts is query_audit_log as principal/method/code -> rows.
 func auditCounts(t *testing.T, s *storedAPI) map[string]uint64 {
@@ -94,27 +64,7 @@ func TestEveryCallIsRecordedMalformedAndRateLimitedIncluded(t *testing.T) {
 	burst := withAuthorization(bearer(tokBurst))
 	get := func(path string, params url.Values, authorization string) (int, []byte, http.Header) {
 		t.Helper()
-		u := "http://" + s.HTTPAddr + path
-		if len(params) > 0 {
-			u += "?" + params.Encode()
-		}
-		req, err := http.NewRequest(http.MethodGet, u, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if authorization != "" {
-			req.Header.Set("Authorization", authorization)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, body, resp.Header
+		return testenv.GetWithHeader(t, "http://"+s.HTTPAddr, path, params, authorization)
 	}
 	malformed := url.Values{"page_size": {"abc"}}
 
@@ -196,15 +146,16 @@ func TestEveryCallIsRecordedMalformedAndRateLimitedIncluded(t *testing.T) {
 		t.Errorf("query_audit_log:\n%s\nwant %v", strings.Join(lines, "\n"), want)
 	}
 	for _, c := range []struct {
-		name, label, value string
-		want               float64
+		name   string
+		labels []string
+		want   float64
 	}{
-		{"keytrail_query_shed_total", "reason", "rate_limit", 12},
-		{"keytrail_query_audit_unrecorded_total", "reason", "rate_limited", 2},
-		{"keytrail_query_audit_unrecorded_total", "reason", "unauthenticated", 8},
+		{"keytrail_query_shed_total", []string{"reason", "rate_limit"}, 12},
+		{"keytrail_query_audit_unrecorded_total", []string{"reason", "rate_limited"}, 2},
+		{"keytrail_query_audit_unrecorded_total", []string{"reason", "unauthenticated"}, 8},
 	} {
-		if got := metricValue(t, reg, c.name, c.label, c.value); got != c.want {
-			t.Errorf("%s{%s=%q} = %v, want %v", c.name, c.label, c.value, got, c.want)
+		if got := testenv.Metric(t, reg, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%q = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
 	// The records of calls the gateway never passed on keep their parameters (redacted).

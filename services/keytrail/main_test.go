@@ -141,23 +141,12 @@ func publishFixture(t *testing.T, natsURL string, f fixture) {
 // getJSON calls the REST API as the dev-mode admin.
 func getJSON(t *testing.T, m *Main, path string, params url.Values, wantStatus int, out any) {
 	t.Helper()
-	u := "http://" + m.HTTPAddr + path
-	if len(params) > 0 {
-		u += "?" + params.Encode()
-	}
-	req, _ := http.NewRequest(http.MethodGet, u, nil)
-	req.Header.Set("Authorization", "Bearer "+m.AdminToken)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != wantStatus {
-		t.Fatalf("GET %s: status %d, want %d: %s", u, resp.StatusCode, wantStatus, body)
+	code, body := testenv.Get(t, "http://"+m.HTTPAddr, path, params, "Bearer "+m.AdminToken)
+	if code != wantStatus {
+		t.Fatalf("GET %s?%s: status %d, want %d: %s", path, params.Encode(), code, wantStatus, body)
 	}
 	if err := json.Unmarshal(body, out); err != nil {
-		t.Fatalf("GET %s: %v: %s", u, err, body)
+		t.Fatalf("GET %s?%s: %v: %s", path, params.Encode(), err, body)
 	}
 }
 
