@@ -137,16 +137,7 @@ func TestIngestStoresEventsAndDeadLettersPoisonWithoutStopping(t *testing.T) {
 		t.Errorf("dead letter %s %v %q", raw.Subject, raw.Header, raw.Data)
 	}
 	// Everything, poison included, has been acknowledged.
-	testenv.Eventually(t, 5*time.Second, func() error {
-		info, err := js.JS.Stream(context.Background(), js.Streams.EventsStream)
-		if err != nil {
-			return err
-		}
-		if msgs := info.CachedInfo().State.Msgs; msgs != 0 {
-			return fmt.Errorf("%d messages still in the events stream", msgs)
-		}
-		return nil
-	})
+	js.AwaitAcknowledged(t, 5*time.Second)
 }
 
 func TestSameEventIDPublishedTwiceIsStoredOnce(t *testing.T) {

@@ -220,16 +220,7 @@ func TestPoisonIsDeadLetteredWithItsReasonAndValidEventsAroundItAreStored(t *tes
 		}
 		return nil
 	})
-	testenv.Eventually(t, 10*time.Second, func() error {
-		s, err := js.JS.Stream(ctx, js.Streams.EventsStream)
-		if err != nil {
-			return err
-		}
-		if n := s.CachedInfo().State.Msgs; n != 0 {
-			return fmt.Errorf("%d messages not yet acknowledged", n)
-		}
-		return nil
-	})
+	js.AwaitAcknowledged(t, 10*time.Second)
 	if _, n := st.Count(memsink.UsageTable); uint64(n) != validUsage {
 		t.Errorf("distinct usage ids %d, want %d", n, validUsage)
 	}

@@ -278,14 +278,7 @@ func (f *failures) list() []string {
 // for ever. It is closed when the test ends.
 func newPublisher(t *testing.T, url string, streams broker.StreamConfig, tune func(*publisher.Config)) (*publisher.Publisher, *failures) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.Name("faulttest-gateway"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.Connect(t, url, nats.Name("faulttest-gateway"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	f := &failures{}
 	cfg := publisher.Config{JetStream: js, Subjects: streams.Subjects, OnFailure: f.record}
 	if tune != nil {
@@ -298,8 +291,7 @@ func newPublisher(t *testing.T, url string, streams broker.StreamConfig, tune fu
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		_ = p.Close(ctx)
-		nc.Close()
+		_ = p.Close(ctx) // before the connection closes: cleanups run last registered first
 	})
 	return p, f
 }

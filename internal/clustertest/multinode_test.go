@@ -118,15 +118,7 @@ func TestMultiNodeClusterUnderFaults(t *testing.T) {
 	}
 
 	// The gateway side: one publisher over all three NATS servers.
-	nc, err := nats.Connect(lab.natsURLs(), nats.Name("clustertest-gateway"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.Connect(t, lab.natsURLs(), nats.Name("clustertest-gateway"), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
 	var failedMu sync.Mutex
 	var failed []string
 	pub, err := publisher.New(publisher.Config{JetStream: js, Subjects: event.Subjects{Prefix: event.DefaultSubjectPrefix},

@@ -237,16 +237,7 @@ func TestIdenticalRetryCompletesAnInsertThatFailedHalfWay(t *testing.T) {
 				}
 				return nil
 			})
-			testenv.Eventually(t, 30*time.Second, func() error {
-				info, err := js.JS.Stream(context.Background(), streams.EventsStream)
-				if err != nil {
-					return err
-				}
-				if m := info.CachedInfo().State.Msgs; m != 0 {
-					return fmt.Errorf("%d messages not acknowledged", m)
-				}
-				return nil
-			})
+			testenv.AwaitStreamEmpty(t, js.JS, streams.EventsStream, 30*time.Second)
 			// Every replica of each shard holds the same rows, the first replicas included.
 			syncAll(t, db, "usage_events_local", "usage_key_minute_local")
 			for _, r := range db.Cluster.Replicas() {

@@ -132,6 +132,44 @@ func NewJetStream(t testing.TB, streams broker.StreamConfig) *JetStream {
 	return &JetStream{Server: srv, URL: srv.ClientURL(), StoreDir: dir, Conn: nc, JS: js, Streams: streams}
 }
 
+// Connect connects a client to the NATS server at url (a comma-separated list for a cluster)
+// with JetStream; the connection is closed when the test ends.
+func Connect(t testing.TB, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("connect nats %s: %v", url, err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return nc, js
+}
+
+// AwaitAcknowledged waits until the events stream holds no message: the ingester has
+// acknowledged everything (the stream's interest retention drops a message once acked).
+func (j *JetStream) AwaitAcknowledged(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	AwaitStreamEmpty(t, j.JS, j.Streams.EventsStream, timeout)
+}
+
+// AwaitStreamEmpty waits until stream holds no message.
+func AwaitStreamEmpty(t testing.TB, js jetstream.JetStream, stream string, timeout time.Duration) {
+	t.Helper()
+	Eventually(t, timeout, func() error {
+		s, err := js.Stream(context.Background(), stream)
+		if err != nil {
+			return err
+		}
+		if n := s.CachedInfo().State.Msgs; n != 0 {
+			return fmt.Errorf("stream %s still holds %d messages", stream, n)
+		}
+		return nil
+	})
+}
+
 // Eventually polls cond until it returns nil or the timeout passes, then fails the test with
 // the last error. Tests wait on observable conditions this way, never on fixed sleeps.
 func Eventually(t testing.TB, timeout time.Duration, cond func() error) {

@@ -184,20 +184,7 @@ func TestUndecodableGRPCRequestsAreRecorded(t *testing.T) {
 		err := s.conn.Invoke(withAuthorization(authorization), "/keytrail.v1.QueryService/GetKey", notUTF8, new([]byte), grpc.ForceCodec(rawCodec{}))
 		wantGRPC(t, "GetKey with key_id not UTF-8", err, codes.Internal, "unmarshal")
 	}
-	var got []string
-	testenv.Eventually(t, 5*time.Second, func() error {
-		got = got[:0]
-		for _, r := range s.Records.All() {
-			got = append(got, r.Principal+" "+r.Method+" "+r.Code)
-		}
-		if len(got) != 2 {
-			return fmt.Errorf("%d records: %v", len(got), got)
-		}
-		return nil
-	})
-	// The stats handler records a call after its answer is sent, so the second call's record
-	// can come first.
-	slices.Sort(got)
+	got := recordedCalls(t, s, 2)
 	want := []string{" /keytrail.v1.QueryService/GetKey Internal", "security-team /keytrail.v1.QueryService/GetKey Internal"}
 	if !slices.Equal(got, want) {
 		t.Errorf("records %q, want %q", got, want)
@@ -213,20 +200,29 @@ func TestUnknownGRPCMethodsAreRecorded(t *testing.T) {
 		err := s.conn.Invoke(withAuthorization(authorization), "/keytrail.v1.QueryService/NoSuchMethod", []byte{}, new([]byte), grpc.ForceCodec(rawCodec{}))
 		wantGRPC(t, "NoSuchMethod", err, codes.Unimplemented, "unknown method /keytrail.v1.QueryService/NoSuchMethod")
 	}
+	got := recordedCalls(t, s, 2)
+	want := []string{" /keytrail.v1.QueryService/NoSuchMethod Unimplemented", "security-team /keytrail.v1.QueryService/NoSuchMethod Unimplemented"}
+	if !slices.Equal(got, want) {
+		t.Errorf("records %q, want %q", got, want)
+	}
+}
+
+// recordedCalls waits until the server has recorded n calls and returns them as "principal
+// method code", sorted: the stats handler records a call after its answer is sent, so the
+// record of a call can come before the previous call's.
+func recordedCalls(t *testing.T, s *secServer, n int) []string {
+	t.Helper()
 	var got []string
 	testenv.Eventually(t, 5*time.Second, func() error {
 		got = got[:0]
 		for _, r := range s.Records.All() {
 			got = append(got, r.Principal+" "+r.Method+" "+r.Code)
 		}
-		if len(got) != 2 {
-			return fmt.Errorf("%d records: %v", len(got), got)
+		if len(got) != n {
+			return fmt.Errorf("%d records, want %d: %v", len(got), n, got)
 		}
 		return nil
 	})
-	slices.Sort(got) // recorded after the answer is sent, so in either order
-	want := []string{" /keytrail.v1.QueryService/NoSuchMethod Unimplemented", "security-team /keytrail.v1.QueryService/NoSuchMethod Unimplemented"}
-	if !slices.Equal(got, want) {
-		t.Errorf("records %q, want %q", got, want)
-	}
+	slices.Sort(got)
+	return got
 }

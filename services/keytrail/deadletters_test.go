@@ -50,12 +50,7 @@ func TestReadyzReportsAStalledIngester(t *testing.T) {
 			_ = db.Conn.Exec(context.Background(), "ATTACH TABLE usage_events")
 		}
 	})
-	nc, err := nats.Connect(m.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	_, js := testenv.Connect(t, m.NATSURL)
 	b, _ := proto.Marshal(&keytrailv1.UsageEvent{EventId: "st1", Time: timestamppb.New(time.Now().Add(-time.Minute)), Project: "acme",
 		KeyId: "key_a", Service: "billing", StatusCode: 200})
 	if _, err := js.Publish(ctx, "keytrail.usage.acme", b, jetstream.WithMsgID("st1")); err != nil {
@@ -120,21 +115,6 @@ func runTestIngester(t *testing.T, js *testenv.JetStream, db *testenv.Database, 
 	return stop
 }
 
-// drained waits until the events stream holds nothing unacknowledged.
-func drained(t *testing.T, js *testenv.JetStream) {
-	t.Helper()
-	testenv.Eventually(t, 20*time.Second, func() error {
-		s, err := js.JS.Stream(context.Background(), js.Streams.EventsStream)
-		if err != nil {
-			return err
-		}
-		if n := s.CachedInfo().State.Msgs; n != 0 {
-			return fmt.Errorf("%d messages not acknowledged", n)
-		}
-		return nil
-	})
-}
-
 // deadletters runs `keytrail deadletters` against the test's NATS and ClickHouse.
 func deadletters(t *testing.T, js *testenv.JetStream, db *testenv.Database, args ...string) (string, error) {
 	t.Helper()
@@ -182,7 +162,7 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 		t.Fatal(err)
 	}
 	publish("e4", "", pb(event("e4"))) // into the dead_letters table
-	drained(t, js)
+	js.AwaitAcknowledged(t, 20*time.Second)
 	out, err := deadletters(t, js, db, "list")
 	if err != nil || !strings.HasPrefix(out, "note: the dead-letter stream KEYTRAIL_DEADLETTER does not exist") || !strings.Contains(out, "dead_letters/KEYTRAIL_EVENTS/1") {
 		t.Errorf("list without the stream (%v):\n%s", err, out)
@@ -197,7 +177,7 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 	asJSON, _ := protojson.Marshal(event("e3"))
 	publish("e3", "application/json", asJSON)
 	publish("garbage", "", []byte("not an event \xff"))
-	drained(t, js)
+	js.AwaitAcknowledged(t, 20*time.Second)
 	stop()
 	if n := testenv.QueryUint64(t, db.Conn, "SELECT count() FROM usage_events"); n != 0 {
 		t.Fatalf("%d events stored by the skewed ingester", n)
@@ -278,7 +258,7 @@ func TestDeadLettersListAndReplay(t *testing.T) {
 	if err != nil || out != "no dead letters to replay\n" {
 		t.Errorf("third replay (%v):\n%s", err, out)
 	}
-	drained(t, js)
+	js.AwaitAcknowledged(t, 20*time.Second)
 
 	for _, q := range []string{"SELECT count() FROM usage_events", "SELECT uniqExact(event_id) FROM usage_events", "SELECT countMerge(requests) FROM usage_key_minute"} {
 		if n := testenv.QueryUint64(t, db.Conn, q); n != 4 {

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -106,15 +104,7 @@ func (f fixture) lifecycle() []*keytrailv1.LifecycleEvent {
 
 func publishFixture(t *testing.T, natsURL string, f fixture) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.Connect(t, natsURL)
 	pub, err := publisher.New(publisher.Config{JetStream: js, Subjects: event.Subjects{Prefix: "keytrail"}, Encoding: event.EncodingJSON})
 	if err != nil {
 		t.Fatal(err)

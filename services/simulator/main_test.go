@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/internal/testenv"
 )
@@ -72,15 +69,7 @@ func TestRunWaitsForStreamThenPublishes(t *testing.T) {
 		return nil
 	})
 
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, js := testenv.Connect(t, srv.ClientURL())
 	streams := broker.DefaultStreamConfig()
 	if err := broker.EnsureStreams(context.Background(), js, streams); err != nil {
 		t.Fatal(err)
