@@ -13,7 +13,9 @@
 // ingesters. Every durable exists before anything is published to it, and every process must
 // agree on the count.
 //
-// A Lease (lease.go) is held in a JetStream key-value bucket, expires a TTL after its holder's
-// last renewal, and is lost by a holder that cannot renew it. Provision retries stream,
-// consumer and bucket creation that a NATS cluster leaves unanswered.
+// A Lease (lease.go) is held in a JetStream key-value bucket by one process at a time: it
+// expires a TTL after its holder's last renewal, and a holder that cannot renew it gives it up
+// before it can expire. keytrail's leases: migrations, the alert evaluator, and each
+// database's rollup repairs (ingest/reconcile). Provision retries stream, consumer and bucket
+// creation that a NATS cluster leaves unanswered.
 package broker

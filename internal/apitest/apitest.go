@@ -1,5 +1,3 @@
-// Package apitest serves the real query API (gRPC and REST, authentication, validation,
-// query recording) over a per-test ClickHouse database, for tests of the API's answers.
 package apitest
 
 import (

@@ -39,7 +39,8 @@
 //
 // Limits: data that arrives later than the window (default 30 min) is never scanned for
 // alerts (it still shows in the API). Two evaluators running at once each keep their own
-// memory; layer 2 makes their publishes idempotent, but run one per deployment. A publish
+// memory; layer 2 makes their publishes idempotent, but run one per deployment (keytrail
+// does: only the query process holding the alert-evaluator lease runs it). A publish
 // that fails is retried on the next scan under the same id (the episode is forgotten so it
 // is derived again).
 package alerting

@@ -1,14 +1,3 @@
-// Command keytrail runs the keytrail service: by default an embedded NATS server with
-// JetStream, the ingester and the query API (gRPC + REST) in one process. Flags point it at
-// an external NATS and ClickHouse and pick one role for scaled deployments.
-//
-//	keytrail [serve] [flags]                     run (see -h)
-//	keytrail migrate [flags]                     apply the ClickHouse schema and exit
-//	keytrail rotation check --old KEY [flags]    is the old key of a roll safe to revoke?
-//	                                             exit 0 safe, 3 not yet, 1 error, 2 usage
-//	keytrail token new --name N --role R         make an API token and its tokens-file entry
-//	keytrail deadletters list [--reason R]       show dead letters (stream and fallback table)
-//	keytrail deadletters replay [--reason R]     republish them once their cause is fixed
 package main
 
 import (

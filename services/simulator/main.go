@@ -1,8 +1,3 @@
-// Command simulator plays a fleet of API gateways against keytrail: it generates the traffic
-// of package simulate in real time and publishes it to NATS JetStream with package publisher.
-// It never creates streams (keytrail does), and waits for them if keytrail is not up yet.
-//
-//	simulator [flags]   run until interrupted or --duration passes (see -h)
 package main
 
 import (
