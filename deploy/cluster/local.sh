@@ -104,6 +104,31 @@ marker_of() {
   esac
 }
 
+# spawn NAME LOG CMD...: runs CMD in the background in a session of its own (Ctrl-C in the
+# terminal that started the cluster does not reach it), its output appended to LOG, and writes
+# its pid to NAME's pid file. The script has no job control, so setsid execs in place: $! is
+# the server's pid.
+spawn() {
+  local name="$1" log="$2"
+  shift 2
+  nohup setsid "$@" </dev/null >>"$log" 2>&1 &
+  echo "$!" >"$dir/$name/pid"
+}
+
+# await_up NAME LOG CHECK...: waits up to 30 s until the command CHECK... succeeds; dies with
+# the end of LOG if the process spawned for NAME exits first. kill -0, not pid_of: until the
+# exec completes, the child's command line is still this script's.
+await_up() {
+  local name="$1" log="$2" pid deadline=$((SECONDS + 30))
+  shift 2
+  pid="$(<"$dir/$name/pid")"
+  until "$@"; do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "$name exited during start-up"; }
+    ((SECONDS < deadline)) || die "$name not up after 30s ($*)"
+    sleep 0.1
+  done
+}
+
 # wait_gone PID seconds: waits for the process to exit.
 wait_gone() {
   local pid="$1" deadline=$((SECONDS + $2))
@@ -151,20 +176,14 @@ maxClientCnxns=200
 admin.enableServer=false
 4lw.commands.whitelist=srvr,ruok,mntr
 EOF
-  nohup setsid java -Xms32m -Xmx256m -XX:+UseSerialGC -Dzookeeper.log.dir="$zdir/log" \
+  spawn zookeeper "$zdir/log/stdout.log" java -Xms32m -Xmx256m -XX:+UseSerialGC -Dzookeeper.log.dir="$zdir/log" \
     -cp /etc/zookeeper/conf:/usr/share/java/zookeeper.jar \
-    org.apache.zookeeper.server.quorum.QuorumPeerMain "$zdir/zoo.cfg" </dev/null >>"$zdir/log/stdout.log" 2>&1 &
-  local pid=$!
-  echo "$pid" >"$zdir/pid"
-  local deadline=$((SECONDS + 30))
-  # kill -0, not pid_of: until the exec completes, the child's command line is still ours.
-  until [[ "$(zk_mode)" == "Mode: standalone" ]]; do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$zdir/log/stdout.log" >&2; die "zookeeper exited during start-up"; }
-    ((SECONDS < deadline)) || die "zookeeper not serving on 127.0.0.1:$zk_port after 30s"
-    sleep 0.1
-  done
+    org.apache.zookeeper.server.quorum.QuorumPeerMain "$zdir/zoo.cfg"
+  await_up zookeeper "$zdir/log/stdout.log" zk_serving
   echo "zookeeper ready at 127.0.0.1:$zk_port"
 }
+
+zk_serving() { [[ "$(zk_mode)" == "Mode: standalone" ]]; }
 
 # ---------------------------------------------------------------------------------------------
 # ClickHouse: deploy/clickhouse/local.sh runs each server; this adds config.d/cluster.xml.
@@ -275,15 +294,8 @@ cluster {
 }
 EOF
   tcp_open $((base + 50 + j)) && die "something else listens on $name's port $((base + 50 + j))"
-  nohup setsid "$nats_bin" -c "$ndir/nats.conf" </dev/null >>"$ndir/nats.log" 2>&1 &
-  local pid=$!
-  echo "$pid" >"$ndir/pid"
-  local deadline=$((SECONDS + 30))
-  until tcp_open $((base + 50 + j)); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$ndir/nats.log" >&2; die "$name exited during start-up"; }
-    ((SECONDS < deadline)) || die "$name not listening after 30s"
-    sleep 0.1
-  done
+  spawn "$name" "$ndir/nats.log" "$nats_bin" -c "$ndir/nats.conf"
+  await_up "$name" "$ndir/nats.log" tcp_open $((base + 50 + j))
   echo "$name listening at nats://127.0.0.1:$((base + 50 + j))"
 }
 
