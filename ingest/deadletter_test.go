@@ -91,29 +91,7 @@ func (e *dlEnv) start(t *testing.T, configure func(*ingest.Config)) {
 	if configure != nil {
 		configure(&cfg)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ing, err := ingest.New(ctx, cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	e.ing = ing
-	done := make(chan error, 1)
-	go func() { done <- ing.Run(ctx) }()
-	stopped := false
-	e.stop = func() error {
-		if stopped {
-			return nil
-		}
-		stopped = true
-		cancel()
-		return <-done
-	}
-	t.Cleanup(func() {
-		if err := e.stop(); err != nil {
-			t.Errorf("ingester: %v", err)
-		}
-	})
+	e.ing, e.stop = testenv.RunIngester(t, cfg)
 }
 
 // waitStored waits until storage holds exactly usage usage events and lifecycle lifecycle

@@ -27,21 +27,9 @@ func startIngester(t *testing.T, js *testenv.JetStream, db *testenv.Database) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ing, err := ingest.New(ctx, ingest.Config{
+	testenv.RunIngester(t, ingest.Config{
 		JetStream: js.JS, Streams: js.Streams, Sink: sink,
 		BatchSize: 1000, FlushInterval: 50 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- ing.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ingester: %v", err)
-		}
 	})
 }
 

@@ -306,23 +306,10 @@ func TestPoisonIsDeadLetteredWithItsReasonAndValidEventsAroundItAreStored(t *tes
 // poisonRunIngester runs an ingester on sink with the given metrics until the test ends.
 func poisonRunIngester(t *testing.T, js *testenv.JetStream, sink ingest.Sink, metrics *ingest.Metrics) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ing, err := ingest.New(ctx, ingest.Config{
+	testenv.RunIngester(t, ingest.Config{
 		JetStream: js.JS, Streams: js.Streams, Sink: sink, Metrics: metrics,
 		BatchSize: 1000, FlushInterval: 50 * time.Millisecond,
 		Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- ing.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ingester: %v", err)
-		}
 	})
 }
 

@@ -443,22 +443,9 @@ func runIngester(t *testing.T, nc *nats.Conn, streams broker.StreamConfig, db *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ing, err := ingest.New(ctx, ingest.Config{
+	testenv.RunIngester(t, ingest.Config{
 		JetStream: js, Streams: streams, Sink: rec.Guard(), BatchSize: 5000, FlushInterval: 200 * time.Millisecond,
 		Logger: logger,
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- ing.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ingester: %v", err)
-		}
 	})
 	return logs
 }

@@ -212,15 +212,9 @@ func TestIdenticalRetryCompletesAnInsertThatFailedHalfWay(t *testing.T) {
 				sink = withoutRetryDedup{s}
 			}
 			metrics := ingest.NewMetrics(nil)
-			ctx, cancel := context.WithCancel(context.Background())
-			ing, err := ingest.New(ctx, ingest.Config{JetStream: js.JS, Streams: streams, Sink: sink, BatchSize: 1000,
+			_, stop := testenv.RunIngester(t, ingest.Config{JetStream: js.JS, Streams: streams, Sink: sink, BatchSize: 1000,
 				FlushInterval: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Metrics: metrics})
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- ing.Run(ctx) }()
-			defer func() { cancel(); <-done }()
+			defer func() { _ = stop() }() // judged by the stored counts, as before
 
 			const n = 2000
 			base := time.Now().UTC().Add(-2 * time.Hour)

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -91,28 +90,15 @@ func runTestIngester(t *testing.T, js *testenv.JetStream, db *testenv.Database, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ing, err := ingest.New(ctx, ingest.Config{
+	_, stopIngester := testenv.RunIngester(t, ingest.Config{
 		JetStream: js.JS, Streams: js.Streams, Sink: sink, BatchSize: 100, FlushInterval: 50 * time.Millisecond,
 		Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return time.Now().Add(skew) },
 	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
+	return func() {
+		if err := stopIngester(); err != nil {
+			t.Errorf("ingester: %v", err)
+		}
 	}
-	done := make(chan error, 1)
-	go func() { done <- ing.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("ingester: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
 }
 
 // deadletters runs `keytrail deadletters` against the test's NATS and ClickHouse.
