@@ -237,23 +237,12 @@ func missingIDs(conn driver.Conn, l load, limit int) []string {
 // publishPaced publishes events [from, to) of the load at about perSecond events a second,
 // so the load overlaps the fault instead of landing before it.
 func publishPaced(ctx context.Context, p *publisher.Publisher, l load, from, to, perSecond int) error {
-	start := time.Now()
-	for i := from; i < to; {
-		due := min(to, from+int(time.Since(start).Seconds()*float64(perSecond)))
-		if i >= due {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			time.Sleep(2 * time.Millisecond) // pacing only
-			continue
+	return testenv.Paced(ctx, to-from, perSecond, func(i int) error {
+		if err := p.PublishUsage(ctx, l.event(from+i)); err != nil {
+			return fmt.Errorf("publish event %d: %w", from+i, err)
 		}
-		for ; i < due; i++ {
-			if err := p.PublishUsage(ctx, l.event(i)); err != nil {
-				return fmt.Errorf("publish event %d: %w", i, err)
-			}
-		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // failures records the ids the publisher gave up on (Config.OnFailure).

@@ -505,28 +505,20 @@ func checkAnswers(t *testing.T, set *eventSet, answers map[string]any) {
 // publishPaced publishes the events in order at about perSecond a second.
 func publishPaced(p *publisher.Publisher, events []any, perSecond int, published *atomic.Int64) error {
 	ctx := context.Background()
-	start := time.Now()
-	for i := 0; i < len(events); {
-		due := min(len(events), int(time.Since(start).Seconds()*float64(perSecond))+1)
-		if i >= due {
-			time.Sleep(2 * time.Millisecond) // pacing only
-			continue
+	return testenv.Paced(ctx, len(events), perSecond, func(i int) error {
+		var err error
+		switch e := events[i].(type) {
+		case *keytrailv1.UsageEvent:
+			err = p.PublishUsage(ctx, e)
+		case *keytrailv1.LifecycleEvent:
+			err = p.PublishLifecycle(ctx, e)
 		}
-		for ; i < due; i++ {
-			var err error
-			switch e := events[i].(type) {
-			case *keytrailv1.UsageEvent:
-				err = p.PublishUsage(ctx, e)
-			case *keytrailv1.LifecycleEvent:
-				err = p.PublishLifecycle(ctx, e)
-			}
-			if err != nil {
-				return fmt.Errorf("publish event %d: %w", i, err)
-			}
-			published.Add(1)
+		if err != nil {
+			return fmt.Errorf("publish event %d: %w", i, err)
 		}
-	}
-	return nil
+		published.Add(1)
+		return nil
+	})
 }
 
 func streamLeader(t *testing.T, js jetstream.JetStream, stream string) string {

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
@@ -13,6 +14,19 @@ func Get(t testing.TB, base, path string, params url.Values, authorization strin
 	t.Helper()
 	code, body, _ := GetWithHeader(t, base, path, params, authorization)
 	return code, body
+}
+
+// GetJSON makes a GET request like Get, fails the test unless the status is wantStatus, and
+// decodes the JSON body into out.
+func GetJSON(t testing.TB, base, path string, params url.Values, authorization string, wantStatus int, out any) {
+	t.Helper()
+	code, body := Get(t, base, path, params, authorization)
+	if code != wantStatus {
+		t.Fatalf("GET %s?%s: status %d, want %d: %s", path, params.Encode(), code, wantStatus, body)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		t.Fatalf("GET %s?%s: %v: %s", path, params.Encode(), err, body)
+	}
 }
 
 // GetWithHeader is Get that returns the response's header too.

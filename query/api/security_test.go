@@ -488,13 +488,7 @@ func TestProjectReaderCannotReadOtherProjects(t *testing.T) {
 
 func getJSON(t *testing.T, s *secServer, path string, params url.Values, token string, out any) {
 	t.Helper()
-	code, body := s.get(t, path, params, bearer(token))
-	if code != http.StatusOK {
-		t.Fatalf("GET %s?%s: %d %s", path, params.Encode(), code, body)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		t.Fatalf("GET %s: %v: %s", path, err, body)
-	}
+	testenv.GetJSON(t, "http://"+s.HTTPAddr, path, params, bearer(token), http.StatusOK, out)
 }
 
 // Not parallel: the third call must come within a second of the first two, before the

@@ -273,13 +273,7 @@ func (b *browser) signIn(token string) {
 // getJSON calls the REST API as the test's admin.
 func getJSON(t *testing.T, srv *apitest.Server, path string, params url.Values, token string, out any) {
 	t.Helper()
-	code, body := srv.Get(t, path, params, token)
-	if code != http.StatusOK {
-		t.Fatalf("GET %s?%s: %d %s", path, params.Encode(), code, body)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
+	testenv.GetJSON(t, "http://"+srv.HTTPAddr, path, params, "Bearer "+token, http.StatusOK, out)
 }
 
 // projectsAsked lists the project each recorded call of the method (GetKeyUsage, ...) about

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -131,13 +130,7 @@ func publishFixture(t *testing.T, natsURL string, f fixture) {
 // getJSON calls the REST API as the dev-mode admin.
 func getJSON(t *testing.T, m *Main, path string, params url.Values, wantStatus int, out any) {
 	t.Helper()
-	code, body := testenv.Get(t, "http://"+m.HTTPAddr, path, params, "Bearer "+m.AdminToken)
-	if code != wantStatus {
-		t.Fatalf("GET %s?%s: status %d, want %d: %s", path, params.Encode(), code, wantStatus, body)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		t.Fatalf("GET %s?%s: %v: %s", path, params.Encode(), err, body)
-	}
+	testenv.GetJSON(t, "http://"+m.HTTPAddr, path, params, "Bearer "+m.AdminToken, wantStatus, out)
 }
 
 type usageRow struct {
