@@ -2,6 +2,7 @@ package reconcile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/chsink"
+	"github.com/keytrail/keytrail/internal/retry"
 )
 
 // Guard wraps the ingester's sink (Config.Sink) so that the rollups are checked where an
@@ -111,11 +113,12 @@ func (r *Reconciler) afterRedelivery(ctx context.Context, stored []ingest.Record
 		cut, reason = restarted, "ClickHouse restarted after they were stored"
 	}
 	scope := Scope{Days: days, Keys: keys, AllTime: cut}
-	for attempt := 1; ; attempt++ {
+	var deferred int
+	err := retry.Do(ctx, retry.Policy{First: deferredBackoff, Max: deferredBackoff, Attempts: deferredRetries}, func(int) error {
 		rep, err := r.check(ctx, scope, TriggerRedelivery)
 		r.record(TriggerRedelivery, rep, err)
 		if err != nil {
-			return fmt.Errorf("check the rollups of %d redelivered events already stored: %w", len(stored), err)
+			return retry.Permanent(fmt.Errorf("check the rollups of %d redelivered events already stored: %w", len(stored), err))
 		}
 		if rep.Repaired() > 0 || cut {
 			attrs := []any{"events", len(stored), "hours_checked", rep.HoursChecked, "cells_repaired", rep.Repaired(), "all_time_checked", cut}
@@ -124,19 +127,21 @@ func (r *Reconciler) afterRedelivery(ctx context.Context, stored []ingest.Record
 			}
 			r.log.Info("checked the rollups of events an unacknowledged insert had stored", attrs...)
 		}
-		if rep.DeferredCells() == 0 {
-			return nil
+		if deferred = rep.DeferredCells(); deferred > 0 {
+			return errCellsBusy
 		}
-		if attempt == deferredRetries {
-			r.log.Warn("rollup cells stayed busy with other writers' inserts; left to the sweep",
-				"cells", rep.DeferredCells(), "keys", len(slices.Compact(slices.Sorted(slices.Values(keys)))))
-			return nil
-		}
-		if !sleep(ctx, deferredBackoff) {
-			return ctx.Err()
-		}
+		return nil
+	}, nil)
+	if errors.Is(err, errCellsBusy) {
+		r.log.Warn("rollup cells stayed busy with other writers' inserts; left to the sweep",
+			"cells", deferred, "keys", len(slices.Compact(slices.Sorted(slices.Values(keys)))))
+		return nil
 	}
+	return err
 }
+
+// errCellsBusy is a check that deferred cells other writers were inserting into: tried again.
+var errCellsBusy = errors.New("rollup cells busy with other writers' inserts")
 
 // restartedSince reports whether the ClickHouse server started after (or within clockSkew
 // of) the earliest ingested_at of the given stored events: their insert may have been running

@@ -3,6 +3,7 @@ package reconcile_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -493,5 +494,66 @@ func TestExcessAndRetentionAreNotRepaired(t *testing.T) {
 	}
 	if extra != 5+1 { // the bogus row and November's one event in that cell (event 0)
 		t.Errorf("spend_hourly cell holds %d requests, want 6 (left alone)", extra)
+	}
+}
+
+// A redelivery check that finds cells another writer is inserting into tries again, at most
+// deferredRetries (3) times in all: once the other writer is done the cells are repaired
+// before the storage check returns; while it never is, the check gives up on them (the sweep
+// will find them) and the events are still acknowledged.
+func TestRedeliveryCheckRetriesBusyCells(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		busyTimes int // checks during which another insert lands in a compared cell
+		wantCalls int
+		wantSweep bool
+	}{
+		{name: "busy once", busyTimes: 1, wantCalls: 2},
+		{name: "always busy", busyTimes: 100, wantCalls: 3, wantSweep: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			db := testenv.ClickHouse(t)
+			logs := &testenv.SyncBuffer{}
+			rec, _ := newReconciler(t, db, func(c *reconcile.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+			base := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+			evs := events("rb", base, 5*time.Second, 100)
+			withViewsDetached(t, db, []string{"spend_hourly"}, evs)
+			calls := 0
+			reconcile.SetAfterFirstRead(rec, func() {
+				calls++
+				if calls <= tc.busyTimes {
+					late := events("rb", base, 5*time.Second, 100)[50]
+					late.EventId = fmt.Sprintf("late-%d", calls)
+					insert(t, db, []*keytrailv1.UsageEvent{late})
+				}
+			})
+			records := make([]ingest.Record, len(evs))
+			for i, e := range evs {
+				records[i] = ingest.Record{Event: event.Event{Kind: event.KindUsage, Usage: e}, StreamSeq: uint64(i + 1), MaybeStored: true}
+			}
+			presence, err := rec.Guard().(ingest.Deduper).Classify(ctx, records)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, p := range presence {
+				if p != ingest.AlreadyStored {
+					t.Fatalf("record %d: presence %v, want AlreadyStored", i, p)
+				}
+			}
+			if calls != tc.wantCalls {
+				t.Errorf("%d checks, want %d", calls, tc.wantCalls)
+			}
+			if got := strings.Contains(logs.String(), "left to the sweep"); got != tc.wantSweep {
+				t.Errorf("left to the sweep: %v, want %v; log:\n%s", got, tc.wantSweep, logs.String())
+			}
+			if !tc.wantSweep {
+				wantExact(t, db)
+			} else if m := testenv.RollupMismatches(t, db.Conn, 10); len(m) != 1 {
+				t.Errorf("want the one busy spend_hourly cell still short, got %q", m)
+			}
+		})
 	}
 }
