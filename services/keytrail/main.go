@@ -323,7 +323,10 @@ func (m *Main) reconciler(ctx context.Context, js jetstream.JetStream, sink *chs
 	if err := m.ch.QueryRow(ctx, "SELECT currentDatabase()").Scan(&database); err != nil {
 		return nil, fmt.Errorf("read the current database: %w", err)
 	}
-	lease, err := broker.OpenLease(ctx, m.leaseConfig(js, reconcile.LeaseName(database)))
+	lcfg := m.leaseConfig(js, reconcile.LeaseName(database))
+	// A repair holds the ingester's writes while it waits: ask again soon, not every TTL/5.
+	lcfg.Poll = 100 * time.Millisecond
+	lease, err := broker.OpenLease(ctx, lcfg)
 	if err != nil {
 		return nil, err
 	}
