@@ -280,6 +280,15 @@ nats_start() {
     ((i == j)) && continue
     routes+="${routes:+, }\"nats-route://127.0.0.1:$((base + 60 + i))\""
   done
+  # A lone server gets no cluster block: nats-server refuses a JetStream cluster without routes.
+  local cluster_block=""
+  if ((nats_count > 1)); then
+    cluster_block="cluster {
+  name: keytrail
+  listen: 127.0.0.1:$((base + 60 + j))
+  routes: [$routes]
+}"
+  fi
   cat >"$ndir/nats.conf" <<EOF
 # Written by deploy/cluster/local.sh.
 server_name: $name
@@ -287,11 +296,7 @@ listen: 127.0.0.1:$((base + 50 + j))
 http: 127.0.0.1:$((base + 70 + j))
 max_payload: 1MB
 jetstream { store_dir: "$ndir/store" }
-cluster {
-  name: keytrail
-  listen: 127.0.0.1:$((base + 60 + j))
-  routes: [$routes]
-}
+$cluster_block
 EOF
   tcp_open $((base + 50 + j)) && die "something else listens on $name's port $((base + 50 + j))"
   spawn "$name" "$ndir/nats.log" "$nats_bin" -c "$ndir/nats.conf"
