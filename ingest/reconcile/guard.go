@@ -82,10 +82,9 @@ func (g *guard) WriteDeadLetters(ctx context.Context, letters []*ingest.DeadLett
 
 // Bounds of the redelivery check's retries of cells another writer was inserting into.
 const (
-	deferredRetries = 3
-	deferredBackoff = 200 * time.Millisecond
-	// clockSkew is how far the ingester's clock (ingested_at) may be from ClickHouse's.
-	clockSkew = 5 * time.Minute
+	deferredRetries  = 3
+	deferredBackoff  = 200 * time.Millisecond
+	defaultClockSkew = 5 * time.Minute
 )
 
 // afterRedelivery checks the rollups of the days and keys of usage events a storage check
@@ -143,7 +142,7 @@ func (r *Reconciler) afterRedelivery(ctx context.Context, stored []ingest.Record
 // errCellsBusy is a check that deferred cells other writers were inserting into: tried again.
 var errCellsBusy = errors.New("rollup cells busy with other writers' inserts")
 
-// restartedSince reports whether the ClickHouse server started after (or within clockSkew
+// restartedSince reports whether the ClickHouse server started after (or within ClockSkew
 // of) the earliest ingested_at of the given stored events: their insert may have been running
 // when it went down.
 func (r *Reconciler) restartedSince(ctx context.Context, stored []ingest.Record) (bool, error) {
@@ -178,7 +177,7 @@ func (r *Reconciler) restartedSince(ctx context.Context, stored []ingest.Record)
 	if earliest < 0 {
 		return true, nil // not found: assume the worst
 	}
-	return serverStart >= earliest-int64(clockSkew/time.Second), nil
+	return serverStart >= earliest-int64(r.cfg.ClockSkew/time.Second), nil
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

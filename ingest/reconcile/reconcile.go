@@ -41,6 +41,10 @@ type Config struct {
 	Logger       *slog.Logger
 	// Now is the clock the sweep's range is measured on; time.Now when nil.
 	Now func() time.Time
+	// ClockSkew is how far the ingester's clock (ingested_at) may be from ClickHouse's when
+	// deciding whether the server restarted after redelivered events were stored (default
+	// 5 minutes: a server that started that close to the insert may have cut it).
+	ClockSkew time.Duration
 }
 
 // Validate reports every problem with the configuration at once.
@@ -60,6 +64,9 @@ func (c Config) Validate() error {
 	}
 	if c.KeysPerCheck < 0 {
 		errs = append(errs, errors.New("reconcile: keys per check must not be negative"))
+	}
+	if c.ClockSkew < 0 {
+		errs = append(errs, fmt.Errorf("reconcile: clock skew %s must not be negative", c.ClockSkew))
 	}
 	return errors.Join(errs...)
 }
@@ -93,6 +100,9 @@ func New(cfg Config) (*Reconciler, error) {
 	}
 	if cfg.KeysPerCheck == 0 {
 		cfg.KeysPerCheck = 500
+	}
+	if cfg.ClockSkew == 0 {
+		cfg.ClockSkew = defaultClockSkew
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
