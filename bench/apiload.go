@@ -339,7 +339,7 @@ func (h *harness) runLoad(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	js, err := startJetStream(ctx)
+	js, err := h.startJetStream(ctx)
 	if err != nil {
 		return err
 	}

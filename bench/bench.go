@@ -18,6 +18,9 @@ type harness struct {
 	names  *names
 	ch     clickHouse
 	report *Report
+	// chPID is the ClickHouse server's process id when it runs on this machine and can be
+	// seen (0 otherwise: its CPU figures are n/a).
+	chPID int
 }
 
 func (h *harness) logf(format string, args ...any) {
@@ -48,6 +51,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	if h.chPID = listenerPID(cfg.ClickHouseAddr); h.chPID == 0 {
+		h.logf("no local process listens on %s: ClickHouse CPU figures will be n/a", cfg.ClickHouseAddr)
+	}
 	h.report.Machine.ClickHouse = version
 	h.report.Machine.Description += ", ClickHouse " + version
 	// Whatever happens, the benchmark database does not outlive the run.
@@ -63,7 +69,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		name string
 		run  func(context.Context) error
 	}{
+		{PhasePublish, h.runPublish},
 		{PhaseDrain, h.runDrain},
+		{PhaseBlocks, h.runBlocks},
 		{PhaseE2E, h.runE2E},
 		{PhaseLatency, h.runLatency},
 		{PhaseRSS, h.runRSS},

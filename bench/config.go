@@ -12,7 +12,9 @@ import (
 
 // Phases, in the order they run.
 const (
-	PhaseDrain   = "drain"   // drain rate and its two raw baselines
+	PhasePublish = "publish" // the publisher package against raw nats.go async publishing
+	PhaseDrain   = "drain"   // drain rate, the cost table, and the raw baselines
+	PhaseBlocks  = "blocks"  // ClickHouse's cost per row by insert block size
 	PhaseE2E     = "e2e"     // publishers and ingester together: sustained rate
 	PhaseLatency = "latency" // publish-to-queryable latency at a fixed rate
 	PhaseRSS     = "rss"     // peak RSS of a separate ingester process with a backlog
@@ -21,7 +23,7 @@ const (
 )
 
 // AllPhases is every phase in run order.
-var AllPhases = []string{PhaseDrain, PhaseE2E, PhaseLatency, PhaseRSS, PhaseQuery, PhaseLoad}
+var AllPhases = []string{PhasePublish, PhaseDrain, PhaseBlocks, PhaseE2E, PhaseLatency, PhaseRSS, PhaseQuery, PhaseLoad}
 
 // Config configures a run.
 type Config struct {
@@ -99,6 +101,7 @@ func (c Config) runs(phase string) bool {
 
 // Sizes are the sizes of one run, Scale applied.
 type Sizes struct {
+	PublishEvents int // events of each publish run (4 runs: raw, package, package, raw)
 	DrainEvents   int // backlog the in-process ingester drains (and the baselines read)
 	E2EEvents     int // events published while the ingester runs
 	LatencyWaves  int // 1-second waves at LatencyRate
@@ -124,6 +127,7 @@ const MinRawCalls = 10
 func SizesFor(scale float64) Sizes {
 	n := func(full, floor int) int { return max(int(math.Round(float64(full)*scale)), floor) }
 	return Sizes{
+		PublishEvents: n(500_000, 100_000),
 		DrainEvents:   n(1_000_000, 200_000),
 		E2EEvents:     n(2_000_000, 200_000),
 		LatencyWaves:  n(60, 10),

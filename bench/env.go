@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -22,28 +21,32 @@ import (
 	"github.com/keytrail/keytrail/migrations"
 )
 
-// jetStreamEnv is one phase's embedded NATS server with keytrail's streams, its store in a
-// temporary directory removed by close.
+// jetStreamEnv is one phase's nats-server process (see natsproc.go) with keytrail's
+// streams, its store in a temporary directory removed by close.
 type jetStreamEnv struct {
-	srv     *server.Server
+	proc    *natsProcess
 	dir     string
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	streams broker.StreamConfig
 }
 
-func startJetStream(ctx context.Context) (*jetStreamEnv, error) {
+func (h *harness) startJetStream(ctx context.Context) (*jetStreamEnv, error) {
+	bin, err := h.natsServerBinary(ctx)
+	if err != nil {
+		return nil, err
+	}
 	dir, err := os.MkdirTemp("", "keytrail-bench-nats-")
 	if err != nil {
 		return nil, err
 	}
-	srv, err := broker.RunEmbedded(broker.EmbeddedConfig{Port: -1, StoreDir: dir})
+	proc, err := startNATSProcess(ctx, bin, dir)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	env := &jetStreamEnv{srv: srv, dir: dir, streams: broker.DefaultStreamConfig()}
-	if env.nc, err = nats.Connect(srv.ClientURL(), nats.Name("keytrail-bench")); err != nil {
+	env := &jetStreamEnv{proc: proc, dir: dir, streams: broker.DefaultStreamConfig()}
+	if env.nc, err = nats.Connect(proc.url, nats.Name("keytrail-bench")); err != nil {
 		env.close()
 		return nil, fmt.Errorf("connect nats: %w", err)
 	}
@@ -58,14 +61,13 @@ func startJetStream(ctx context.Context) (*jetStreamEnv, error) {
 	return env, nil
 }
 
-func (e *jetStreamEnv) url() string { return e.srv.ClientURL() }
+func (e *jetStreamEnv) url() string { return e.proc.url }
 
 func (e *jetStreamEnv) close() {
 	if e.nc != nil {
 		e.nc.Close()
 	}
-	e.srv.Shutdown()
-	e.srv.WaitForShutdown()
+	e.proc.stop()
 	os.RemoveAll(e.dir)
 }
 

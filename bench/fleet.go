@@ -82,7 +82,12 @@ type generator struct {
 }
 
 func newGenerator(n *names, seed uint64) *generator {
-	return &generator{names: n, state: seed*0x9E3779B97F4A7C15 + 1}
+	// The state starts at a mix of the seed, not the seed times splitmix's increment:
+	// with that, seed s+1 was seed s one step later, and generators of nearby seeds that
+	// draw only ids (two steps each) produced each other's ids.
+	g := &generator{names: n, state: seed}
+	g.state = g.next()
+	return g
 }
 
 // next is splitmix64.

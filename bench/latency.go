@@ -34,7 +34,7 @@ const (
 
 func (h *harness) runLatency(ctx context.Context) error {
 	rate, waves := h.sizes.LatencyRate, h.sizes.LatencyWaves
-	js, err := startJetStream(ctx)
+	js, err := h.startJetStream(ctx)
 	if err != nil {
 		return err
 	}

@@ -70,6 +70,8 @@ type Report struct {
 	Sizes   Sizes     `json:"sizes"`
 	Machine Machine   `json:"machine"`
 	Rows    []Row     `json:"rows"`
+	// Costs is the cost table: CPU per event and per stage beside the raw baselines.
+	Costs []CostRow `json:"costs,omitempty"`
 	// Notes are facts of the run worth keeping with the figures (event sizes, load time, ...).
 	Notes []string `json:"notes"`
 	// Errors are phases that failed; their rows are missing.
@@ -97,6 +99,10 @@ func (r *Report) WriteTable(w io.Writer) {
 	s := r.Sizes
 	fmt.Fprintf(w, "sizes: drain %s, end-to-end %s, latency %d s at %s/s, RSS backlog %s, history %s events over %d days (%d keys, %d services), %d calls per answer\n\n",
 		count(s.DrainEvents), count(s.E2EEvents), s.LatencyWaves, count(s.LatencyRate), count(s.RSSBacklog), count(s.QueryEvents), s.HistoryDays, s.Keys, s.Services, s.Calls)
+	r.writeCosts(w)
+	if len(r.Costs) > 0 {
+		fmt.Fprintln(w, "targets:")
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "figure\tvalue\tbaseline\tbaseline value\tratio\ttarget\tmet?")
 	for _, row := range r.Rows {
@@ -160,6 +166,8 @@ func format(v float64, unit string) string {
 		return fmt.Sprintf("%.1f ms", v)
 	case UnitMB:
 		return fmt.Sprintf("%.0f MB", v)
+	case UnitMicrosPerEvent, UnitCPUPerMillion:
+		return formatCost(v, unit)
 	}
 	return fmt.Sprintf("%g %s", v, unit)
 }

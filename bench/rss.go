@@ -32,7 +32,7 @@ func (h *harness) runRSS(ctx context.Context) error {
 		return err
 	}
 
-	js, err := startJetStream(ctx)
+	js, err := h.startJetStream(ctx)
 	if err != nil {
 		return err
 	}

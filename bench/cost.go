@@ -1,0 +1,175 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/google/pprof/profile"
+)
+
+var nan = math.NaN()
+
+// Units of the cost table.
+const (
+	UnitMicrosPerEvent = "µs/event"
+	UnitCPUPerMillion  = "CPU-s/1M rows"
+	UnitShare          = "%"
+)
+
+// CostRow is one line of the cost table: what one stage of the ingest path costs, beside
+// what the same work costs done directly with the client libraries (the raw baseline).
+type CostRow struct {
+	Stage string `json:"stage"`
+	// Value is NaN (null in JSON) when it could not be measured (the note says why).
+	Value         float64 `json:"value"`
+	Unit          string  `json:"unit"`
+	Baseline      string  `json:"baseline,omitempty"`
+	BaselineValue float64 `json:"baseline_value,omitempty"`
+	Note          string  `json:"note,omitempty"`
+}
+
+// MarshalJSON writes NaN values as null.
+func (r CostRow) MarshalJSON() ([]byte, error) {
+	type plain CostRow
+	out := struct {
+		plain
+		Value         any `json:"value"`
+		BaselineValue any `json:"baseline_value,omitempty"`
+	}{plain: plain(r), Value: r.Value}
+	if math.IsNaN(r.Value) {
+		out.Value = nil
+	}
+	if r.Baseline != "" && !math.IsNaN(r.BaselineValue) {
+		out.BaselineValue = r.BaselineValue
+	}
+	return json.Marshal(out)
+}
+
+func (r *Report) cost(rows ...CostRow) { r.Costs = append(r.Costs, rows...) }
+
+// writeCosts prints the cost table.
+func (r *Report) writeCosts(w io.Writer) {
+	if len(r.Costs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "cost per event, CPU time of each process (one run):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "stage\tkeytrail\traw baseline\traw\tnote")
+	for _, c := range r.Costs {
+		base := ""
+		if c.Baseline != "" {
+			base = formatCost(c.BaselineValue, c.Unit)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Stage, formatCost(c.Value, c.Unit), c.Baseline, base, c.Note)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+}
+
+func formatCost(v float64, unit string) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	switch unit {
+	case UnitMicrosPerEvent:
+		if v < 10 {
+			return fmt.Sprintf("%.2f µs", v)
+		}
+		return fmt.Sprintf("%.1f µs", v)
+	case UnitCPUPerMillion:
+		return fmt.Sprintf("%.1f CPU-s/1M", v)
+	case UnitShare:
+		return fmt.Sprintf("%.0f%%", v)
+	case UnitRate:
+		return count(int(math.Round(v))) + "/s"
+	}
+	return fmt.Sprintf("%g %s", v, unit)
+}
+
+// Stages of the ingester, as the CPU profile of the drain shows them. A sample belongs to
+// the innermost frame of its stack that matches a stage: the work a stage calls (allocation
+// and the GC assists it pays for, protobuf, hashing) is that stage's cost. Samples of the
+// background garbage collector belong to no call and are a stage of their own.
+type stage struct {
+	name string
+	// match reports whether a function (full name) is where this stage's work happens.
+	match func(fn string) bool
+}
+
+func prefix(ps ...string) func(string) bool {
+	return func(fn string) bool {
+		for _, p := range ps {
+			if strings.HasPrefix(fn, p) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+const (
+	stageNATS   = "NATS client: fetch, parse, ack"
+	stageInsert = "insert: clickhouse-go encode and send"
+)
+
+// ingestStages are matched in this order at each frame, innermost frame first.
+var ingestStages = []stage{
+	{stageNATS, prefix("github.com/nats-io/")},
+	{stageInsert, prefix("github.com/ClickHouse/")},
+	{"decode (protobuf)", prefix("github.com/keytrail/keytrail/event.Encoding.unmarshal", "github.com/keytrail/keytrail/event.decodeUsage", "github.com/keytrail/keytrail/event.(*UsageDecoder)")},
+	{"validate", prefix("github.com/keytrail/keytrail/event.Validate", "github.com/keytrail/keytrail/event.check")},
+	{"redact (secret scan)", prefix("github.com/keytrail/keytrail/event.Redact", "github.com/keytrail/keytrail/event.LooksLikeSecret", "github.com/keytrail/keytrail/event.redact")},
+	{"content hash", prefix("github.com/keytrail/keytrail/ingest.contentHash", "github.com/keytrail/keytrail/ingest.usageHash", "github.com/cespare/xxhash")},
+	{"column build", prefix("github.com/keytrail/keytrail/ingest/chsink.", "github.com/keytrail/keytrail/ingest.(*usageBlock)", "github.com/keytrail/keytrail/ingest.(*columns)")},
+	{"message metadata, headers, metrics", prefix("github.com/keytrail/keytrail/ingest.", "github.com/prometheus/")},
+	{"garbage collection (background)", prefix("runtime.gcBgMarkWorker")},
+}
+
+const stageOther = "other (runtime, scheduler, harness)"
+
+// stageShares splits a CPU profile's samples into the ingest stages: the share of CPU time
+// of each, in ingestStages order, then stageOther.
+func stageShares(data []byte) (map[string]float64, error) {
+	p, err := profile.Parse(bytes.NewReader(data))
+	if err != nil {
+		return nil, err
+	}
+	// The CPU profile's second sample value is nanoseconds.
+	vi := len(p.SampleType) - 1
+	total := 0.0
+	byStage := map[string]float64{}
+	for _, s := range p.Sample {
+		v := float64(s.Value[vi])
+		total += v
+		byStage[stageOf(s)] += v
+	}
+	if total == 0 {
+		return nil, fmt.Errorf("the profile has no samples")
+	}
+	for k := range byStage {
+		byStage[k] /= total
+	}
+	return byStage, nil
+}
+
+func stageOf(s *profile.Sample) string {
+	for _, loc := range s.Location {
+		// Inlined calls are listed innermost first within a location.
+		for _, line := range loc.Line {
+			if line.Function == nil {
+				continue
+			}
+			for _, st := range ingestStages {
+				if st.match(line.Function.Name) {
+					return st.name
+				}
+			}
+		}
+	}
+	return stageOther
+}

@@ -1,0 +1,124 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The ingest phases run JetStream as its own nats-server process on this machine, built
+// from the nats-server module go.mod requires (the server keytrail embeds), so that the
+// server's CPU is read apart from the harness's: the harness process then holds only the
+// publisher or the ingester, and its CPU is theirs. Everything still shares the two cores.
+
+const natsServerModule = "github.com/nats-io/nats-server/v2"
+
+// natsServerBinary builds nats-server once into <repo>/.local/bin/nats-server-<version>
+// (the same path the fault tests use, so either builds it for the other).
+func (h *harness) natsServerBinary(ctx context.Context) (string, error) {
+	list := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Version}}", natsServerModule)
+	list.Dir = h.cfg.RepoDir
+	out, err := list.Output()
+	if err != nil {
+		return "", fmt.Errorf("version of %s: %w", natsServerModule, err)
+	}
+	bin, err := filepath.Abs(filepath.Join(h.cfg.RepoDir, ".local", "bin", "nats-server-"+strings.TrimSpace(string(out))))
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		return "", err
+	}
+	h.logf("building %s", filepath.Base(bin))
+	tmp := fmt.Sprintf("%s.tmp%d", bin, os.Getpid())
+	build := exec.CommandContext(ctx, "go", "build", "-o", tmp, natsServerModule)
+	build.Dir = h.cfg.RepoDir
+	if out, err := build.CombinedOutput(); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("go build %s: %w\n%s", natsServerModule, err, out)
+	}
+	return bin, os.Rename(tmp, bin)
+}
+
+// natsProcess is one nats-server with JetStream, its store and configuration in dir.
+type natsProcess struct {
+	cmd    *exec.Cmd
+	dir    string
+	url    string
+	exited chan struct{}
+}
+
+// startNATSProcess starts nats-server on a free loopback port with the settings of
+// broker.RunEmbedded (1 MiB max payload, default sync interval) and waits for its ports file.
+func startNATSProcess(ctx context.Context, bin, dir string) (*natsProcess, error) {
+	conf := fmt.Sprintf("server_name: \"keytrail-bench\"\nlisten: \"127.0.0.1:-1\"\nmax_payload: 1048576\nports_file_dir: %q\njetstream {\n  store_dir: %q\n}\n",
+		dir, filepath.Join(dir, "jetstream"))
+	confPath := filepath.Join(dir, "nats-server.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	logFile, err := os.Create(filepath.Join(dir, "nats-server.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(bin, "-c", confPath)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start nats-server: %w", err)
+	}
+	p := &natsProcess{cmd: cmd, dir: dir, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	portsFile := filepath.Join(dir, fmt.Sprintf("%s_%d.ports", filepath.Base(bin), cmd.Process.Pid))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var ports struct {
+			Nats []string `json:"nats"`
+		}
+		if b, err := os.ReadFile(portsFile); err == nil && json.Unmarshal(b, &ports) == nil && len(ports.Nats) > 0 {
+			p.url = ports.Nats[0]
+			return p, nil
+		}
+		select {
+		case <-p.exited:
+			return nil, fmt.Errorf("nats-server exited at start; log %s:\n%s", logFile.Name(), tail(logFile.Name(), 20))
+		case <-ctx.Done():
+			p.stop()
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, errors.New("nats-server wrote no ports file within 30 s")
+		}
+	}
+}
+
+func (p *natsProcess) pid() int { return p.cmd.Process.Pid }
+
+// stop shuts the server down by its pid (SIGTERM, SIGKILL after 30 s); the pid is only
+// signalled while the process has not been reaped, so it cannot belong to another one.
+func (p *natsProcess) stop() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
