@@ -1,0 +1,207 @@
+package event
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"reflect"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
+)
+
+// wireCases are usage events whose proto.Marshal encoding DecodeUsageWire must read: every
+// field at extreme values, and fields left out.
+func wireCases() map[string]*keytrailv1.UsageEvent {
+	full := benchUsage()
+	extreme := benchUsage()
+	extreme.Time = &timestamppb.Timestamp{Seconds: math.MaxInt64, Nanos: -1}
+	extreme.StatusCode, extreme.LatencyMs = math.MaxUint32, 1
+	extreme.InputTokens, extreme.OutputTokens, extreme.CostMicros = math.MaxUint64, 1, -1
+	extreme.KeyId, extreme.Endpoint = "ключ-ü-🔑", string(make([]byte, 300))
+	sparse := &keytrailv1.UsageEvent{EventId: "e", RequestId: "r", Time: &timestamppb.Timestamp{}}
+	return map[string]*keytrailv1.UsageEvent{
+		"full": full, "extreme": extreme, "sparse": sparse, "empty": {},
+		"time only nanos": {Time: &timestamppb.Timestamp{Nanos: 5}},
+		"negative cost":   {EventId: "x", CostMicros: math.MinInt64},
+	}
+}
+
+func TestDecodeUsageWireReadsWhatMarshalWrites(t *testing.T) {
+	for name, e := range wireCases() {
+		t.Run(name, func(t *testing.T) {
+			data, err := proto.MarshalOptions{Deterministic: true}.Marshal(e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var f UsageFields
+			if !DecodeUsageWire(data, &f) {
+				t.Fatalf("DecodeUsageWire refused proto.Marshal's encoding % x", data)
+			}
+			if want := UsageFieldsOf(e); !reflect.DeepEqual(f, want) {
+				t.Errorf("fields\n got %+v\nwant %+v", f, want)
+			}
+			// The fields encode back to the same bytes: data is their content hash's input.
+			again, _ := proto.MarshalOptions{Deterministic: true}.Marshal(f.Event())
+			if !bytes.Equal(again, data) {
+				t.Errorf("re-encoded % x, want % x", again, data)
+			}
+		})
+	}
+}
+
+func TestDecodeUsageWireRefusesAllButTheCanonicalForm(t *testing.T) {
+	canonical, _ := proto.Marshal(&keytrailv1.UsageEvent{EventId: "ev", Time: timestamppb.New(testNow), StatusCode: 200})
+	tag := func(num protowire.Number, typ protowire.Type) []byte { return protowire.AppendTag(nil, num, typ) }
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	str := func(num protowire.Number, s string) []byte {
+		return protowire.AppendString(tag(num, protowire.BytesType), s)
+	}
+	varint := func(num protowire.Number, v uint64) []byte {
+		return protowire.AppendVarint(tag(num, protowire.VarintType), v)
+	}
+	cases := map[string][]byte{
+		"fields out of order":       cat(varint(11, 200), str(1, "ev")),
+		"a field twice":             cat(str(1, "ev"), str(1, "ev2")),
+		"an empty string":           cat(str(1, "ev"), str(3, "")),
+		"a zero varint":             cat(str(1, "ev"), varint(11, 0)),
+		"a non-minimal varint":      cat(str(1, "ev"), tag(11, protowire.VarintType), []byte{0xc8, 0x81, 0x00}),
+		"a non-minimal length":      cat(tag(1, protowire.BytesType), []byte{0x82, 0x00}, []byte("ev")),
+		"an unknown field":          cat(str(1, "ev"), varint(99, 1)),
+		"a known field, wrong type": cat(varint(1, 5)),
+		"invalid UTF-8":             cat(str(1, "e\xffv")),
+		"status over 32 bits":       cat(str(1, "ev"), varint(11, 1<<32)),
+		"nanos over 32 bits":        cat(str(1, "ev"), protowire.AppendBytes(tag(2, protowire.BytesType), varint(2, 1<<40))),
+		"time with unknown field":   cat(str(1, "ev"), protowire.AppendBytes(tag(2, protowire.BytesType), varint(3, 1))),
+		"truncated":                 canonical[:len(canonical)-1],
+	}
+	for name, data := range cases {
+		var f UsageFields
+		if DecodeUsageWire(data, &f) {
+			t.Errorf("%s: accepted % x as %+v", name, data, f)
+		}
+	}
+	var f UsageFields
+	if !DecodeUsageWire(canonical, &f) || f.EventID != "ev" || f.StatusCode != 200 || f.Seconds != testNow.Unix() {
+		t.Errorf("the canonical form: %+v", f)
+	}
+}
+
+// TestDecodeUsageAgreesWithDecode: the ingester's usage path and Decode reach the same verdict,
+// with the same reason and detail, and the same fields, on valid events and on every way of
+// being invalid that the other tests of this package use.
+func TestDecodeUsageAgreesWithDecode(t *testing.T) {
+	type input struct {
+		subject, contentType string
+		data                 []byte
+	}
+	var inputs []input
+	for _, e := range wireCases() {
+		b, _ := proto.Marshal(e)
+		inputs = append(inputs, input{"keytrail.usage.proj_07", "", b})
+	}
+	valid, _ := proto.Marshal(benchUsage())
+	j, _ := EncodingJSON.Marshal(benchUsage())
+	bad := benchUsage()
+	bad.CostMicros, bad.Project = -5, "other"
+	badData, _ := proto.Marshal(bad)
+	inputs = append(inputs,
+		input{"keytrail.usage.proj_07", ContentTypeProto, valid},
+		input{"keytrail.usage.proj_07", ContentTypeJSON, j},
+		input{"keytrail.usage.other", "", valid},
+		input{"keytrail.lifecycle.proj_07", "", valid},
+		input{"elsewhere.usage.proj_07", "", valid},
+		input{"keytrail.usage.proj_07", "text/plain", valid},
+		input{"keytrail.usage.proj_07", "", []byte{0x0a, 0x02, 0xff, 0xfe}},
+		input{"keytrail.usage.proj_07", "", make([]byte, MaxPayloadBytes+1)},
+		input{"keytrail.usage.other", "", badData},
+	)
+	for i, in := range inputs {
+		ev, wantErr := subjects.Decode(in.subject, in.contentType, in.data, testNow)
+		var f UsageFields
+		_, err := subjects.DecodeUsage(in.subject, in.contentType, in.data, testNow, &f)
+		var a, b *Invalid
+		switch {
+		case wantErr == nil && err == nil:
+			if ev.Kind != KindUsage || !reflect.DeepEqual(f, UsageFieldsOf(ev.Usage)) {
+				t.Errorf("input %d: fields %+v, Decode gave %v", i, f, ev.Usage)
+			}
+		case wantErr != nil && err != nil && errors.As(wantErr, &a) && errors.As(err, &b):
+			// A lifecycle subject is not a usage subject: Decode decodes it, DecodeUsage refuses.
+			if in.subject != "keytrail.lifecycle.proj_07" && (a.Reason != b.Reason || a.Detail != b.Detail) {
+				t.Errorf("input %d: %v, Decode: %v", i, err, wantErr)
+			}
+		case in.subject == "keytrail.lifecycle.proj_07" && err != nil:
+		default:
+			t.Errorf("input %d: DecodeUsage %v, Decode %v", i, err, wantErr)
+		}
+	}
+}
+
+// FuzzDecodeUsage: whatever the bytes, the fast path accepts only what proto.Unmarshal reads
+// as the same fields and what proto.Marshal writes back byte for byte, and DecodeUsage reaches
+// Decode's verdict. `go test -fuzz FuzzDecodeUsage ./event` explores further.
+func FuzzDecodeUsage(f *testing.F) {
+	for _, e := range wireCases() {
+		b, _ := proto.Marshal(e)
+		f.Add("", b)
+	}
+	j, _ := EncodingJSON.Marshal(benchUsage())
+	f.Add(ContentTypeJSON, j)
+	f.Add("", []byte{0x0a, 0x02, 0xff, 0xfe})
+	f.Fuzz(func(t *testing.T, contentType string, data []byte) {
+		var fields UsageFields
+		if DecodeUsageWire(data, &fields) {
+			m := &keytrailv1.UsageEvent{}
+			if err := proto.Unmarshal(data, m); err != nil {
+				t.Fatalf("fast path accepted what proto.Unmarshal refuses: %v", err)
+			}
+			if want := UsageFieldsOf(m); !reflect.DeepEqual(fields, want) {
+				t.Fatalf("fields %+v, proto.Unmarshal %+v", fields, want)
+			}
+			if again, _ := (proto.MarshalOptions{Deterministic: true}).Marshal(m); !bytes.Equal(again, data) {
+				t.Fatalf("accepted a non-canonical encoding % x (canonical % x)", data, again)
+			}
+		}
+		ev, wantErr := subjects.Decode("keytrail.usage.proj_07", contentType, data, testNow)
+		var got UsageFields
+		_, err := subjects.DecodeUsage("keytrail.usage.proj_07", contentType, data, testNow, &got)
+		if (err == nil) != (wantErr == nil) {
+			t.Fatalf("DecodeUsage %v, Decode %v", err, wantErr)
+		}
+		if err == nil && !reflect.DeepEqual(got, UsageFieldsOf(ev.Usage)) {
+			t.Fatalf("fields %+v, Decode %v", got, ev.Usage)
+		}
+		if err != nil && err.Error() != wantErr.Error() {
+			t.Fatalf("DecodeUsage %v, Decode %v", err, wantErr)
+		}
+	})
+}
+
+// TestRedactUsageFieldsLikeRedactUsage: the field-wise redaction covers exactly the fields
+// RedactUsage covers, with the same fingerprints.
+func TestRedactUsageFieldsLikeRedactUsage(t *testing.T) {
+	const secret = "sk-live-abcdefghijklmnopqrstuvwxyz012345"
+	setters := map[string]func(*keytrailv1.UsageEvent){
+		"event_id": func(e *keytrailv1.UsageEvent) { e.EventId = secret }, "project": func(e *keytrailv1.UsageEvent) { e.Project = secret },
+		"key_id": func(e *keytrailv1.UsageEvent) { e.KeyId = secret }, "service": func(e *keytrailv1.UsageEvent) { e.Service = secret },
+		"gateway_instance": func(e *keytrailv1.UsageEvent) { e.GatewayInstance = secret }, "method": func(e *keytrailv1.UsageEvent) { e.Method = secret },
+		"endpoint": func(e *keytrailv1.UsageEvent) { e.Endpoint = "/v1?key=" + secret }, "model": func(e *keytrailv1.UsageEvent) { e.Model = secret },
+		"provider": func(e *keytrailv1.UsageEvent) { e.Provider = secret }, "client_ip": func(e *keytrailv1.UsageEvent) { e.ClientIp = secret },
+		"request_id": func(e *keytrailv1.UsageEvent) { e.RequestId = "Bearer " + secret },
+	}
+	for name, set := range setters {
+		e := benchUsage()
+		set(e)
+		f := UsageFieldsOf(e)
+		nf := f.Redact()
+		ne := RedactUsage(e)
+		if nf != ne || !reflect.DeepEqual(f, UsageFieldsOf(e)) {
+			t.Errorf("%s: fields redacted %d to %+v, RedactUsage %d to %v", name, nf, f, ne, e)
+		}
+	}
+}
