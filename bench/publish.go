@@ -68,12 +68,14 @@ func (h *harness) runPublish(ctx context.Context) error {
 		// Every run its own ids: a repeated id would be a duplicate, which costs the server less.
 		ids := newGenerator(h.names, uint64(1000+i))
 		h.logf("publish: %s, %s events", kind, count(n))
+		stopProfile := h.profile(fmt.Sprintf("publish-%d-%s", i+1, kind), false)
 		s0 := meter.sample()
 		if kind == "raw" {
 			err = publishRaw(ctx, js, pool, ids, n)
 		} else {
 			err = publishPackage(ctx, js, pool, ids, n)
 		}
+		stopProfile()
 		if err != nil {
 			return fmt.Errorf("%s publish: %w", kind, err)
 		}
