@@ -137,7 +137,7 @@ func SizesFor(scale float64) Sizes {
 		QueryChunk:    10_000_000,
 		Calls:         50,
 		InsertBatch:   100_000,
-		IngestBatch:   10_000,
+		IngestBatch:   100_000,
 		HistoryDays:   30,
 		Keys:          fleetKeys,
 		Services:      fleetServices,

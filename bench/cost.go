@@ -120,15 +120,18 @@ const (
 // ingestStages are matched in this order at each frame, innermost frame first.
 var ingestStages = []stage{
 	{stageNATS, prefix("github.com/nats-io/")},
-	{stageInsert, prefix("github.com/ClickHouse/")},
-	{"decode (protobuf)", prefix("github.com/keytrail/keytrail/event.Encoding.unmarshal", "github.com/keytrail/keytrail/event.decodeUsage", "github.com/keytrail/keytrail/event.(*UsageDecoder)")},
-	{"validate", prefix("github.com/keytrail/keytrail/event.Validate", "github.com/keytrail/keytrail/event.check")},
-	{"redact (secret scan)", prefix("github.com/keytrail/keytrail/event.Redact", "github.com/keytrail/keytrail/event.LooksLikeSecret", "github.com/keytrail/keytrail/event.redact")},
-	{"content hash", prefix("github.com/keytrail/keytrail/ingest.contentHash", "github.com/keytrail/keytrail/ingest.usageHash", "github.com/cespare/xxhash")},
-	{"column build", prefix("github.com/keytrail/keytrail/ingest/chsink.", "github.com/keytrail/keytrail/ingest.(*usageBlock)", "github.com/keytrail/keytrail/ingest.(*columns)")},
-	{"message metadata, headers, metrics", prefix("github.com/keytrail/keytrail/ingest.", "github.com/prometheus/")},
+	{stageInsert, prefix("github.com/ClickHouse/", "github.com/keytrail/keytrail/ingest/chsink.")},
+	{"decode", prefix(kt+"event.DecodeUsageWire", kt+"event.Subjects.DecodeUsage", kt+"event.Encoding.unmarshal", kt+"event.Subjects.Decode", kt+"event.Subjects.Parse", kt+"event.ParseContentType")},
+	{"validate", prefix(kt+"event.(*UsageFields).Validate", kt+"event.Validate", kt+"event.check", kt+"event.scanASCII")},
+	{"redact (secret scan)", prefix(kt+"event.(*UsageFields).Redact", kt+"event.Redact", kt+"event.LooksLikeSecret", kt+"event.redact")},
+	{"content hash", prefix(kt+"ingest.contentHash", "github.com/cespare/xxhash")},
+	{"column build", prefix(kt+"ingest.(*UsageRows)", kt+"ingest.(*textColumn)")},
+	{"ingester bookkeeping (take, recent ids, batches, metrics)", prefix(kt+"ingest.", "github.com/prometheus/")},
 	{"garbage collection (background)", prefix("runtime.gcBgMarkWorker")},
 }
+
+// kt prefixes keytrail's own functions.
+const kt = "github.com/keytrail/keytrail/"
 
 const stageOther = "other (runtime, scheduler, harness)"
 

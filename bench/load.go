@@ -201,7 +201,7 @@ func (h *harness) load(ctx context.Context, conn driver.Conn, database string, h
 		}
 		records[i] = ingest.Record{Event: event.Event{Kind: event.KindLifecycle, Lifecycle: e}, StreamSeq: uint64(i + 1)}
 	}
-	if err := sink.Write(ctx, records); err != nil {
+	if err := sink.Write(ctx, ingest.RowsOf(records)); err != nil {
 		return fmt.Errorf("insert lifecycle events: %w", err)
 	}
 

@@ -60,7 +60,7 @@ func (h *harness) runRSS(ctx context.Context) error {
 	defer logFile.Close()
 	args := []string{"serve", "-role", "ingest", "-nats-url", js.url(), "-clickhouse-dsn", h.ch.dsn(), "-log-level", "warn", "-http-listen", "127.0.0.1:0"}
 	if h.cfg.IngestBatch > 0 {
-		args = append(args, "-batch-size", strconv.Itoa(h.cfg.IngestBatch), "-max-ack-pending", strconv.Itoa(max(50_000, 2*h.cfg.IngestBatch)))
+		args = append(args, "-batch-size", strconv.Itoa(h.cfg.IngestBatch), "-max-ack-pending", strconv.Itoa(max(250_000, 2*h.cfg.IngestBatch)))
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir

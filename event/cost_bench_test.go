@@ -31,8 +31,6 @@ func BenchmarkUnmarshalUsage(b *testing.B) {
 	}
 }
 
-
-
 func BenchmarkRedactBenchUsage(b *testing.B) {
 	e := benchUsage()
 	b.ReportAllocs()
@@ -58,8 +56,8 @@ func BenchmarkDecodeUsageFields(b *testing.B) {
 	var f UsageFields
 	b.ReportAllocs()
 	for b.Loop() {
-		if ok, err := subjects.DecodeUsage("keytrail.usage.proj_07", ContentTypeProto, data, testNow, &f); err != nil || !ok {
-			b.Fatal(ok, err)
+		if m, err := subjects.DecodeUsage("keytrail.usage.proj_07", ContentTypeProto, data, testNow, &f); err != nil || m != nil {
+			b.Fatal(m, err)
 		}
 	}
 }

@@ -64,39 +64,39 @@ func (s Subjects) Decode(subject, contentType string, data []byte, now time.Time
 	return ev, nil
 }
 
-// DecodeUsage is Decode for a usage event, into f instead of a message, and without
-// allocating when the payload is protobuf in canonical form (see DecodeUsageWire): the
-// ingester's hot path. The text fields of f may then be views into data. canonical reports
-// that data is exactly the deterministic protobuf encoding of f, so that its hash is the
-// event's content hash. The checks and errors are Decode's, in the same order.
-func (s Subjects) DecodeUsage(subject, contentType string, data []byte, now time.Time, f *UsageFields) (canonical bool, err error) {
+// DecodeUsage is Decode for a usage event, into f, and without allocating when the payload
+// is protobuf in canonical form (see DecodeUsageWire): the ingester's hot path. The text
+// fields of f are then views into data, and data is exactly the deterministic protobuf
+// encoding of f, so that its hash is the event's content hash; msg is nil. Any other payload
+// is decoded into msg (unknown fields kept, as Decode keeps them), and f holds its fields.
+// The checks and errors are Decode's, in the same order.
+func (s Subjects) DecodeUsage(subject, contentType string, data []byte, now time.Time, f *UsageFields) (msg *keytrailv1.UsageEvent, err error) {
 	if len(data) > MaxPayloadBytes {
-		return false, invalid(ReasonOversize, "payload is %d bytes (at most %d)", len(data), MaxPayloadBytes)
+		return nil, invalid(ReasonOversize, "payload is %d bytes (at most %d)", len(data), MaxPayloadBytes)
 	}
 	kind, projectToken, err := s.Parse(subject)
 	if err != nil {
-		return false, invalid(ReasonBadSubject, "%v", err)
+		return nil, invalid(ReasonBadSubject, "%v", err)
 	}
 	if kind != KindUsage {
-		return false, invalid(ReasonBadSubject, "subject %q does not carry usage events", subject)
+		return nil, invalid(ReasonBadSubject, "subject %q does not carry usage events", subject)
 	}
 	enc, err := ParseContentType(contentType)
 	if err != nil {
-		return false, invalid(ReasonBadContentType, "%v", err)
+		return nil, invalid(ReasonBadContentType, "%v", err)
 	}
-	canonical = enc == EncodingProto && DecodeUsageWire(data, f)
-	if !canonical {
-		m := &keytrailv1.UsageEvent{}
-		if err := enc.unmarshal(data, m); err != nil {
-			return false, invalid(ReasonUndecodable, "%s usage event: %v", enc.ContentType(), err)
+	if enc != EncodingProto || !DecodeUsageWire(data, f) {
+		msg = &keytrailv1.UsageEvent{}
+		if err := enc.unmarshal(data, msg); err != nil {
+			return nil, invalid(ReasonUndecodable, "%s usage event: %v", enc.ContentType(), err)
 		}
-		*f = UsageFieldsOf(m)
+		*f = UsageFieldsOf(msg)
 	}
 	if err := f.Validate(now); err != nil {
-		return false, err
+		return nil, err
 	}
 	if SubjectToken(f.Project) != projectToken {
-		return false, invalid(ReasonProjectMismatch, "project %q does not match subject %q", f.Project, subject)
+		return nil, invalid(ReasonProjectMismatch, "project %q does not match subject %q", f.Project, subject)
 	}
-	return canonical, nil
+	return msg, nil
 }

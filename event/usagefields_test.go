@@ -123,12 +123,17 @@ func TestDecodeUsageAgreesWithDecode(t *testing.T) {
 	for i, in := range inputs {
 		ev, wantErr := subjects.Decode(in.subject, in.contentType, in.data, testNow)
 		var f UsageFields
-		_, err := subjects.DecodeUsage(in.subject, in.contentType, in.data, testNow, &f)
+		m, err := subjects.DecodeUsage(in.subject, in.contentType, in.data, testNow, &f)
 		var a, b *Invalid
 		switch {
 		case wantErr == nil && err == nil:
 			if ev.Kind != KindUsage || !reflect.DeepEqual(f, UsageFieldsOf(ev.Usage)) {
 				t.Errorf("input %d: fields %+v, Decode gave %v", i, f, ev.Usage)
+			}
+			// Only canonical protobuf takes the fast path; anything else comes with its message.
+			canonical, _ := proto.MarshalOptions{Deterministic: true}.Marshal(ev.Usage)
+			if fast := in.contentType != ContentTypeJSON && bytes.Equal(canonical, in.data); (m == nil) != fast || (m != nil && !proto.Equal(m, ev.Usage)) {
+				t.Errorf("input %d: message %v, fast path expected %v", i, m, fast)
 			}
 		case wantErr != nil && err != nil && errors.As(wantErr, &a) && errors.As(err, &b):
 			// A lifecycle subject is not a usage subject: Decode decodes it, DecodeUsage refuses.

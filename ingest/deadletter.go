@@ -338,7 +338,7 @@ func (in *Ingester) publishDeadLetter(ctx context.Context, b *batch, d *DeadLett
 	policy.Attempts = in.cfg.DeadLetterAttempts
 	return retry.Do(ctx, policy, func(attempt int) error {
 		if attempt > 1 {
-			extendLeases(b.held)
+			in.extendLeases(b)
 		}
 		// Not cut short by shutdown (the message is in the batch the shutdown flush acks),
 		// and no retries inside the client on "no responders": a deleted stream is final.

@@ -5,19 +5,24 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/event"
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/internal/retry"
 )
 
-// Record is one valid event with where it came from in the stream.
+// Record is one valid event with where it came from in the stream. Lifecycle events travel
+// as records; usage events as rows of UsageRows, and as records only when storage is asked
+// about them (see Deduper).
 type Record struct {
 	Event     event.Event
 	StreamSeq uint64
@@ -32,11 +37,31 @@ type Record struct {
 	msg jetstream.Msg // for dead-lettering a conflict found at flush time
 }
 
-// Sink stores a batch. Write must be all-or-error for each kind of event it holds, and may
-// be called again with the same records after an error.
-type Sink interface {
-	Write(ctx context.Context, records []Record) error
+// Rows are what one Sink.Write stores, each kind in stream order: lifecycle events as whole
+// records (the audit chain hashes every field), usage events in columns.
+type Rows struct {
+	Lifecycle []Record
+	Usage     *UsageRows
 }
+
+// Len is the number of events.
+func (r *Rows) Len() int { return len(r.Lifecycle) + r.Usage.Len() }
+
+// Sink stores a batch. Write must be all-or-error for each kind of event it holds, and may
+// be called again with the same rows after an error.
+type Sink interface {
+	Write(ctx context.Context, rows *Rows) error
+}
+
+// Defaults of Config, chosen from `make bench` (docs/benchmarks.md, blocks phase):
+// ClickHouse's CPU per row falls with the insert block, about 3x from 10k-row blocks to
+// 100k, little past that; and the latency target (queryable within 2 s) leaves a flush
+// interval of about a second. A batch flushes at whichever comes first, so a busy ingester
+// writes 100k-row blocks and a quiet one is never more than a second behind.
+const (
+	DefaultBatchSize     = 100_000
+	DefaultFlushInterval = time.Second
+)
 
 // Config configures an Ingester.
 type Config struct {
@@ -64,7 +89,7 @@ type Config struct {
 	// ShutdownTimeout bounds the final flush when Run's context ends (default 15s).
 	ShutdownTimeout time.Duration
 	// RecentIDs is how many recent event ids are remembered to catch a reused id (default
-	// 100k, about 10 MB); 0 keeps the default, negative disables.
+	// 100k, about 3 MB); 0 keeps the default, negative disables.
 	RecentIDs int
 	Metrics   *Metrics
 	Logger    *slog.Logger
@@ -118,6 +143,14 @@ type Ingester struct {
 	// retryAsIs: the sink's storage drops an identical retry (see RetryDeduplicator).
 	retryAsIs bool
 	recent    *recentIDs // used by the reading goroutine only
+	// spare holds flushed batches for reuse (see newBatch).
+	spare chan *batch
+	// counters resolved once: the per-event path does not look metrics up by label.
+	receivedUsage, receivedLifecycle prometheus.Counter
+	// Used by the reading goroutine only: the decoded fields of the usage event being taken,
+	// and the clock of the current fetch.
+	fields event.UsageFields
+	now    time.Time
 
 	// Delivery tracking of the AckAll consumer, used by the reading goroutine only (see
 	// takeOver): whether the consumer must be taken over before the next fetch, and the
@@ -138,34 +171,76 @@ type Ingester struct {
 // errDeliveryGap reports deliveries this reader never received (see takeOver).
 var errDeliveryGap = errors.New("ingest: the consumer delivered messages this ingester never received")
 
-// batch is what one flush stores and acknowledges.
+// maybeRow is a usage row, by index, that storage may hold already (see Record.MaybeStored).
+// onlyRun: only because a take-over's run of stored records had not ended when it was taken
+// (see takeOver); such a row need not be asked about once the run is found to have ended
+// before it.
+type maybeRow struct {
+	row     int
+	onlyRun bool
+}
+
+// batch is what one flush stores and acknowledges. It holds the events it will store, not
+// the messages they came in: a message is let go of as soon as it is taken, so a batch of
+// 100k events takes about 30 MB.
 type batch struct {
-	records []Record
-	// held are every message taken into this batch (stored or dead-lettered), whose leases
-	// are extended while a write is retried; last is the newest, acked on flush.
-	held    []jetstream.Msg
+	rows Rows
+	// maybeUsage are the usage rows that storage may hold already (see Record.MaybeStored),
+	// in the order taken.
+	maybeUsage []maybeRow
+	// replies are the reply subjects of every message taken into this batch (stored,
+	// duplicate or dead-lettered): their leases are extended while a write is retried, and a
+	// shared consumer acks each. last is the newest message, acked on flush.
+	replies textColumn
 	last    jetstream.Msg
 	started time.Time
 	// deadLetters are the dead letters of this batch that the dead-letter stream refused;
 	// the flush keeps them in the DeadLetterStore before it acknowledges the batch.
 	deadLetters []*DeadLetter
+	// leased is when the leases of the batch's messages were last extended (or it started).
+	leased time.Time
 	// flushed is closed once the writer is done with the batch (stored and acked, or given up
 	// on at shutdown).
 	flushed chan struct{}
 }
 
-func newBatch() *batch { return &batch{flushed: make(chan struct{})} }
-
 func (b *batch) empty() bool { return b.last == nil }
+
+// newBatch is an empty batch, with the buffers of a flushed one when there is one: the
+// buffers grow to a batch's size once and are reused from then on.
+func (in *Ingester) newBatch() *batch {
+	select {
+	case b := <-in.spare:
+		return b
+	default:
+		b := &batch{rows: Rows{Usage: &UsageRows{}}, flushed: make(chan struct{})}
+		b.rows.Usage.Grow(in.cfg.BatchSize)
+		b.replies.end = make([]uint32, 0, in.cfg.BatchSize)
+		return b
+	}
+}
+
+// recycle empties a flushed batch and keeps it for newBatch.
+func (in *Ingester) recycle(b *batch) {
+	b.rows.Lifecycle, b.deadLetters = nil, nil
+	b.rows.Usage.Reset()
+	b.maybeUsage = b.maybeUsage[:0]
+	b.replies.reset()
+	b.last, b.started, b.leased, b.flushed = nil, time.Time{}, time.Time{}, make(chan struct{})
+	select {
+	case in.spare <- b:
+	default:
+	}
+}
 
 // New validates the configuration and binds to the durable consumer, which must exist
 // (broker.EnsureStreams creates it).
 func New(ctx context.Context, cfg Config) (*Ingester, error) {
 	if cfg.BatchSize == 0 {
-		cfg.BatchSize = 10_000
+		cfg.BatchSize = DefaultBatchSize
 	}
 	if cfg.FlushInterval == 0 {
-		cfg.FlushInterval = 500 * time.Millisecond
+		cfg.FlushInterval = DefaultFlushInterval
 	}
 	if cfg.FetchSize == 0 {
 		cfg.FetchSize = min(cfg.BatchSize, 2_000)
@@ -210,14 +285,17 @@ func New(ctx context.Context, cfg Config) (*Ingester, error) {
 	deduper, _ := cfg.Sink.(Deduper)
 	retrier, _ := cfg.Sink.(RetryDeduplicator)
 	in := &Ingester{
-		cfg:       cfg,
-		consumer:  consumer,
-		log:       cfg.Logger.With("component", "ingester"),
-		metrics:   cfg.Metrics,
-		deduper:   deduper,
-		dlStore:   cfg.DeadLetters,
-		retryAsIs: retrier != nil && retrier.DeduplicatesRetries(),
-		recent:    newRecentIDs(cfg.RecentIDs),
+		cfg:               cfg,
+		consumer:          consumer,
+		log:               cfg.Logger.With("component", "ingester"),
+		metrics:           cfg.Metrics,
+		deduper:           deduper,
+		dlStore:           cfg.DeadLetters,
+		retryAsIs:         retrier != nil && retrier.DeduplicatesRetries(),
+		recent:            newRecentIDs(cfg.RecentIDs),
+		spare:             make(chan *batch, 2),
+		receivedUsage:     cfg.Metrics.received.WithLabelValues(event.KindUsage.String()),
+		receivedLifecycle: cfg.Metrics.received.WithLabelValues(event.KindLifecycle.String()),
 		// A shared durable acks message by message: nothing to take over.
 		needTakeOver: !cfg.Streams.SharedConsumer,
 	}
@@ -240,13 +318,14 @@ func (in *Ingester) Run(ctx context.Context) error {
 	for b := range batches {
 		if ctx.Err() == nil && in.flush(ctx, b) {
 			close(b.flushed)
+			in.recycle(b)
 			continue
 		}
 		// Shutting down (the reader's last, partial batch, or a flush cut short): finish
 		// with the shutdown deadline.
 		sctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
 		if !in.flush(sctx, b) {
-			failed = fmt.Errorf("ingest: shutdown flush of %d events did not complete; JetStream will redeliver them", len(b.records))
+			failed = fmt.Errorf("ingest: shutdown flush of %d events did not complete; JetStream will redeliver them", b.rows.Len())
 		}
 		cancel()
 		close(b.flushed)
@@ -261,8 +340,10 @@ func (in *Ingester) Run(ctx context.Context) error {
 // enough; on shutdown it hands over its partial batch and closes the channel.
 func (in *Ingester) read(ctx context.Context, out chan<- *batch) {
 	defer close(out)
-	cur := newBatch()
-	var handed *batch // the newest batch handed to the writer
+	cur := in.newBatch()
+	// handed is closed when the newest batch handed to the writer is flushed. (The batch
+	// itself is the writer's once handed: it recycles it.)
+	var handed chan struct{}
 	for ctx.Err() == nil {
 		if in.needTakeOver {
 			if err := in.takeOver(ctx); err != nil {
@@ -280,14 +361,15 @@ func (in *Ingester) read(ctx context.Context, out chan<- *batch) {
 			// Hand over what came before the gap and wait until it is stored and acked;
 			// then take over the missed deliveries (and the rest of this fetch, dropped).
 			if !cur.empty() {
+				flushed := cur.flushed
 				if !in.handOver(ctx, out, cur) {
 					return
 				}
-				handed, cur = cur, newBatch()
+				handed, cur = flushed, in.newBatch()
 			}
 			if handed != nil {
 				select {
-				case <-handed.flushed:
+				case <-handed:
 				case <-ctx.Done():
 					return
 				}
@@ -298,13 +380,30 @@ func (in *Ingester) read(ctx context.Context, out chan<- *batch) {
 			in.log.Warn("fetch failed; retrying", "error", err)
 			sleep(ctx, time.Second)
 		}
-		if cur.empty() || (len(cur.records) < in.cfg.BatchSize && time.Since(cur.started) < in.cfg.FlushInterval) {
+		full := cur.rows.Len() >= in.cfg.BatchSize
+		if cur.empty() || (!full && time.Since(cur.started) < in.cfg.FlushInterval) {
+			continue
+		}
+		flushed := cur.flushed
+		if !full {
+			// Due by age: handed over if the writer is free. While it is busy the batch keeps
+			// filling, so a backlog is written in full batches (which cost ClickHouse least),
+			// its leases kept as in handOver.
+			select {
+			case out <- cur:
+				handed, cur = flushed, in.newBatch()
+			default:
+				if time.Since(cur.leased) > in.cfg.Streams.AckWait/3 {
+					in.extendLeases(cur)
+					cur.leased = time.Now()
+				}
+			}
 			continue
 		}
 		if !in.handOver(ctx, out, cur) {
 			break
 		}
-		handed, cur = cur, newBatch()
+		handed, cur = flushed, in.newBatch()
 	}
 	if !cur.empty() {
 		out <- cur // the writer flushes it with its shutdown deadline
@@ -321,7 +420,7 @@ func (in *Ingester) handOver(ctx context.Context, out chan<- *batch, b *batch) b
 		case out <- b:
 			return true
 		case <-t.C:
-			extendLeases(b.held)
+			in.extendLeases(b)
 		case <-ctx.Done():
 			return false
 		}
@@ -331,7 +430,7 @@ func (in *Ingester) handOver(ctx context.Context, out chan<- *batch, b *batch) b
 // fetchOnce pulls up to one fetch worth of messages into b, waiting at most until b is due
 // for a flush.
 func (in *Ingester) fetchOnce(ctx context.Context, b *batch) error {
-	want := min(in.cfg.FetchSize, in.cfg.BatchSize-len(b.records))
+	want := min(in.cfg.FetchSize, in.cfg.BatchSize-b.rows.Len())
 	if want <= 0 {
 		return nil
 	}
@@ -339,11 +438,14 @@ func (in *Ingester) fetchOnce(ctx context.Context, b *batch) error {
 	if !b.empty() {
 		wait = time.Until(b.started.Add(in.cfg.FlushInterval))
 	}
-	// The pull request expires within the flush interval, so shutdown is never held up by it.
-	fetched, err := in.consumer.Fetch(want, jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
+	// The pull request expires within the flush interval, so shutdown is never held up by it;
+	// a batch that is due and waits for a busy writer polls the hand-over every 25 ms.
+	fetched, err := in.consumer.Fetch(want, jetstream.FetchMaxWait(max(wait, 25*time.Millisecond)))
 	if err != nil {
 		return err
 	}
+	// One clock reading per fetch: event times are checked against it (to within an hour).
+	in.now = in.cfg.Now()
 	gap := false
 	for msg := range fetched.Messages() {
 		// After a gap the rest of the fetch is left unacknowledged: the take-over has it
@@ -373,9 +475,10 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 	}
 	if b.empty() {
 		b.started = time.Now()
+		b.leased = b.started
 	}
 	b.last = msg
-	b.held = append(b.held, msg)
+	b.replies.append(msg.Reply())
 	if err != nil {
 		// Only a message without a JetStream reply subject lacks metadata; a pull consumer
 		// never hands one out, but dead-letter it rather than guess.
@@ -387,17 +490,17 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonBadSubject, Detail: err.Error()}, meta)
 		return true
 	}
-	ev, err := in.cfg.Streams.Subjects.Decode(subject, msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.cfg.Now())
+	if kind, _, err := in.cfg.Streams.Subjects.Parse(subject); err == nil && kind == event.KindUsage {
+		in.takeUsage(ctx, b, msg, subject, meta)
+		return true
+	}
+	ev, err := in.cfg.Streams.Subjects.Decode(subject, msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.now)
 	if err != nil {
-		var inv *event.Invalid
-		if !errors.As(err, &inv) {
-			inv = &event.Invalid{Reason: event.ReasonUndecodable, Detail: err.Error()}
-		}
-		in.deadLetter(ctx, b, msg, inv, meta)
+		in.deadLetter(ctx, b, msg, asInvalid(err), meta)
 		return true
 	}
 	kind := ev.Kind.String()
-	in.metrics.received.WithLabelValues(kind).Inc()
+	in.receivedLifecycle.Inc()
 	if n := redact(ev); n > 0 {
 		// The values themselves are never logged: that is the point.
 		in.metrics.secretsRedacted.WithLabelValues(kind).Add(float64(n))
@@ -416,8 +519,71 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id was already taken with different content"}, meta)
 		return true
 	}
-	b.records = append(b.records, r)
+	b.rows.Lifecycle = append(b.rows.Lifecycle, r)
 	return true
+}
+
+// takeUsage is take for a usage event, which goes straight into b's usage columns: decoded
+// without a message in between when the payload is protobuf in canonical form (see
+// event.DecodeUsage), hashed without a second encoding, and let go of. The checks, the
+// redaction and the hash are those of every other event.
+func (in *Ingester) takeUsage(ctx context.Context, b *batch, msg jetstream.Msg, subject string, meta *jetstream.MsgMetadata) {
+	f := &in.fields
+	// f's text may be views into data until it is copied into the columns; clear it after,
+	// so that the payload is not kept alive.
+	defer func() { *f = event.UsageFields{} }()
+	data := msg.Data()
+	decoded, err := in.cfg.Streams.Subjects.DecodeUsage(subject, msg.Headers().Get(event.ContentTypeHeader), data, in.now, f)
+	if err != nil {
+		in.deadLetter(ctx, b, msg, asInvalid(err), meta)
+		return
+	}
+	in.receivedUsage.Inc()
+	var n int
+	var hash uint64
+	switch {
+	case decoded != nil:
+		// Not canonical protobuf (JSON, say): decoded as a message, redacted and hashed as
+		// such, unknown fields and all.
+		n = event.RedactUsage(decoded)
+		*f = event.UsageFieldsOf(decoded)
+		hash = contentHash(event.Event{Kind: event.KindUsage, Usage: decoded})
+	default:
+		if n = f.Redact(); n == 0 {
+			// data is exactly the deterministic encoding of the fields: hashing it is
+			// contentHash without encoding them again.
+			hash = xxhash.Sum64(data)
+		} else {
+			hash = contentHash(event.Event{Kind: event.KindUsage, Usage: f.Event()})
+		}
+	}
+	if n > 0 {
+		// The values themselves are never logged: that is the point.
+		in.metrics.secretsRedacted.WithLabelValues(event.KindUsage.String()).Add(float64(n))
+		in.log.Warn("replaced secret-shaped values with fingerprints", "kind", event.KindUsage.String(), "fields", n, "stream_seq", meta.Sequence.Stream)
+	}
+	switch in.recent.check(f.EventID, hash) {
+	case AlreadyStored:
+		in.metrics.duplicates.WithLabelValues(event.KindUsage.String()).Inc()
+		return
+	case Conflict:
+		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id was already taken with different content"}, meta)
+		return
+	}
+	// A replayed dead letter may have been replayed (and stored) before.
+	if mustAsk := meta.NumDelivered > 1 || msg.Headers().Get(HeaderReplayOf) != ""; mustAsk || in.checkStored.Load() {
+		b.maybeUsage = append(b.maybeUsage, maybeRow{row: b.rows.Usage.Len(), onlyRun: !mustAsk})
+	}
+	b.rows.Usage.Append(f, hash, meta.Sequence.Stream)
+}
+
+// asInvalid is the dead-letter reason of a decoding error.
+func asInvalid(err error) *event.Invalid {
+	var inv *event.Invalid
+	if !errors.As(err, &inv) {
+		inv = &event.Invalid{Reason: event.ReasonUndecodable, Detail: err.Error()}
+	}
+	return inv
 }
 
 // takeOver runs before the first fetch and after missed deliveries, while this ingester holds
@@ -466,41 +632,87 @@ func redact(ev event.Event) int {
 	return event.RedactUsage(ev.Usage)
 }
 
-// dropStored removes the records marked MaybeStored that storage already holds, and
+// dropStored removes the events marked MaybeStored that storage already holds, and
 // dead-letters the ones whose id is stored with different content. It returns false when ctx
 // ended.
 func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
-	var maybe []Record
-	for _, r := range b.records {
-		if r.MaybeStored {
-			maybe = append(maybe, r)
-		}
-	}
-	if len(maybe) == 0 || in.deduper == nil {
+	if in.deduper == nil {
+		b.maybeUsage = b.maybeUsage[:0]
 		return true
 	}
-	var presence []Presence
-	err := retry.Do(ctx, in.retryPolicy(), func(int) error {
-		var err error
-		presence, err = in.deduper.Classify(ctx, maybe)
-		return err
-	}, func(_ int, err error, _ time.Duration) {
-		in.log.Warn("checking events against storage failed; retrying", "events", len(maybe), "error", err)
-	})
-	if err != nil {
-		return false // only ctx ends the retries
-	}
-	drop := map[uint64]Presence{}
-	for i, r := range maybe {
-		if presence[i] != NotStored {
-			drop[r.StreamSeq] = presence[i]
-		} else {
-			// The run of stored records after a take-over has ended (see takeOver).
-			in.checkStored.Store(false)
+	var lifecycle []Record
+	for _, r := range b.rows.Lifecycle {
+		if r.MaybeStored {
+			lifecycle = append(lifecycle, r)
 		}
 	}
-	kept := b.records[:0]
-	for _, r := range b.records {
+	if len(lifecycle) == 0 && len(b.maybeUsage) == 0 {
+		return true
+	}
+	// Storage is asked in chunks, each built as records only for its lookup: the lifecycle
+	// records and the first usage rows, then the other usage rows in the order taken. A row
+	// that is a candidate only because of a take-over's run is skipped when the run ended
+	// before it: storage does not hold an earlier record of the stream, so by the run's
+	// definition it cannot hold this one (see takeOver). Without that, every row of every
+	// batch taken before the first lookup answered would be asked about after a start. (Such
+	// rows are first deliveries, taken in stream order.)
+	ended := !in.checkStored.Load()  // before this batch
+	endSeq := uint64(math.MaxUint64) // the first stream sequence found not stored
+	var lifecyclePresence []Presence
+	asked := make([]maybeRow, 0, len(b.maybeUsage))
+	usagePresence := make([]Presence, 0, len(b.maybeUsage))
+	for i, first := 0, true; first || i < len(b.maybeUsage); first = false {
+		records := lifecycle[:len(lifecycle):len(lifecycle)]
+		if !first {
+			records = nil
+		}
+		var chunk []maybeRow
+		for ; i < len(b.maybeUsage) && len(records) < dedupeChunk; i++ {
+			if m := b.maybeUsage[i]; !m.onlyRun || !(ended || b.rows.Usage.StreamSeq[m.row] > endSeq) {
+				chunk = append(chunk, m)
+				records = append(records, Record{
+					Event:     event.Event{Kind: event.KindUsage, Usage: b.rows.Usage.Event(m.row)},
+					StreamSeq: b.rows.Usage.StreamSeq[m.row], ContentHash: b.rows.Usage.ContentHash[m.row], MaybeStored: true,
+				})
+			}
+		}
+		if len(records) == 0 {
+			break
+		}
+		presence, ok := in.classify(ctx, b, records)
+		if !ok {
+			return false
+		}
+		if first {
+			lifecyclePresence, presence = presence[:len(lifecycle)], presence[len(lifecycle):]
+			records = records[len(lifecycle):]
+			for k, p := range lifecyclePresence {
+				if p == NotStored {
+					endSeq = min(endSeq, lifecycle[k].StreamSeq)
+				}
+			}
+		}
+		asked = append(asked, chunk...)
+		usagePresence = append(usagePresence, presence...)
+		for k, p := range presence {
+			if p == NotStored {
+				endSeq = min(endSeq, records[k].StreamSeq)
+			}
+		}
+	}
+	if endSeq != math.MaxUint64 {
+		// The run of stored records after a take-over has ended (see takeOver).
+		in.checkStored.Store(false)
+	}
+
+	drop := map[uint64]Presence{}
+	for i, r := range lifecycle {
+		if lifecyclePresence[i] != NotStored {
+			drop[r.StreamSeq] = lifecyclePresence[i]
+		}
+	}
+	kept := b.rows.Lifecycle[:0]
+	for _, r := range b.rows.Lifecycle {
 		switch drop[r.StreamSeq] {
 		case AlreadyStored:
 			in.metrics.duplicates.WithLabelValues(r.Event.Kind.String()).Inc()
@@ -511,19 +723,110 @@ func (in *Ingester) dropStored(ctx context.Context, b *batch) bool {
 			kept = append(kept, r)
 		}
 	}
-	b.records = kept
+	b.rows.Lifecycle = kept
+
+	var keep []bool
+	for i, m := range asked {
+		row := m.row
+		if usagePresence[i] == NotStored {
+			continue
+		}
+		if keep == nil {
+			keep = make([]bool, b.rows.Usage.Len())
+			for j := range keep {
+				keep[j] = true
+			}
+		}
+		keep[row] = false
+		seq := b.rows.Usage.StreamSeq[row]
+		if usagePresence[i] == AlreadyStored {
+			in.metrics.duplicates.WithLabelValues(event.KindUsage.String()).Inc()
+			continue
+		}
+		// A usage row keeps no message: the dead letter is made from the stream's copy,
+		// which stays until the batch is acknowledged.
+		msg, ok := in.storedMessage(ctx, b, seq)
+		if !ok {
+			return false
+		}
+		meta, _ := msg.Metadata()
+		in.deadLetter(ctx, b, msg, &event.Invalid{Reason: event.ReasonDuplicateEventID, Detail: "event_id is already stored with different content"}, meta)
+	}
+	if keep != nil {
+		b.rows.Usage.Keep(keep)
+	}
+	b.maybeUsage = b.maybeUsage[:0]
 	return true
 }
 
+// dedupeChunk is how many usage rows one Classify call is asked about.
+const dedupeChunk = 10_000
+
+// classify asks the Deduper about records, retrying until it answers; false when ctx ended.
+func (in *Ingester) classify(ctx context.Context, b *batch, records []Record) ([]Presence, bool) {
+	if len(records) == 0 {
+		return nil, true
+	}
+	var presence []Presence
+	err := retry.Do(ctx, in.retryPolicy(), func(int) error {
+		var err error
+		presence, err = in.deduper.Classify(ctx, records)
+		return err
+	}, func(_ int, err error, _ time.Duration) {
+		in.log.Warn("checking events against storage failed; retrying", "events", len(records), "error", err)
+	})
+	return presence, err == nil // only ctx ends the retries
+}
+
+// storedMessage reads the stream's copy of a message of b, retrying until it succeeds;
+// false when ctx ended.
+func (in *Ingester) storedMessage(ctx context.Context, b *batch, seq uint64) (jetstream.Msg, bool) {
+	var msg *jetstream.RawStreamMsg
+	err := retry.Do(ctx, in.retryPolicy(), func(int) error {
+		stream, err := in.cfg.JetStream.Stream(ctx, in.cfg.Streams.EventsStream)
+		if err == nil {
+			msg, err = stream.GetMsg(ctx, seq)
+		}
+		return err
+	}, func(_ int, err error, _ time.Duration) {
+		in.log.Warn("reading a message from the stream failed; retrying", "stream_seq", seq, "error", err)
+	})
+	if err != nil {
+		return nil, false
+	}
+	return storedMsg{msg}, true
+}
+
+// storedMsg is a message read back from the stream, for dead-lettering: it has the subject,
+// headers and payload of the delivery, and cannot be acknowledged.
+type storedMsg struct{ raw *jetstream.RawStreamMsg }
+
+var errNotDelivered = errors.New("ingest: a message read from the stream is not a delivery")
+
+func (m storedMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.raw.Sequence}, Timestamp: m.raw.Time}, nil
+}
+func (m storedMsg) Data() []byte                     { return m.raw.Data }
+func (m storedMsg) Headers() nats.Header             { return m.raw.Header }
+func (m storedMsg) Subject() string                  { return m.raw.Subject }
+func (m storedMsg) Reply() string                    { return "" }
+func (m storedMsg) Ack() error                       { return errNotDelivered }
+func (m storedMsg) DoubleAck(context.Context) error  { return errNotDelivered }
+func (m storedMsg) Nak() error                       { return errNotDelivered }
+func (m storedMsg) NakWithDelay(time.Duration) error { return errNotDelivered }
+func (m storedMsg) InProgress() error                { return errNotDelivered }
+func (m storedMsg) Term() error                      { return errNotDelivered }
+func (m storedMsg) TermWithReason(string) error      { return errNotDelivered }
+
 // flush stores a batch and acknowledges it. It returns false only when ctx ended first.
 //
-//  0. Drop redelivered records that an earlier, unacknowledged flush already stored (see
+//  0. Drop redelivered events that an earlier, unacknowledged flush already stored (see
 //     dropStored): this is what makes a crash between write and ack not duplicate rows.
-//  1. Write the records to the Sink, retrying with backoff until it succeeds. The reader
+//  1. Write the rows to the Sink, retrying with backoff until it succeeds. The reader
 //     blocks at the hand-over meanwhile, so memory stays bounded. Before each retry the
-//     records are checked against storage as in step 0: a write reported as failed may
+//     rows are checked against storage as in step 0: a write reported as failed may
 //     have been committed. A sink whose storage drops identical retries is instead sent
-//     the same records again (see RetryDeduplicator).
+//     the same rows again (see RetryDeduplicator).
 //  2. Keep the dead letters the dead-letter stream refused in the DeadLetterStore, retrying
 //     like step 1: a rejected message is acknowledged only once it is kept somewhere.
 //  3. Ack the newest message taken. With AckAll this acknowledges every message up to it:
@@ -540,42 +843,45 @@ func (in *Ingester) flush(ctx context.Context, b *batch) bool {
 	if !in.dropStored(ctx, b) {
 		return false
 	}
-	if len(b.records) > 0 {
+	if b.rows.Len() > 0 {
 		err := retry.Do(ctx, in.retryPolicy(), func(attempt int) error {
 			// A failed write may have stored the rows all the same: ClickHouse can commit an
 			// insert and the connection break before its reply arrives. Writing them again
 			// blindly would store them twice, so they are checked like redeliveries first,
 			// unless the storage itself drops an identical retry (see RetryDeduplicator).
 			if attempt > 1 && !in.retryAsIs {
-				for i := range b.records {
-					b.records[i].MaybeStored = true
+				for i := range b.rows.Lifecycle {
+					b.rows.Lifecycle[i].MaybeStored = true
+				}
+				b.maybeUsage = b.maybeUsage[:0]
+				for row := range b.rows.Usage.Len() {
+					b.maybeUsage = append(b.maybeUsage, maybeRow{row: row})
 				}
 				if !in.dropStored(ctx, b) {
 					return retry.Permanent(errStopped)
 				}
-				if len(b.records) == 0 {
+				if b.rows.Len() == 0 {
 					return nil
 				}
 			}
 			start := time.Now()
-			err := in.cfg.Sink.Write(ctx, b.records)
+			err := in.cfg.Sink.Write(ctx, &b.rows)
 			in.metrics.insertDuration.Observe(time.Since(start).Seconds())
 			if err != nil {
 				in.metrics.insertErrors.Inc()
 			}
 			return err
 		}, func(attempt int, err error, wait time.Duration) {
-			in.log.Warn("storing batch failed; retrying", "events", len(b.records), "attempt", attempt, "backoff", wait, "error", err)
+			in.log.Warn("storing batch failed; retrying", "events", b.rows.Len(), "attempt", attempt, "backoff", wait, "error", err)
 		})
 		if err != nil {
 			return false // only ctx ends the retries
 		}
-		if len(b.records) > 0 {
-			in.metrics.batchSize.Observe(float64(len(b.records)))
+		if n := b.rows.Len(); n > 0 {
+			in.metrics.batchSize.Observe(float64(n))
 		}
-		for _, r := range b.records {
-			in.metrics.inserted.WithLabelValues(r.Event.Kind.String()).Inc()
-		}
+		in.metrics.inserted.WithLabelValues(event.KindLifecycle.String()).Add(float64(len(b.rows.Lifecycle)))
+		in.metrics.inserted.WithLabelValues(event.KindUsage.String()).Add(float64(b.rows.Usage.Len()))
 	}
 	if !in.keepDeadLetters(ctx, b) {
 		return false
@@ -612,8 +918,10 @@ func (in *Ingester) keepDeadLetters(ctx context.Context, b *batch) bool {
 func (in *Ingester) ack(b *batch) {
 	defer in.progressed()
 	if in.cfg.Streams.SharedConsumer {
-		for _, m := range b.held {
-			if err := m.Ack(); err != nil {
+		nc := in.cfg.JetStream.Conn()
+		for i := range b.replies.end {
+			// What jetstream.Msg.Ack sends.
+			if err := nc.Publish(b.replies.at(i), ackAck); err != nil {
 				in.log.Warn("ack failed; the message will be redelivered", "error", err)
 			}
 		}
@@ -623,6 +931,12 @@ func (in *Ingester) ack(b *batch) {
 		in.log.Warn("ack failed; the batch will be redelivered", "error", err)
 	}
 }
+
+// Acknowledgement bodies of the JetStream protocol (jetstream.Msg sends the same).
+var (
+	ackAck      = []byte("+ACK")
+	ackProgress = []byte("+WPI")
+)
 
 // retryPolicy is how a failed storage check or write is retried: until it succeeds or ctx
 // ends, the wait doubling from 100ms up to MaxBackoff.
@@ -643,7 +957,7 @@ func (in *Ingester) keepLeases(b *batch) (stop func()) {
 		for {
 			select {
 			case <-t.C:
-				extendLeases(b.held)
+				in.extendLeases(b)
 			case <-done:
 				return
 			}
@@ -693,9 +1007,12 @@ func (in *Ingester) checkStall(backlog uint64, ackFloor uint64, lastAckFloor *ui
 	in.metrics.stalled.Set(0)
 }
 
-func extendLeases(held []jetstream.Msg) {
-	for _, m := range held {
-		_ = m.InProgress()
+// extendLeases tells JetStream that every message of b is still being worked on (what
+// jetstream.Msg.InProgress sends), so it does not redeliver them.
+func (in *Ingester) extendLeases(b *batch) {
+	nc := in.cfg.JetStream.Conn()
+	for i := range b.replies.end {
+		_ = nc.Publish(b.replies.at(i), ackProgress)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -104,20 +103,38 @@ type crashAfterWrite struct {
 	once    *sync.Once
 }
 
-func (c crashAfterWrite) Write(ctx context.Context, records []ingest.Record) error {
+func (c crashAfterWrite) Write(ctx context.Context, rows *ingest.Rows) error {
 	crashed := true
 	c.once.Do(func() { crashed = false })
 	if crashed {
 		return fmt.Errorf("process is dead")
 	}
 	if c.through > 0 {
-		records = slices.DeleteFunc(slices.Clone(records), func(r ingest.Record) bool { return r.StreamSeq > c.through })
+		rows = rowsThrough(rows, c.through)
 	}
-	if err := c.storageSink.Write(ctx, records); err != nil {
+	if err := c.storageSink.Write(ctx, rows); err != nil {
 		return err
 	}
 	close(c.wrote)
 	return fmt.Errorf("killed before the ack")
+}
+
+// rowsThrough is a copy of the rows up to a stream sequence.
+func rowsThrough(rows *ingest.Rows, through uint64) *ingest.Rows {
+	var records []ingest.Record
+	for _, r := range rows.Lifecycle {
+		if r.StreamSeq <= through {
+			records = append(records, r)
+		}
+	}
+	out := ingest.RowsOf(records)
+	for i := range rows.Usage.Len() {
+		if seq := rows.Usage.StreamSeq[i]; seq <= through {
+			f := event.UsageFieldsOf(rows.Usage.Event(i))
+			out.Usage.Append(&f, rows.Usage.ContentHash[i], seq)
+		}
+	}
+	return out
 }
 
 func TestRedeliveryAfterACrashBetweenWriteAndAckStoresOnce(t *testing.T) {

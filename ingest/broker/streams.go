@@ -143,9 +143,11 @@ func DefaultStreamConfig() StreamConfig {
 		DuplicateWindow:  2 * time.Minute,
 		MaxBytes:         8 << 30,
 		DeadLetterMaxAge: 30 * 24 * time.Hour,
-		MaxAckPending:    50_000,
-		AckWait:          30 * time.Second,
-		Replicas:         1,
+		// At least two batches of the ingester's default size (ingest.CheckAckPending), and
+		// room for dead letters taken beside them.
+		MaxAckPending: 250_000,
+		AckWait:       30 * time.Second,
+		Replicas:      1,
 	}
 }
 

@@ -96,7 +96,7 @@ func TestFirstLifecycleWriteWaitsForAnInsertStillCommitting(t *testing.T) {
 	rec := ingest.Record{Event: event.Event{Kind: event.KindLifecycle, Lifecycle: &keytrailv1.LifecycleEvent{
 		EventId: "lc-next", Time: timestamppb.New(at.Add(time.Second)), Project: "acme", KeyId: "key_a",
 		Action: keytrailv1.Action_ACTION_DISABLED, Actor: "alice"}}, StreamSeq: 9}
-	if err := sink.Write(context.Background(), []ingest.Record{rec}); err != nil {
+	if err := sink.Write(context.Background(), ingest.RowsOf([]ingest.Record{rec})); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {
@@ -133,7 +133,7 @@ func TestClassifyAFullBatchOfUUIDIDs(t *testing.T) {
 	for i := range stored + fresh {
 		records = append(records, record(i))
 	}
-	if err := sink.Write(context.Background(), records[:stored]); err != nil {
+	if err := sink.Write(context.Background(), ingest.RowsOf(records[:stored])); err != nil {
 		t.Fatal(err)
 	}
 	got, err := sink.Classify(context.Background(), records)

@@ -69,37 +69,32 @@ var (
 	_ ingest.RetryDeduplicator = (*Sink)(nil)
 )
 
-// Write stores the records: lifecycle rows first (the audit trail matters most), then usage.
-func (s *Sink) Write(ctx context.Context, records []ingest.Record) error {
+// Write stores the rows: lifecycle rows first (the audit trail matters most), then usage.
+func (s *Sink) Write(ctx context.Context, rows *ingest.Rows) error {
 	if s.cluster != nil {
-		return s.writeCluster(ctx, records)
-	}
-	var usage, lifecycle []ingest.Record
-	for _, r := range records {
-		switch r.Event.Kind {
-		case event.KindUsage:
-			usage = append(usage, r)
-		case event.KindLifecycle:
-			lifecycle = append(lifecycle, r)
-		}
+		return s.writeCluster(ctx, rows.Records())
 	}
 	ingestedAt := s.now().UTC().Truncate(time.Second)
-	if err := s.writeOnce("lifecycle_events", lifecycle, func() error { return s.insertLifecycle(ctx, lifecycle, ingestedAt) }); err != nil {
-		return err
+	lifecycle := rows.Lifecycle
+	if len(lifecycle) > 0 {
+		if err := s.writeOnce("lifecycle_events", len(lifecycle), lifecycle[len(lifecycle)-1].StreamSeq, func() error { return s.insertLifecycle(ctx, lifecycle, ingestedAt) }); err != nil {
+			return err
+		}
 	}
-	return s.writeOnce("usage_events", usage, func() error { return s.insertUsage(ctx, usage, ingestedAt) })
+	if u := rows.Usage; u.Len() > 0 {
+		return s.writeOnce("usage_events", u.Len(), u.StreamSeq[u.Len()-1], func() error { return s.insertUsage(ctx, u, ingestedAt) })
+	}
+	return nil
 }
 
-func (s *Sink) writeOnce(table string, records []ingest.Record, insert func() error) error {
-	if len(records) == 0 {
-		return nil
-	}
-	last := records[len(records)-1].StreamSeq
+// writeOnce runs insert unless the table already holds this batch (last is its highest
+// stream sequence): a retried batch whose other table failed is not written twice here.
+func (s *Sink) writeOnce(table string, rows int, last uint64, insert func() error) error {
 	if last <= s.storedThrough[table] {
 		return nil
 	}
 	if err := insert(); err != nil {
-		return fmt.Errorf("insert %d rows into %s: %w", len(records), table, err)
+		return fmt.Errorf("insert %d rows into %s: %w", rows, table, err)
 	}
 	s.storedThrough[table] = last
 	return nil
@@ -108,8 +103,9 @@ func (s *Sink) writeOnce(table string, records []ingest.Record, insert func() er
 // UsageColumns is the column list of every usage insert, in append order.
 const UsageColumns = "event_id, event_time, event_time_ms, project, key_id, service, gateway_instance, method, endpoint, model, provider, status_code, latency_ms, input_tokens, output_tokens, cost_micros, client_ip, request_id, content_hash, stream_seq, ingested_at"
 
-// usageColumns holds one batch column by column: appending whole columns is several times
-// faster than row-wise Append.
+// usageColumns holds one batch column by column, for the cluster's inserts (cluster.go),
+// which send each shard's rows as one block: appending whole columns is several times faster
+// than row-wise Append.
 type usageColumns struct {
 	ids, projects, keys, services, gateways, methods, endpoints, models, providers, ips, requestIDs []string
 	times, ingested                                                                                 []time.Time
@@ -133,8 +129,68 @@ func newUsageColumns(n int) usageColumns {
 	}
 }
 
-func (s *Sink) insertUsage(ctx context.Context, records []ingest.Record, ingestedAt time.Time) error {
-	return s.sendColumns(ctx, s.conn, "INSERT INTO usage_events ("+UsageColumns+")", usageBlock(records, ingestedAt)...)
+// insertChunk is how many usage rows are handed to the driver at a time. The server joins
+// the chunks of one INSERT into blocks of up to min_insert_block_size_rows (1M by default),
+// so a batch is still written, and its materialized views run, as one block (one part per
+// partition), while the driver holds a copy of one chunk instead of the whole batch: about
+// 4 MB instead of 40 at 100k rows.
+const insertChunk = 10_000
+
+// insertUsage sends the usage rows as one INSERT, column by column in chunks of insertChunk
+// rows. The driver copies what is appended, so one scratch slice serves every column.
+//
+// A sender killed in the middle leaves the chunks the server had received committed: a
+// prefix of the rows, in stream order. The ingester's redelivery check asks storage about
+// each row, so it drops that prefix and writes the rest (see ingest.Deduper). (A cluster
+// retries identically instead, which needs whole blocks: cluster.go sends no chunks.)
+func (s *Sink) insertUsage(ctx context.Context, u *ingest.UsageRows, ingestedAt time.Time) error {
+	texts := make([]string, 0, min(u.Len(), insertChunk))
+	times := make([]int64, 0, min(u.Len(), insertChunk))
+	defer clear(texts[:cap(texts)]) // the views point into u's buffers
+	text := func(col int) func(lo, hi int) any {
+		return func(lo, hi int) any {
+			texts = u.TextColumn(col, lo, hi, texts[:0])
+			return texts
+		}
+	}
+	seconds := func(f func(i int) int64) func(lo, hi int) any {
+		return func(lo, hi int) any {
+			times = times[:0]
+			for i := lo; i < hi; i++ {
+				times = append(times, f(i))
+			}
+			return times
+		}
+	}
+	ingested := ingestedAt.Unix()
+	return s.sendChunks(ctx, s.conn, "INSERT INTO usage_events ("+UsageColumns+")", u.Len(), insertChunk,
+		text(ingest.UsageEventID),
+		seconds(func(i int) int64 { return u.TimeMs[i] / 1000 }),
+		rowsOf(u.TimeMs),
+		text(ingest.UsageProject),
+		text(ingest.UsageKeyID),
+		text(ingest.UsageService),
+		text(ingest.UsageGatewayInstance),
+		text(ingest.UsageMethod),
+		text(ingest.UsageEndpoint),
+		text(ingest.UsageModel),
+		text(ingest.UsageProvider),
+		rowsOf(u.StatusCode),
+		rowsOf(u.LatencyMs),
+		rowsOf(u.InputTokens),
+		rowsOf(u.OutputTokens),
+		rowsOf(u.CostMicros),
+		text(ingest.UsageClientIP),
+		text(ingest.UsageRequestID),
+		rowsOf(u.ContentHash),
+		rowsOf(u.StreamSeq),
+		seconds(func(int) int64 { return ingested }),
+	)
+}
+
+// rowsOf is a column's rows [lo, hi), for sendChunks.
+func rowsOf[T any](col []T) func(lo, hi int) any {
+	return func(lo, hi int) any { return col[lo:hi] }
 }
 
 // usageBlock is the columns of a usage insert, in UsageColumns order.
@@ -288,6 +344,18 @@ func (s *Sink) head(ctx context.Context, project string) (auditchain.Head, error
 // sendColumns appends whole columns, then sends the batch over conn, tagged for the insert
 // fence.
 func (s *Sink) sendColumns(ctx context.Context, conn driver.Conn, insert string, columns ...any) error {
+	whole := make([]func(lo, hi int) any, len(columns))
+	for i, col := range columns {
+		whole[i] = func(int, int) any { return col }
+	}
+	// One chunk of "one row": every column is appended whole, once.
+	return s.sendChunks(ctx, conn, insert, 1, 1, whole...)
+}
+
+// sendChunks sends rows [0, n) over conn as one INSERT tagged for the insert fence, chunk
+// rows at a time: column(lo, hi) is a column's rows [lo, hi), made just before it is
+// appended.
+func (s *Sink) sendChunks(ctx context.Context, conn driver.Conn, insert string, n, chunk int, columns ...func(lo, hi int) any) error {
 	ctx, err := s.insertContext(ctx)
 	if err != nil {
 		return err
@@ -296,10 +364,19 @@ func (s *Sink) sendColumns(ctx context.Context, conn driver.Conn, insert string,
 	if err != nil {
 		return err
 	}
-	for i, col := range columns {
-		if err := batch.Column(i).Append(col); err != nil {
-			_ = batch.Abort()
-			return fmt.Errorf("column %d: %w", i, err)
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		for i, col := range columns {
+			if err := batch.Column(i).Append(col(lo, hi)); err != nil {
+				_ = batch.Abort()
+				return fmt.Errorf("column %d: %w", i, err)
+			}
+		}
+		if hi < n {
+			if err := batch.Flush(); err != nil {
+				_ = batch.Abort()
+				return err
+			}
 		}
 	}
 	return batch.Send()

@@ -66,7 +66,7 @@ func memoryBackend() backend {
 			sink := memsink.New(st)
 			gate := sink.Hold(memsink.UsageTable)
 			done := make(chan error, 1)
-			go func() { done <- sink.Write(context.Background(), []ingest.Record{r}) }()
+			go func() { done <- sink.Write(context.Background(), ingest.RowsOf([]ingest.Record{r})) }()
 			<-gate.Reached()
 			time.AfterFunc(time.Second, gate.Release)
 			return done
@@ -157,7 +157,7 @@ func lifecycle(id, project, actor string, when time.Time, seq uint64) ingest.Rec
 
 func write(t *testing.T, s ingest.Sink, records ...ingest.Record) {
 	t.Helper()
-	if err := s.Write(context.Background(), records); err != nil {
+	if err := s.Write(context.Background(), ingest.RowsOf(records)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -10,7 +10,9 @@
 // cache and faults. What it mirrors from chsink:
 //
 //   - Write stores lifecycle records, then usage records, each kind as one all-or-nothing
-//     insert. It never deduplicates: the same event written twice is two rows, as in a
+//     insert. (chsink hands a batch's usage rows to one INSERT in chunks, and a sender
+//     killed mid-insert can leave a prefix of them committed; the ingester's check of every
+//     row after a failure covers that case as it covers this one.) It never deduplicates: the same event written twice is two rows, as in a
 //     plain MergeTree table, so a test counting rows sees every duplicate the ingester
 //     failed to prevent. Only a retry of what the same Sink stored successfully is skipped
 //     (chsink's highest-stored-sequence guard per table).

@@ -22,7 +22,7 @@ func TestProgrammedFaults(t *testing.T) {
 	s.Fail("", 2, memsink.Refuse)
 	s.Fail(memsink.UsageTable, 1, memsink.CommitThenFail)
 	for i, want := range []error{memsink.ErrRefused, memsink.ErrRefused, memsink.ErrReplyLost, nil} {
-		if err := s.Write(ctx, []ingest.Record{u("u1", 1)}); !errors.Is(err, want) {
+		if err := s.Write(ctx, ingest.RowsOf([]ingest.Record{u("u1", 1)})); !errors.Is(err, want) {
 			t.Fatalf("write %d: %v, want %v", i+1, err, want)
 		}
 	}
@@ -30,7 +30,7 @@ func TestProgrammedFaults(t *testing.T) {
 	if n := st.TimesStored(memsink.UsageTable, "u1"); n != 2 {
 		t.Errorf("u1 stored %d times, want 2", n)
 	}
-	if err := s.Write(ctx, []ingest.Record{lifecycle("l1", "acme", "alice", at, 2)}); !errors.Is(err, memsink.ErrRefused) {
+	if err := s.Write(ctx, ingest.RowsOf([]ingest.Record{lifecycle("l1", "acme", "alice", at, 2)})); !errors.Is(err, memsink.ErrRefused) {
 		t.Errorf("lifecycle write: %v, want the lifecycle fault", err)
 	}
 	if got := fmt.Sprint(s.Inserts()); got != "[{usage_events 1 refused} {usage_events 1 refused} {usage_events 1 committed, reported failed} {usage_events 1 stored} {lifecycle_events 1 refused}]" {
@@ -52,7 +52,7 @@ func TestProgrammedFaults(t *testing.T) {
 	gate := s.Hold(memsink.UsageTable)
 	cctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- s.Write(cctx, []ingest.Record{u("u3", 3)}) }()
+	go func() { errc <- s.Write(cctx, ingest.RowsOf([]ingest.Record{u("u3", 3)})) }()
 	<-gate.Reached()
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
@@ -78,7 +78,7 @@ func TestProgrammedFaults(t *testing.T) {
 	s.Fail("", 5, memsink.Refuse)
 	s.FailChecks(5)
 	s.Heal()
-	if err := s.Write(ctx, []ingest.Record{u("u4", 4)}); err != nil {
+	if err := s.Write(ctx, ingest.RowsOf([]ingest.Record{u("u4", 4)})); err != nil {
 		t.Errorf("write after Heal: %v", err)
 	}
 	if _, err := s.Classify(ctx, []ingest.Record{u("u4", 4)}); err != nil {

@@ -154,10 +154,11 @@ func (s *Sink) Checks() []Check {
 	return slices.Clone(s.checks)
 }
 
-// Write stores the records: lifecycle rows first, then usage, as chsink does.
-func (s *Sink) Write(ctx context.Context, records []ingest.Record) error {
+// Write stores the rows: lifecycle rows first, then usage, as chsink does. (Usage rows are
+// kept as records, their time to the millisecond as chsink stores it.)
+func (s *Sink) Write(ctx context.Context, rows *ingest.Rows) error {
 	var usage, lifecycle []ingest.Record
-	for _, r := range records {
+	for _, r := range rows.Records() {
 		switch r.Event.Kind {
 		case event.KindUsage:
 			usage = append(usage, r)

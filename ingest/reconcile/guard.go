@@ -40,10 +40,10 @@ var (
 	_ ingest.DeadLetterStore = (*guard)(nil)
 )
 
-func (g *guard) Write(ctx context.Context, records []ingest.Record) error {
+func (g *guard) Write(ctx context.Context, rows *ingest.Rows) error {
 	g.r.mu.Lock()
 	defer g.r.mu.Unlock()
-	err := g.r.sink.Write(ctx, records)
+	err := g.r.sink.Write(ctx, rows)
 	if err != nil {
 		g.r.writeFailed = true
 	}

@@ -292,7 +292,7 @@ func TestRedeliveryCheckRepairsBeforeTheBatchIsAcknowledged(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := sink.Write(ctx, batch); err != nil {
+	if err := sink.Write(ctx, ingest.RowsOf(batch)); err != nil {
 		t.Fatal(err)
 	}
 	for _, v := range []string{"spend_daily", "key_service_totals"} {
@@ -317,7 +317,7 @@ func TestRedeliveryCheckRepairsBeforeTheBatchIsAcknowledged(t *testing.T) {
 	if err := db.Conn.Exec(ctx, "DETACH TABLE key_client_ip_totals_mv"); err != nil {
 		t.Fatal(err)
 	}
-	if err := sink.Write(ctx, batch2); err != nil {
+	if err := sink.Write(ctx, ingest.RowsOf(batch2)); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.Conn.Exec(ctx, "ATTACH TABLE key_client_ip_totals_mv"); err != nil {
@@ -336,7 +336,7 @@ func TestRedeliveryCheckRepairsBeforeTheBatchIsAcknowledged(t *testing.T) {
 	if err := db.Conn.Exec(ctx, "DETACH TABLE usage_events"); err != nil {
 		t.Fatal(err)
 	}
-	err = sink.Write(ctx, usageRecords(events("rd3", time.Date(2026, 11, 20, 15, 0, 0, 0, time.UTC), time.Second, 5), 451))
+	err = sink.Write(ctx, ingest.RowsOf(usageRecords(events("rd3", time.Date(2026, 11, 20, 15, 0, 0, 0, time.UTC), time.Second, 5), 451)))
 	if err := db.Conn.Exec(ctx, "ATTACH TABLE usage_events"); err != nil {
 		t.Fatal(err)
 	}

@@ -99,7 +99,7 @@ func TestClusterBackfillCopiesEachShardOnce(t *testing.T) {
 		e := usage(fmt.Sprintf("bf-%d", i), fmt.Sprintf("proj-%d", i%3), fmt.Sprintf("key_%d", i%37), base.Add(time.Duration(i)*5*time.Minute), 7)
 		records = append(records, ingest.Record{Event: event.Event{Kind: event.KindUsage, Usage: e}, StreamSeq: uint64(i + 1)})
 	}
-	if err := sink.Write(context.Background(), records); err != nil {
+	if err := sink.Write(context.Background(), ingest.RowsOf(records)); err != nil {
 		t.Fatal(err)
 	}
 	applied, err := migrations.Run(context.Background(), migrations.Config{Conn: db.Conn, Cluster: db.Cluster})
@@ -163,7 +163,7 @@ func usage(id, project, key string, at time.Time, cost int64) *keytrailv1.UsageE
 // as a single server's, checking the records against storage and writing what it lacks.
 type withoutRetryDedup struct{ s *chsink.Sink }
 
-func (w withoutRetryDedup) Write(ctx context.Context, r []ingest.Record) error {
+func (w withoutRetryDedup) Write(ctx context.Context, r *ingest.Rows) error {
 	return w.s.Write(ctx, r)
 }
 func (w withoutRetryDedup) Classify(ctx context.Context, r []ingest.Record) ([]ingest.Presence, error) {
@@ -321,7 +321,7 @@ func TestSingleServerHistoryMovesToTheCluster(t *testing.T) {
 			KeyId: key(p, 1), Action: keytrailv1.Action_ACTION_DISABLED, Actor: "ops", ActorType: keytrailv1.ActorType_ACTOR_TYPE_USER}
 		records = append(records, ingest.Record{Event: event.Event{Kind: event.KindLifecycle, Lifecycle: e}, StreamSeq: uint64(i + 1)})
 	}
-	if err := sink.Write(context.Background(), records); err != nil {
+	if err := sink.Write(context.Background(), ingest.RowsOf(records)); err != nil {
 		t.Fatal(err)
 	}
 	// Reads through the Distributed table may go to either replica of a shard: wait until both

@@ -33,7 +33,7 @@ func Insert(t testing.TB, db *Database, events ...any) {
 		}
 		records = append(records, r)
 	}
-	if err := sink.Write(context.Background(), records); err != nil {
+	if err := sink.Write(context.Background(), ingest.RowsOf(records)); err != nil {
 		t.Fatalf("insert events: %v", err)
 	}
 }

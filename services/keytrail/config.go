@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/ingest"
+	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/internal/flagenv"
 	"github.com/keytrail/keytrail/internal/storage"
 	"github.com/keytrail/keytrail/query/alerting"
@@ -243,10 +244,10 @@ func flagSet(name string, c *Config) *flag.FlagSet {
 	fs.IntVar(&c.QueryMaxInflight, "query-max-inflight", api.DefaultMaxInFlight, "most API calls answered at once; beyond it calls wait up to query-queue-timeout, then get 503 (0: no bound)")
 	fs.IntVar(&c.QueryMaxInflightPerPrincipal, "query-max-inflight-per-principal", api.DefaultMaxInFlightPerPrincipal, "most API calls one principal may have in flight; beyond it 429 (0: query-max-inflight)")
 	fs.DurationVar(&c.QueryQueueTimeout, "query-queue-timeout", api.DefaultQueueTimeout, "how long an API call waits for a slot before it is shed")
-	fs.IntVar(&c.BatchSize, "batch-size", 10_000, "most events per ClickHouse insert")
-	fs.DurationVar(&c.FlushInterval, "flush-interval", 500*time.Millisecond, "longest an event waits before its batch is inserted")
+	fs.IntVar(&c.BatchSize, "batch-size", ingest.DefaultBatchSize, "most events per ClickHouse insert")
+	fs.DurationVar(&c.FlushInterval, "flush-interval", ingest.DefaultFlushInterval, "longest an event waits before its batch is inserted")
 	fs.DurationVar(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for the ingester's ack before redelivering")
-	fs.IntVar(&c.MaxAckPending, "max-ack-pending", 50_000, "most messages the ingester may hold unacknowledged (at least two batches)")
+	fs.IntVar(&c.MaxAckPending, "max-ack-pending", broker.DefaultStreamConfig().MaxAckPending, "most messages the ingester may hold unacknowledged (at least two batches)")
 	fs.DurationVar(&c.StallTimeout, "ingest-stall-timeout", 2*time.Minute, "readiness fails while the ingester has a backlog and has acknowledged nothing for this long")
 	fs.BoolVar(&c.SharedConsumer, "ingest-shared-consumer", false, "let several ingesters share the durable consumer (per-message acks; fixed when the consumer is first created)")
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 10*time.Minute, "how often an ingesting process sweeps the rollups for cells short of usage_events and repairs them; 0 turns the sweep off (the check after a redelivery always runs)")
@@ -304,8 +305,9 @@ func (c Config) natsSync() (interval time.Duration, always bool, err error) {
 }
 
 // AutoIngestMemoryLimit is the soft memory limit "auto" gives an ingest-only process. Its
-// working set is bounded by design (two batches, one fetch, the recent-id cache: about 60 MB
-// at the default batch size); without a limit the garbage collector lets the heap grow to
+// working set is bounded by design (two batches of about 32 MB at the default 100k events,
+// see ingest.UsageRows, one 10k-row insert chunk, one fetch, the recent-id cache: a live
+// heap of about 85 MB measured by `make bench`); without a limit the garbage collector lets the heap grow to
 // twice that before collecting. The limit makes it collect earlier instead. Processes that
 // embed NATS or serve queries hold data whose size depends on traffic, so "auto" leaves
 // them unlimited.

@@ -37,10 +37,10 @@ func flagCases() []flagCase {
 		{flag: "query-max-inflight", good: "16", other: "0", field: func(c Config) any { return c.QueryMaxInflight }, want: 16, bad: []string{"many", "-1", "1.5"}},
 		{flag: "query-max-inflight-per-principal", good: "2", other: "0", field: func(c Config) any { return c.QueryMaxInflightPerPrincipal }, want: 2, bad: []string{"half", "-2"}},
 		{flag: "query-queue-timeout", good: "250ms", other: "0s", field: func(c Config) any { return c.QueryQueueTimeout }, want: 250 * time.Millisecond, bad: []string{"250", "soon", "-1s"}},
-		{flag: "batch-size", good: "20000", other: "5000", field: func(c Config) any { return c.BatchSize }, want: 20000, bad: []string{"lots", "1e4", "0", "-5", "30000"}},
+		{flag: "batch-size", good: "20000", other: "5000", field: func(c Config) any { return c.BatchSize }, want: 20000, bad: []string{"lots", "1e4", "0", "-5", "130000"}},
 		{flag: "flush-interval", good: "2s", other: "1s", field: func(c Config) any { return c.FlushInterval }, want: 2 * time.Second, bad: []string{"2", "soon", "0s", "-1s"}},
 		{flag: "ack-wait", good: "1m", other: "10s", field: func(c Config) any { return c.AckWait }, want: time.Minute, bad: []string{"30", "0s"}},
-		{flag: "max-ack-pending", good: "20000", other: "30000", field: func(c Config) any { return c.MaxAckPending }, want: 20000, bad: []string{"many", "0", "19999"}},
+		{flag: "max-ack-pending", good: "300000", other: "400000", field: func(c Config) any { return c.MaxAckPending }, want: 300000, bad: []string{"many", "0", "199999"}},
 		{flag: "ingest-stall-timeout", good: "5m", other: "1m", field: func(c Config) any { return c.StallTimeout }, want: 5 * time.Minute, bad: []string{"300", "0s"}},
 		{flag: "ingest-shared-consumer", good: "1", other: "false", field: func(c Config) any { return c.SharedConsumer }, want: true, bad: []string{"yes", "on"}},
 		{flag: "reconcile-interval", good: "0s", other: "1m", field: func(c Config) any { return c.ReconcileInterval }, want: time.Duration(0), bad: []string{"10", "-1m"}},
@@ -143,7 +143,7 @@ func TestConfigDefaults(t *testing.T) {
 		Role: "all", NATSListen: "127.0.0.1:4222", NATSStoreDir: ".local/nats", SubjectPrefix: "keytrail", StreamReplicas: 1,
 		ClickHouseDSN: "clickhouse://127.0.0.1:19000/keytrail", GRPCListen: "127.0.0.1:9090", HTTPListen: "127.0.0.1:8080",
 		QueryMaxInflight: 8, QueryMaxInflightPerPrincipal: 6, QueryQueueTimeout: 100 * time.Millisecond,
-		BatchSize: 10000, FlushInterval: 500 * time.Millisecond, AckWait: 30 * time.Second, MaxAckPending: 50000, IngestPartitions: 1, LeaseTTL: 10 * time.Second,
+		BatchSize: 100000, FlushInterval: time.Second, AckWait: 30 * time.Second, MaxAckPending: 250000, IngestPartitions: 1, LeaseTTL: 10 * time.Second,
 		ReconcileInterval: 10 * time.Minute, ReconcileLookback: 24 * time.Hour,
 		StallTimeout: 2 * time.Minute, AlertInterval: time.Minute, AlertWindow: 30 * time.Minute, AlertWebhookFormat: "protojson", AlertNewCallers: "all",
 		LogFormat: "text", LogLevel: "info", MemoryLimit: "auto",
@@ -170,10 +170,10 @@ invalid value "2" for -flush-interval (env KEYTRAIL_FLUSH_INTERVAL): want a dura
 
 	clearEnv(t)
 	t.Setenv("KEYTRAIL_INGEST_SHARED_CONSUMER", "1")
-	_, err = parseConfig("test", []string{"-log-level", "verbose", "-role", "reader", "-batch-size", "40000", "-tls-key-file", "k.pem"})
+	_, err = parseConfig("test", []string{"-log-level", "verbose", "-role", "reader", "-batch-size", "130000", "-tls-key-file", "k.pem"})
 	want = `invalid value "reader" for -role (env KEYTRAIL_ROLE): want all, ingest or query
 -tls-cert-file (env KEYTRAIL_TLS_CERT_FILE) and -tls-key-file (env KEYTRAIL_TLS_KEY_FILE) go together
--max-ack-pending (env KEYTRAIL_MAX_ACK_PENDING) and -batch-size (env KEYTRAIL_BATCH_SIZE): max ack pending 50000 must be at least twice the batch size 40000 (the ingester holds up to two batches)
+-max-ack-pending (env KEYTRAIL_MAX_ACK_PENDING) and -batch-size (env KEYTRAIL_BATCH_SIZE): max ack pending 250000 must be at least twice the batch size 130000 (the ingester holds up to two batches)
 invalid value "verbose" for -log-level (env KEYTRAIL_LOG_LEVEL): want debug, info, warn or error`
 	if err == nil || err.Error() != want {
 		t.Errorf("validation errors:\n%v\nwant\n%s", err, want)
