@@ -1,6 +1,9 @@
-// Package chsink is the ClickHouse Sink of the ingester: it writes usage and lifecycle
+// Package chsink is the ClickHouse Sink of the ingester: it writes usage rows and lifecycle
 // records to the raw tables with column-named batch inserts (the only INSERT form that works
-// against ClickHouse 18.16 over the native protocol), appending column by column.
+// against ClickHouse 18.16 over the native protocol), appending column by column. A batch's
+// usage rows go in one INSERT, handed over in 10k-row chunks that the server joins into one
+// block: ClickHouse's cost per row falls about 3x from 10k-row to 100k-row blocks, and the
+// client holds a copy of one chunk, not of the batch.
 //
 // Guarantee: within one process, a batch retried after a partial failure never writes a
 // kind of event twice: the sink remembers, per table, the highest stream sequence it has
