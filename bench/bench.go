@@ -102,6 +102,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		h.logf("phase %s done in %.0f s", p.name, time.Since(start).Seconds())
 	}
+	h.report.addCeilings()
 	return h.report, errors.Join(errs...)
 }
 

@@ -176,3 +176,61 @@ func stageOf(s *profile.Sample) string {
 	}
 	return stageOther
 }
+
+// Stages of the cost table the CPU ceilings add up.
+const (
+	costPublishClient = "publish: client (gateway) CPU"
+	costPublishServer = "publish: nats-server CPU"
+	costDeliver       = "nats-server: deliver and ack (drain)"
+	costIngester      = "ingester process, total (drain)"
+	costClickHouse    = "ClickHouse server (drain, merges included)"
+)
+
+// addCeilings adds, when the publish and drain phases both ran, the rates the machine's
+// cores allow at the cost table's CPU per event: every process of the pipeline shares the
+// same cores, so no rate can exceed cores / (sum of their CPU per event). The same sum over
+// the raw baselines is what the client libraries and servers alone would allow: a target
+// above that is out of reach of any ingester on this machine.
+func (r *Report) addCeilings() {
+	byStage := map[string]CostRow{}
+	for _, c := range r.Costs {
+		byStage[strings.TrimSpace(c.Stage)] = c
+	}
+	get := func(stage string, raw bool) float64 {
+		c, ok := byStage[stage]
+		if !ok {
+			return nan
+		}
+		if raw {
+			if c.Baseline == "" {
+				return nan
+			}
+			return c.BaselineValue
+		}
+		return c.Value
+	}
+	// CPU-s per 1M rows is µs per row: every stage below is µs per event.
+	insertClientRaw := get(stageInsert, true)
+	drainKT := get(costDeliver, false) + get(costIngester, false) + get(costClickHouse, false)
+	drainRaw := get(costDeliver, true) + get(costIngester, true) + insertClientRaw + get(costClickHouse, true)
+	e2eKT := get(costPublishClient, false) + get(costPublishServer, false) + drainKT
+	e2eRaw := get(costPublishClient, true) + get(costPublishServer, true) + drainRaw
+	if math.IsNaN(e2eKT) && math.IsNaN(drainKT) {
+		return
+	}
+	cores := float64(r.Machine.CPUs)
+	ceiling := func(figure, parts string, kt, raw float64) {
+		if math.IsNaN(kt) || kt <= 0 {
+			return
+		}
+		row := Row{Figure: figure, Value: cores / kt * 1e6, Unit: UnitRate,
+			Note: fmt.Sprintf("%g cores / %.1f µs of CPU per event (%s); raw %.1f µs", cores, kt, parts, raw)}
+		if !math.IsNaN(raw) && raw > 0 {
+			row.Baseline, row.BaselineValue = "the same with raw clients and servers alone", cores/raw*1e6
+			row.Ratio = row.Value / row.BaselineValue
+		}
+		r.add(row)
+	}
+	ceiling("drain ceiling: cores / CPU per event", "deliver and ack, ingester, ClickHouse", drainKT, drainRaw)
+	ceiling("end-to-end ceiling: cores / CPU per event", "publish client and server, deliver and ack, ingester, ClickHouse", e2eKT, e2eRaw)
+}

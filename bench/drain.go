@@ -121,10 +121,10 @@ func (h *harness) runDrain(ctx context.Context) error {
 	h.report.cost(
 		CostRow{Stage: "nats-server: store a publish", Value: perEvent(fillCPU.nats, n), Unit: UnitMicrosPerEvent,
 			Note: "while the backlog was published (raw PublishMsgAsync)"},
-		CostRow{Stage: "nats-server: deliver and ack (drain)", Value: perEvent(drainCPU.nats, n), Unit: UnitMicrosPerEvent,
+		CostRow{Stage: costDeliver, Value: perEvent(drainCPU.nats, n), Unit: UnitMicrosPerEvent,
 			Baseline: "raw consume", BaselineValue: perEvent(consumeCPU.nats, n),
 			Note: "the drain's acks also delete (interest retention); the raw consumer's do not"},
-		CostRow{Stage: "ingester process, total (drain)", Value: ingesterCPU, Unit: UnitMicrosPerEvent,
+		CostRow{Stage: costIngester, Value: ingesterCPU, Unit: UnitMicrosPerEvent,
 			Baseline: "raw consume, client", BaselineValue: consumeClient,
 			Note: fmt.Sprintf("drain %s/s; raw consume %s/s", count(int(drain)), count(int(consume)))},
 	)
@@ -147,7 +147,7 @@ func (h *harness) runDrain(ctx context.Context) error {
 		h.report.cost(row)
 	}
 	h.report.cost(
-		CostRow{Stage: "ClickHouse server (drain, merges included)", Value: chCPU, Unit: UnitCPUPerMillion,
+		CostRow{Stage: costClickHouse, Value: chCPU, Unit: UnitCPUPerMillion,
 			Baseline: fmt.Sprintf("raw insert %s", count(h.sizes.IngestBatch)), BaselineValue: insertSmall.chPerMillion,
 			Note: fmt.Sprintf("raw insert %s: %.1f CPU-s/1M", count(h.sizes.InsertBatch), insert.chPerMillion)},
 	)

@@ -95,10 +95,10 @@ func (h *harness) runPublish(ctx context.Context) error {
 		Target: ">= 0.7x raw", Met: met(ratio >= 0.7),
 		Note: fmt.Sprintf("%d events per run, runs alternated raw, package, package, raw", n)})
 	h.report.cost(
-		CostRow{Stage: "publish: client (gateway) CPU", Value: perEvent(pkg.cpu.self, pkg.events), Unit: UnitMicrosPerEvent,
+		CostRow{Stage: costPublishClient, Value: perEvent(pkg.cpu.self, pkg.events), Unit: UnitMicrosPerEvent,
 			Baseline: "raw PublishMsgAsync", BaselineValue: perEvent(raw.cpu.self, raw.events),
 			Note: fmt.Sprintf("package %s/s, raw %s/s (one connection each)", count(int(pkg.rate())), count(int(raw.rate())))},
-		CostRow{Stage: "publish: nats-server CPU", Value: perEvent(pkg.cpu.nats, pkg.events), Unit: UnitMicrosPerEvent,
+		CostRow{Stage: costPublishServer, Value: perEvent(pkg.cpu.nats, pkg.events), Unit: UnitMicrosPerEvent,
 			Baseline: "raw PublishMsgAsync", BaselineValue: perEvent(raw.cpu.nats, raw.events)},
 	)
 	return nil
