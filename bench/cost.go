@@ -121,9 +121,9 @@ const (
 var ingestStages = []stage{
 	{stageNATS, prefix("github.com/nats-io/")},
 	{stageInsert, prefix("github.com/ClickHouse/", "github.com/keytrail/keytrail/ingest/chsink.")},
-	{"decode", prefix(kt+"event.DecodeUsageWire", kt+"event.Subjects.DecodeUsage", kt+"event.Encoding.unmarshal", kt+"event.Subjects.Decode", kt+"event.Subjects.Parse", kt+"event.ParseContentType")},
-	{"validate", prefix(kt+"event.(*UsageFields).Validate", kt+"event.Validate", kt+"event.check", kt+"event.scanASCII")},
-	{"redact (secret scan)", prefix(kt+"event.(*UsageFields).Redact", kt+"event.Redact", kt+"event.LooksLikeSecret", kt+"event.redact")},
+	{"decode", prefix(kt+"event/decode.UsageWire", kt+"event/decode.Usage", kt+"event.Encoding.Unmarshal", kt+"event/decode.Event", kt+"event.Subjects.Parse", kt+"event.ParseContentType")},
+	{"validate", prefix(kt+"event/decode.(*UsageFields).Validate", kt+"event/decode.Validate", kt+"event/decode.check")},
+	{"redact (secret scan)", prefix(kt+"event/decode.(*UsageFields).Redact", kt+"event.Redact", kt+"event.LooksLikeSecret", kt+"event.redact")},
 	{"content hash", prefix(kt+"ingest.contentHash", "github.com/cespare/xxhash")},
 	{"column build", prefix(kt+"ingest.(*UsageRows)", kt+"ingest.(*textColumn)")},
 	{"ingester bookkeeping (take, recent ids, batches, metrics)", prefix(kt+"ingest.", "github.com/prometheus/")},

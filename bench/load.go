@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/chsink"
@@ -196,7 +197,7 @@ func (h *harness) load(ctx context.Context, conn driver.Conn, database string, h
 	}
 	records := make([]ingest.Record, len(lifecycle))
 	for i, e := range lifecycle {
-		if err := event.ValidateLifecycle(e, time.Now()); err != nil {
+		if err := decode.ValidateLifecycle(e, time.Now()); err != nil {
 			return fmt.Errorf("generated lifecycle event %s: %w", e.GetEventId(), err)
 		}
 		records[i] = ingest.Record{Event: event.Event{Kind: event.KindLifecycle, Lifecycle: e}, StreamSeq: uint64(i + 1)}

@@ -55,10 +55,10 @@ func (e Encoding) Marshal(m proto.Message) ([]byte, error) {
 	return proto.Marshal(m)
 }
 
-// unmarshal decodes a payload. Unknown JSON fields are dropped rather than rejected so that
+// Unmarshal decodes a payload. Unknown JSON fields are dropped rather than rejected so that
 // a gateway on a newer schema keeps flowing through an older ingester; protobuf binary
 // behaves the same way by design.
-func (e Encoding) unmarshal(data []byte, m proto.Message) error {
+func (e Encoding) Unmarshal(data []byte, m proto.Message) error {
 	if e == EncodingJSON {
 		return protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(data, m)
 	}

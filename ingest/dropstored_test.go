@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest/broker"
 )
@@ -46,7 +47,7 @@ func dropStoredIngester(d Deduper, checkStored bool) *Ingester {
 func usageBatch(seqs []uint64, redelivered func(seq uint64) bool) *batch {
 	b := &batch{rows: Rows{Usage: &UsageRows{}}}
 	for _, seq := range seqs {
-		f := event.UsageFieldsOf(&keytrailv1.UsageEvent{EventId: "e", KeyId: "k", Project: "p"})
+		f := decode.FieldsOf(&keytrailv1.UsageEvent{EventId: "e", KeyId: "k", Project: "p"})
 		b.maybeUsage = append(b.maybeUsage, maybeRow{row: b.rows.Usage.Len(), onlyRun: !redelivered(seq)})
 		b.rows.Usage.Append(&f, seq, seq)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/internal/retry"
 )
@@ -149,7 +150,7 @@ type Ingester struct {
 	receivedUsage, receivedLifecycle prometheus.Counter
 	// Used by the reading goroutine only: the decoded fields of the usage event being taken,
 	// and the clock of the current fetch.
-	fields event.UsageFields
+	fields decode.UsageFields
 	now    time.Time
 
 	// Delivery tracking of the AckAll consumer, used by the reading goroutine only (see
@@ -494,7 +495,7 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 		in.takeUsage(ctx, b, msg, subject, meta)
 		return true
 	}
-	ev, err := in.cfg.Streams.Subjects.Decode(subject, msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.now)
+	ev, err := decode.Event(in.cfg.Streams.Subjects, subject, msg.Headers().Get(event.ContentTypeHeader), msg.Data(), in.now)
 	if err != nil {
 		in.deadLetter(ctx, b, msg, asInvalid(err), meta)
 		return true
@@ -525,15 +526,15 @@ func (in *Ingester) take(ctx context.Context, b *batch, msg jetstream.Msg) bool 
 
 // takeUsage is take for a usage event, which goes straight into b's usage columns: decoded
 // without a message in between when the payload is protobuf in canonical form (see
-// event.DecodeUsage), hashed without a second encoding, and let go of. The checks, the
+// decode.Usage), hashed without a second encoding, and let go of. The checks, the
 // redaction and the hash are those of every other event.
 func (in *Ingester) takeUsage(ctx context.Context, b *batch, msg jetstream.Msg, subject string, meta *jetstream.MsgMetadata) {
 	f := &in.fields
 	// f's text may be views into data until it is copied into the columns; clear it after,
 	// so that the payload is not kept alive.
-	defer func() { *f = event.UsageFields{} }()
+	defer func() { *f = decode.UsageFields{} }()
 	data := msg.Data()
-	decoded, err := in.cfg.Streams.Subjects.DecodeUsage(subject, msg.Headers().Get(event.ContentTypeHeader), data, in.now, f)
+	decoded, err := decode.Usage(in.cfg.Streams.Subjects, subject, msg.Headers().Get(event.ContentTypeHeader), data, in.now, f)
 	if err != nil {
 		in.deadLetter(ctx, b, msg, asInvalid(err), meta)
 		return
@@ -546,7 +547,7 @@ func (in *Ingester) takeUsage(ctx context.Context, b *batch, msg jetstream.Msg, 
 		// Not canonical protobuf (JSON, say): decoded as a message, redacted and hashed as
 		// such, unknown fields and all.
 		n = event.RedactUsage(decoded)
-		*f = event.UsageFieldsOf(decoded)
+		*f = decode.FieldsOf(decoded)
 		hash = contentHash(event.Event{Kind: event.KindUsage, Usage: decoded})
 	default:
 		if n = f.Redact(); n == 0 {

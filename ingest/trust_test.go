@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/broker"
@@ -130,7 +131,7 @@ func rowsThrough(rows *ingest.Rows, through uint64) *ingest.Rows {
 	out := ingest.RowsOf(records)
 	for i := range rows.Usage.Len() {
 		if seq := rows.Usage.StreamSeq[i]; seq <= through {
-			f := event.UsageFieldsOf(rows.Usage.Event(i))
+			f := decode.FieldsOf(rows.Usage.Event(i))
 			out.Usage.Append(&f, rows.Usage.ContentHash[i], seq)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
@@ -94,7 +95,7 @@ func (c *textColumn) bytes() int { return cap(c.buf) + 4*cap(c.end) }
 func (u *UsageRows) Len() int { return len(u.StreamSeq) }
 
 // Append adds a usage event's fields as a row (the text is copied).
-func (u *UsageRows) Append(f *event.UsageFields, contentHash, streamSeq uint64) {
+func (u *UsageRows) Append(f *decode.UsageFields, contentHash, streamSeq uint64) {
 	for col, s := range [usageTextColumns]string{
 		f.EventID, f.Project, f.KeyID, f.Service, f.GatewayInstance, f.Method, f.Endpoint,
 		f.Model, f.Provider, f.ClientIP, f.RequestID,
@@ -202,7 +203,7 @@ func RowsOf(records []Record) *Rows {
 	for _, r := range records {
 		switch r.Event.Kind {
 		case event.KindUsage:
-			f := event.UsageFieldsOf(r.Event.Usage)
+			f := decode.FieldsOf(r.Event.Usage)
 			rows.Usage.Append(&f, r.ContentHash, r.StreamSeq)
 		case event.KindLifecycle:
 			rows.Lifecycle = append(rows.Lifecycle, r)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
@@ -36,7 +37,7 @@ func TestUsageRowsHoldWhatWasAppended(t *testing.T) {
 			if i == 3 {
 				e.Model, e.Endpoint = "", "" // empty text between others
 			}
-			f := event.UsageFieldsOf(e)
+			f := decode.FieldsOf(e)
 			u.Append(&f, uint64(100+i), uint64(1000+i))
 			want = append(want, e)
 		}
@@ -96,9 +97,9 @@ func TestRowsOfSortsRecords(t *testing.T) {
 // bytes a row takes in a batch of 100k (the ingester holds two batches).
 func BenchmarkUsageRowsAppend(b *testing.B) {
 	const batch = 100_000
-	fields := make([]event.UsageFields, 1000)
+	fields := make([]decode.UsageFields, 1000)
 	for i := range fields {
-		fields[i] = event.UsageFieldsOf(rowEvent(i))
+		fields[i] = decode.FieldsOf(rowEvent(i))
 	}
 	var u UsageRows
 	u.Grow(batch)

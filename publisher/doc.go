@@ -21,4 +21,11 @@
 //
 // Nothing is dropped silently. Events are not ordered: retries overtake one another, and
 // keytrail orders by event time, not arrival.
+//
+// It checks only what publishing needs (an event_id for the message id, a project for the
+// subject); the contract's rules are the ingester's, which dead-letters what breaks them. So
+// it links the wire contract (package event) but not the ingester's validation (package
+// event/decode, with protovalidate and CEL: about 9 MB of a binary); TestDoesNotLinkValidation
+// keeps it so. A gateway that wants to check an event before publishing it can call
+// decode.ValidateUsage or decode.ValidateLifecycle and link them itself.
 package publisher

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest/broker"
 	"github.com/keytrail/keytrail/internal/testenv"
@@ -201,7 +202,7 @@ func TestPublishStoresEachEventOnce(t *testing.T) {
 	if raw.Header.Get(jetstream.MsgIDHeader) != "l-99" || raw.Header.Get(event.ContentTypeHeader) != event.ContentTypeProto {
 		t.Errorf("headers %v", raw.Header)
 	}
-	ev, err := env.streams.Subjects.Decode(raw.Subject, raw.Header.Get(event.ContentTypeHeader), raw.Data, testTime)
+	ev, err := decode.Event(env.streams.Subjects, raw.Subject, raw.Header.Get(event.ContentTypeHeader), raw.Data, testTime)
 	if err != nil {
 		t.Fatalf("decode stored message: %v", err)
 	}

@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/ingest"
 	"github.com/keytrail/keytrail/ingest/chsink"
@@ -29,7 +29,7 @@ func TestUsageBatchOfSeveralChunksIsOneBlock(t *testing.T) {
 	at := time.Date(2026, 11, 15, 12, 0, 0, 0, time.UTC) // one monthly partition
 	rows := &ingest.Rows{Usage: &ingest.UsageRows{}}
 	for i := range n {
-		f := event.UsageFieldsOf(&keytrailv1.UsageEvent{
+		f := decode.FieldsOf(&keytrailv1.UsageEvent{
 			EventId: fmt.Sprintf("ev-%05d", i), Time: timestamppb.New(at.Add(time.Duration(i) * time.Millisecond)),
 			Project: "acme", KeyId: fmt.Sprintf("key_%d", i%7), Service: "billing", StatusCode: uint32(100 + i%500),
 			CostMicros: int64(i), RequestId: fmt.Sprintf("req-%d", i),

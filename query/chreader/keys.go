@@ -17,7 +17,7 @@ import (
 // the key (last request, per service) is joined from the usage rollups.
 
 // earliestKeyAt is the oldest instant a key state can be asked for: no stored event is older
-// (event.ValidateUsage / ValidateLifecycle reject them), and it keeps every range start
+// (decode.ValidateUsage / ValidateLifecycle reject them), and it keeps every range start
 // (the Unix epoch) before it.
 var earliestKeyAt = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 

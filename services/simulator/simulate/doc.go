@@ -5,7 +5,7 @@
 // Guarantee: the events are a pure function of Config (Seed, Start, Rate) and the time slice
 // asked for. Scenario.Tick(from, to) returns exactly the events with from <= time < to, and
 // any way of cutting time into slices yields the same events with the same ids. Every event
-// passes event.ValidateUsage / event.ValidateLifecycle. Event ids are name-based UUIDs
+// passes decode.ValidateUsage / decode.ValidateLifecycle. Event ids are name-based UUIDs
 // (version 5) of Seed, Start and the event's place in the run, so two runs started at
 // different times never share an id (and never deduplicate each other).
 //

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keytrail/keytrail/event"
+	"github.com/keytrail/keytrail/event/decode"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 	"github.com/keytrail/keytrail/services/simulator/simulate"
 )
@@ -165,9 +166,9 @@ func TestEventsAreValidOrderedAndUnique(t *testing.T) {
 		}
 		var err error
 		if e.Kind == event.KindUsage {
-			err = event.ValidateUsage(e.Usage, end)
+			err = decode.ValidateUsage(e.Usage, end)
 		} else {
-			err = event.ValidateLifecycle(e.Lifecycle, end)
+			err = decode.ValidateLifecycle(e.Lifecycle, end)
 		}
 		if err != nil {
 			t.Fatalf("event %s invalid: %v", e.ID(), err)

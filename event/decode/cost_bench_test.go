@@ -1,4 +1,4 @@
-package event
+package decode
 
 import (
 	"testing"
@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
@@ -35,7 +36,7 @@ func BenchmarkRedactBenchUsage(b *testing.B) {
 	e := benchUsage()
 	b.ReportAllocs()
 	for b.Loop() {
-		if RedactUsage(e) != 0 {
+		if event.RedactUsage(e) != 0 {
 			b.Fatal("redacted")
 		}
 	}
@@ -56,7 +57,7 @@ func BenchmarkDecodeUsageFields(b *testing.B) {
 	var f UsageFields
 	b.ReportAllocs()
 	for b.Loop() {
-		if m, err := subjects.DecodeUsage("keytrail.usage.proj_07", ContentTypeProto, data, testNow, &f); err != nil || m != nil {
+		if m, err := Usage(subjects, "keytrail.usage.proj_07", event.ContentTypeProto, data, testNow, &f); err != nil || m != nil {
 			b.Fatal(m, err)
 		}
 	}
@@ -67,14 +68,14 @@ func BenchmarkDecodeUsageWire(b *testing.B) {
 	var f UsageFields
 	b.ReportAllocs()
 	for b.Loop() {
-		if !DecodeUsageWire(data, &f) {
+		if !UsageWire(data, &f) {
 			b.Fatal("refused")
 		}
 	}
 }
 
 func BenchmarkValidateUsageFields(b *testing.B) {
-	f := UsageFieldsOf(benchUsage())
+	f := FieldsOf(benchUsage())
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := f.Validate(testNow); err != nil {
@@ -84,7 +85,7 @@ func BenchmarkValidateUsageFields(b *testing.B) {
 }
 
 func BenchmarkRedactUsageFields(b *testing.B) {
-	f := UsageFieldsOf(benchUsage())
+	f := FieldsOf(benchUsage())
 	b.ReportAllocs()
 	for b.Loop() {
 		if f.Redact() != 0 {

@@ -1,4 +1,4 @@
-package event
+package decode
 
 import (
 	"bytes"
@@ -11,10 +11,11 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
-// wireCases are usage events whose proto.Marshal encoding DecodeUsageWire must read: every
+// wireCases are usage events whose proto.Marshal encoding UsageWire must read: every
 // field at extreme values, and fields left out.
 func wireCases() map[string]*keytrailv1.UsageEvent {
 	full := benchUsage()
@@ -39,10 +40,10 @@ func TestDecodeUsageWireReadsWhatMarshalWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 			var f UsageFields
-			if !DecodeUsageWire(data, &f) {
-				t.Fatalf("DecodeUsageWire refused proto.Marshal's encoding % x", data)
+			if !UsageWire(data, &f) {
+				t.Fatalf("UsageWire refused proto.Marshal's encoding % x", data)
 			}
-			if want := UsageFieldsOf(e); !reflect.DeepEqual(f, want) {
+			if want := FieldsOf(e); !reflect.DeepEqual(f, want) {
 				t.Errorf("fields\n got %+v\nwant %+v", f, want)
 			}
 			// The fields encode back to the same bytes: data is their content hash's input.
@@ -81,19 +82,19 @@ func TestDecodeUsageWireRefusesAllButTheCanonicalForm(t *testing.T) {
 	}
 	for name, data := range cases {
 		var f UsageFields
-		if DecodeUsageWire(data, &f) {
+		if UsageWire(data, &f) {
 			t.Errorf("%s: accepted % x as %+v", name, data, f)
 		}
 	}
 	var f UsageFields
-	if !DecodeUsageWire(canonical, &f) || f.EventID != "ev" || f.StatusCode != 200 || f.Seconds != testNow.Unix() {
+	if !UsageWire(canonical, &f) || f.EventID != "ev" || f.StatusCode != 200 || f.Seconds != testNow.Unix() {
 		t.Errorf("the canonical form: %+v", f)
 	}
 }
 
-// TestDecodeUsageAgreesWithDecode: the ingester's usage path and Decode reach the same verdict,
-// with the same reason and detail, and the same fields, on valid events and on every way of
-// being invalid that the other tests of this package use.
+// TestDecodeUsageAgreesWithDecode: the ingester's usage path (Usage) and Event reach the
+// same verdict, with the same reason and detail, and the same fields, on valid events and on
+// every way of being invalid that the other tests of this package use.
 func TestDecodeUsageAgreesWithDecode(t *testing.T) {
 	type input struct {
 		subject, contentType string
@@ -105,90 +106,90 @@ func TestDecodeUsageAgreesWithDecode(t *testing.T) {
 		inputs = append(inputs, input{"keytrail.usage.proj_07", "", b})
 	}
 	valid, _ := proto.Marshal(benchUsage())
-	j, _ := EncodingJSON.Marshal(benchUsage())
+	j, _ := event.EncodingJSON.Marshal(benchUsage())
 	bad := benchUsage()
 	bad.CostMicros, bad.Project = -5, "other"
 	badData, _ := proto.Marshal(bad)
 	inputs = append(inputs,
-		input{"keytrail.usage.proj_07", ContentTypeProto, valid},
-		input{"keytrail.usage.proj_07", ContentTypeJSON, j},
+		input{"keytrail.usage.proj_07", event.ContentTypeProto, valid},
+		input{"keytrail.usage.proj_07", event.ContentTypeJSON, j},
 		input{"keytrail.usage.other", "", valid},
 		input{"keytrail.lifecycle.proj_07", "", valid},
 		input{"elsewhere.usage.proj_07", "", valid},
 		input{"keytrail.usage.proj_07", "text/plain", valid},
 		input{"keytrail.usage.proj_07", "", []byte{0x0a, 0x02, 0xff, 0xfe}},
-		input{"keytrail.usage.proj_07", "", make([]byte, MaxPayloadBytes+1)},
+		input{"keytrail.usage.proj_07", "", make([]byte, event.MaxPayloadBytes+1)},
 		input{"keytrail.usage.other", "", badData},
 	)
 	for i, in := range inputs {
-		ev, wantErr := subjects.Decode(in.subject, in.contentType, in.data, testNow)
+		ev, wantErr := Event(subjects, in.subject, in.contentType, in.data, testNow)
 		var f UsageFields
-		m, err := subjects.DecodeUsage(in.subject, in.contentType, in.data, testNow, &f)
-		var a, b *Invalid
+		m, err := Usage(subjects, in.subject, in.contentType, in.data, testNow, &f)
+		var a, b *event.Invalid
 		switch {
 		case wantErr == nil && err == nil:
-			if ev.Kind != KindUsage || !reflect.DeepEqual(f, UsageFieldsOf(ev.Usage)) {
-				t.Errorf("input %d: fields %+v, Decode gave %v", i, f, ev.Usage)
+			if ev.Kind != event.KindUsage || !reflect.DeepEqual(f, FieldsOf(ev.Usage)) {
+				t.Errorf("input %d: fields %+v, Event gave %v", i, f, ev.Usage)
 			}
 			// Only canonical protobuf takes the fast path; anything else comes with its message.
 			canonical, _ := proto.MarshalOptions{Deterministic: true}.Marshal(ev.Usage)
-			if fast := in.contentType != ContentTypeJSON && bytes.Equal(canonical, in.data); (m == nil) != fast || (m != nil && !proto.Equal(m, ev.Usage)) {
+			if fast := in.contentType != event.ContentTypeJSON && bytes.Equal(canonical, in.data); (m == nil) != fast || (m != nil && !proto.Equal(m, ev.Usage)) {
 				t.Errorf("input %d: message %v, fast path expected %v", i, m, fast)
 			}
 		case wantErr != nil && err != nil && errors.As(wantErr, &a) && errors.As(err, &b):
-			// A lifecycle subject is not a usage subject: Decode decodes it, DecodeUsage refuses.
+			// A lifecycle subject is not a usage subject: Event decodes it, Usage refuses.
 			if in.subject != "keytrail.lifecycle.proj_07" && (a.Reason != b.Reason || a.Detail != b.Detail) {
-				t.Errorf("input %d: %v, Decode: %v", i, err, wantErr)
+				t.Errorf("input %d: %v, Event: %v", i, err, wantErr)
 			}
 		case in.subject == "keytrail.lifecycle.proj_07" && err != nil:
 		default:
-			t.Errorf("input %d: DecodeUsage %v, Decode %v", i, err, wantErr)
+			t.Errorf("input %d: Usage %v, Event %v", i, err, wantErr)
 		}
 	}
 }
 
 // FuzzDecodeUsage: whatever the bytes, the fast path accepts only what proto.Unmarshal reads
-// as the same fields and what proto.Marshal writes back byte for byte, and DecodeUsage reaches
-// Decode's verdict. `go test -fuzz FuzzDecodeUsage ./event` explores further.
+// as the same fields and what proto.Marshal writes back byte for byte, and Usage reaches
+// Event's verdict. `go test -fuzz FuzzDecodeUsage ./event/decode` explores further.
 func FuzzDecodeUsage(f *testing.F) {
 	for _, e := range wireCases() {
 		b, _ := proto.Marshal(e)
 		f.Add("", b)
 	}
-	j, _ := EncodingJSON.Marshal(benchUsage())
-	f.Add(ContentTypeJSON, j)
+	j, _ := event.EncodingJSON.Marshal(benchUsage())
+	f.Add(event.ContentTypeJSON, j)
 	f.Add("", []byte{0x0a, 0x02, 0xff, 0xfe})
 	f.Fuzz(func(t *testing.T, contentType string, data []byte) {
 		var fields UsageFields
-		if DecodeUsageWire(data, &fields) {
+		if UsageWire(data, &fields) {
 			m := &keytrailv1.UsageEvent{}
 			if err := proto.Unmarshal(data, m); err != nil {
 				t.Fatalf("fast path accepted what proto.Unmarshal refuses: %v", err)
 			}
-			if want := UsageFieldsOf(m); !reflect.DeepEqual(fields, want) {
+			if want := FieldsOf(m); !reflect.DeepEqual(fields, want) {
 				t.Fatalf("fields %+v, proto.Unmarshal %+v", fields, want)
 			}
 			if again, _ := (proto.MarshalOptions{Deterministic: true}).Marshal(m); !bytes.Equal(again, data) {
 				t.Fatalf("accepted a non-canonical encoding % x (canonical % x)", data, again)
 			}
 		}
-		ev, wantErr := subjects.Decode("keytrail.usage.proj_07", contentType, data, testNow)
+		ev, wantErr := Event(subjects, "keytrail.usage.proj_07", contentType, data, testNow)
 		var got UsageFields
-		_, err := subjects.DecodeUsage("keytrail.usage.proj_07", contentType, data, testNow, &got)
+		_, err := Usage(subjects, "keytrail.usage.proj_07", contentType, data, testNow, &got)
 		if (err == nil) != (wantErr == nil) {
-			t.Fatalf("DecodeUsage %v, Decode %v", err, wantErr)
+			t.Fatalf("Usage %v, Event %v", err, wantErr)
 		}
-		if err == nil && !reflect.DeepEqual(got, UsageFieldsOf(ev.Usage)) {
-			t.Fatalf("fields %+v, Decode %v", got, ev.Usage)
+		if err == nil && !reflect.DeepEqual(got, FieldsOf(ev.Usage)) {
+			t.Fatalf("fields %+v, Event %v", got, ev.Usage)
 		}
 		if err != nil && err.Error() != wantErr.Error() {
-			t.Fatalf("DecodeUsage %v, Decode %v", err, wantErr)
+			t.Fatalf("Usage %v, Event %v", err, wantErr)
 		}
 	})
 }
 
 // TestRedactUsageFieldsLikeRedactUsage: the field-wise redaction covers exactly the fields
-// RedactUsage covers, with the same fingerprints.
+// event.RedactUsage covers, with the same fingerprints.
 func TestRedactUsageFieldsLikeRedactUsage(t *testing.T) {
 	const secret = "sk-live-abcdefghijklmnopqrstuvwxyz012345"
 	setters := map[string]func(*keytrailv1.UsageEvent){
@@ -202,11 +203,11 @@ func TestRedactUsageFieldsLikeRedactUsage(t *testing.T) {
 	for name, set := range setters {
 		e := benchUsage()
 		set(e)
-		f := UsageFieldsOf(e)
+		f := FieldsOf(e)
 		nf := f.Redact()
-		ne := RedactUsage(e)
-		if nf != ne || !reflect.DeepEqual(f, UsageFieldsOf(e)) {
-			t.Errorf("%s: fields redacted %d to %+v, RedactUsage %d to %v", name, nf, f, ne, e)
+		ne := event.RedactUsage(e)
+		if nf != ne || !reflect.DeepEqual(f, FieldsOf(e)) {
+			t.Errorf("%s: fields redacted %d to %+v, event.RedactUsage %d to %v", name, nf, f, ne, e)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package event
+package decode
 
 import (
 	"testing"
@@ -9,7 +9,7 @@ import (
 )
 
 // The per-event cost of validation: the ingester validates every event it consumes, so this
-// is part of its CPU per event (`go test -run '^$' -bench Validate -benchmem ./event`).
+// is part of its CPU per event (`go test -run '^$' -bench Validate -benchmem ./event/decode`).
 
 // fullUsage is a usage event with every field set, as an LLM gateway sends them.
 func fullUsage() *keytrailv1.UsageEvent {
@@ -59,7 +59,7 @@ func BenchmarkDecodeUsage(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := subjects.Decode("keytrail.usage.acme", "", data, testNow); err != nil {
+		if _, err := Event(subjects, "keytrail.usage.acme", "", data, testNow); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,4 +1,4 @@
-package event
+package decode
 
 import (
 	"regexp"
@@ -89,7 +89,7 @@ func TestRuneClassAgreesWithRegexp(t *testing.T) {
 var year2000 = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // FuzzFastRules: on any usage event, the fast path and protovalidate agree; only then may
-// the fast path stand in for protovalidate. `go test -fuzz FuzzFastRules ./event` explores.
+// the fast path stand in for protovalidate. `go test -fuzz FuzzFastRules ./event/decode` explores.
 func FuzzFastRules(f *testing.F) {
 	seeds := []func(*keytrailv1.UsageEvent){
 		func(*keytrailv1.UsageEvent) {},

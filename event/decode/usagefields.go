@@ -1,4 +1,4 @@
-package event
+package decode
 
 import (
 	"math"
@@ -10,12 +10,13 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
 )
 
 // UsageFields are a usage event's fields: what the ingester validates, redacts, hashes and
-// stores, whether they came from a decoded message (UsageFieldsOf) or straight from the
-// protobuf bytes (DecodeUsageWire, which allocates nothing).
+// stores, whether they came from a decoded message (FieldsOf) or straight from the
+// protobuf bytes (UsageWire, which allocates nothing).
 type UsageFields struct {
 	EventID, Project, KeyID, Service, GatewayInstance, Method, Endpoint, Model, Provider, ClientIP, RequestID string
 	// HasTime is false when the event has no time (invalid); Seconds and Nanos are the
@@ -28,8 +29,8 @@ type UsageFields struct {
 	CostMicros                int64
 }
 
-// UsageFieldsOf reads a usage event's fields.
-func UsageFieldsOf(e *keytrailv1.UsageEvent) UsageFields {
+// FieldsOf reads a usage event's fields.
+func FieldsOf(e *keytrailv1.UsageEvent) UsageFields {
 	f := UsageFields{
 		EventID: e.GetEventId(), Project: e.GetProject(), KeyID: e.GetKeyId(), Service: e.GetService(),
 		GatewayInstance: e.GetGatewayInstance(), Method: e.GetMethod(), Endpoint: e.GetEndpoint(),
@@ -92,16 +93,19 @@ type usageMessage struct {
 var usageScratch = sync.Pool{New: func() any { return new(usageMessage) }}
 
 // Redact replaces secret-shaped text fields with their fingerprints and returns how many it
-// replaced; see RedactUsage.
+// replaced; see event.RedactUsage, whose fields and fingerprints these are.
 func (f *UsageFields) Redact() int {
 	n := 0
 	for _, p := range [...]*string{&f.EventID, &f.Project, &f.KeyID, &f.Service, &f.GatewayInstance, &f.Method, &f.Endpoint, &f.Model, &f.Provider, &f.ClientIP, &f.RequestID} {
-		n += redact(p)
+		if event.LooksLikeSecret(*p) {
+			*p = event.Fingerprint(*p)
+			n++
+		}
 	}
 	return n
 }
 
-// DecodeUsageWire reads a protobuf-encoded UsageEvent into f without allocating: the text
+// UsageWire reads a protobuf-encoded UsageEvent into f without allocating: the text
 // fields are views into data, so data must not change while they are in use (the ingester
 // copies them into its insert block before it lets go of the message).
 //
@@ -112,7 +116,7 @@ func (f *UsageFields) Redact() int {
 // that is not merely out of the contract's ranges) returns false, and the caller decodes the
 // payload the ordinary way, which gives the same fields or the exact error: this decoder is
 // a fast path, never a second definition of what a valid payload is.
-func DecodeUsageWire(data []byte, f *UsageFields) bool {
+func UsageWire(data []byte, f *UsageFields) bool {
 	*f = UsageFields{}
 	last := protowire.Number(0)
 	for len(data) > 0 {

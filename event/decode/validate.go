@@ -1,4 +1,4 @@
-package event
+package decode
 
 import (
 	"errors"
@@ -12,47 +12,8 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keytrail/keytrail/event"
 	keytrailv1 "github.com/keytrail/keytrail/gen/keytrail/v1"
-)
-
-// Reason says why an event was rejected. It is a small closed set so it can label metrics;
-// the field-level detail travels in Invalid.Detail.
-type Reason string
-
-const (
-	ReasonOversize        Reason = "oversize"
-	ReasonBadContentType  Reason = "bad_content_type"
-	ReasonUndecodable     Reason = "undecodable"
-	ReasonBadSubject      Reason = "bad_subject"
-	ReasonMissingField    Reason = "missing_field"
-	ReasonInvalidField    Reason = "invalid_field"
-	ReasonProjectMismatch Reason = "project_mismatch"
-	ReasonTimeOutOfRange  Reason = "time_out_of_range"
-	ReasonNegativeCost    Reason = "negative_cost"
-	ReasonUnknownAction   Reason = "unknown_action"
-	// ReasonDuplicateEventID is given by the ingester, not Decode: the event id was already
-	// stored with different content.
-	ReasonDuplicateEventID Reason = "duplicate_event_id"
-)
-
-// Invalid is the error Decode returns for an event that must not be stored.
-type Invalid struct {
-	Reason Reason
-	Detail string
-}
-
-func (e *Invalid) Error() string { return string(e.Reason) + ": " + e.Detail }
-
-func invalid(reason Reason, format string, args ...any) *Invalid {
-	return &Invalid{Reason: reason, Detail: fmt.Sprintf(format, args...)}
-}
-
-// Limits that depend on the ingester rather than on the event alone; the event's own bounds
-// (lengths, counts, ranges) are annotations in events.proto. MaxPayloadBytes keeps a single
-// hostile or buggy gateway from bloating the ingester's memory before anything is decoded.
-const (
-	MaxPayloadBytes = 64 << 10
-	MaxClockSkew    = time.Hour
 )
 
 // ValidateUsage checks a usage event against the contract. now bounds how far in the future
@@ -76,7 +37,7 @@ func ValidateLifecycle(e *keytrailv1.LifecycleEvent, now time.Time) error {
 	// rule; ClickHouse could not store one outside it.
 	if e.GetExpiresAt() != nil {
 		if err := e.GetExpiresAt().CheckValid(); err != nil {
-			return invalid(ReasonInvalidField, "expires_at: %v", err)
+			return invalid(event.ReasonInvalidField, "expires_at: %v", err)
 		}
 	}
 	return nil
@@ -84,7 +45,7 @@ func ValidateLifecycle(e *keytrailv1.LifecycleEvent, now time.Time) error {
 
 // Static rules: the buf.validate annotations of events.proto, evaluated by protovalidate.
 // Strings need no UTF-8 check here: protobuf and protojson both refuse to decode a string
-// field that is not UTF-8 (Decode answers undecodable), and proto.Marshal refuses to encode
+// field that is not UTF-8 (Event answers undecodable), and proto.Marshal refuses to encode
 // one, so no event that was not UTF-8 can be published or stored.
 
 // eventRules are the static rules, compiled once, on first use, for both event types: by
@@ -101,7 +62,7 @@ var rules = sync.OnceValue(func() eventRules {
 	msgs := []proto.Message{&keytrailv1.UsageEvent{}, &keytrailv1.LifecycleEvent{}}
 	v, err := protovalidate.New(protovalidate.WithMessages(msgs...))
 	if err != nil {
-		panic(fmt.Sprintf("event: compile the buf.validate rules of events.proto: %v", err))
+		panic(fmt.Sprintf("decode: compile the buf.validate rules of events.proto: %v", err))
 	}
 	r := eventRules{validator: v, fast: map[protoreflect.FullName]*fastRules{}}
 	for _, m := range msgs {
@@ -112,7 +73,7 @@ var rules = sync.OnceValue(func() eventRules {
 	return r
 })
 
-// checkRules evaluates the static rules and turns the first violation into the Invalid the
+// checkRules evaluates the static rules and turns the first violation into the event.Invalid the
 // ingester dead-letters: the documented reason, and a detail naming the field.
 func checkRules(m proto.Message) error {
 	r := rules()
@@ -128,7 +89,7 @@ func checkRules(m proto.Message) error {
 	if !errors.As(err, &verr) || len(verr.Violations) == 0 {
 		// A rule that could not be evaluated on this event: refuse the event rather than
 		// store what was not checked.
-		return invalid(ReasonInvalidField, "the contract's rules could not be evaluated: %v", err)
+		return invalid(event.ReasonInvalidField, "the contract's rules could not be evaluated: %v", err)
 	}
 	return describe(firstViolation(verr.Violations))
 }
@@ -147,9 +108,9 @@ func firstViolation(vs []*protovalidate.Violation) *protovalidate.Violation {
 
 // Cross-field rules of events.proto (message-level CEL, by rule id) whose reason is not
 // invalid_field. Their detail is the rule's own message.
-var crossFieldReasons = map[string]Reason{
-	"new_key_id_required": ReasonMissingField,
-	"budget_required":     ReasonMissingField,
+var crossFieldReasons = map[string]event.Reason{
+	"new_key_id_required": event.ReasonMissingField,
+	"budget_required":     event.ReasonMissingField,
 }
 
 // enumNouns name an enum's values in a detail ("action 99 is not a known action").
@@ -165,57 +126,57 @@ var rangeNouns = map[string]string{
 }
 
 // describe maps one violation to the documented reason and a detail that names the field.
-func describe(v *protovalidate.Violation) *Invalid {
+func describe(v *protovalidate.Violation) *event.Invalid {
 	field := fieldName(v)
 	rule := v.Proto.GetRuleId()
 	switch rule {
 	case "required":
-		return invalid(ReasonMissingField, "%s is required", field)
+		return invalid(event.ReasonMissingField, "%s is required", field)
 	case "string.max_bytes":
-		return invalid(ReasonInvalidField, "%s is %d bytes (at most %d)", field, len(v.FieldValue.String()), v.RuleValue.Uint())
+		return invalid(event.ReasonInvalidField, "%s is %d bytes (at most %d)", field, len(v.FieldValue.String()), v.RuleValue.Uint())
 	case "string.pattern":
 		// The patterns refuse control characters in any string, and white space as well in
 		// identifiers; say which.
 		for _, r := range v.FieldValue.String() {
 			if unicode.IsControl(r) {
-				return invalid(ReasonInvalidField, "%s contains control character %U", field, r)
+				return invalid(event.ReasonInvalidField, "%s contains control character %U", field, r)
 			}
 		}
-		return invalid(ReasonInvalidField, "%s contains white space", field)
+		return invalid(event.ReasonInvalidField, "%s contains white space", field)
 	case "int64.gte":
-		return invalid(ReasonNegativeCost, "%s %d is negative", field, v.FieldValue.Int())
+		return invalid(event.ReasonNegativeCost, "%s %d is negative", field, v.FieldValue.Int())
 	case "timestamp.gte":
 		t := v.FieldValue.Message().Interface().(*timestamppb.Timestamp).AsTime()
 		bound := v.RuleValue.Message().Interface().(*timestamppb.Timestamp).AsTime()
-		return invalid(ReasonTimeOutOfRange, "%s %s is before %s", field, t.Format(time.RFC3339Nano), bound.Format(time.RFC3339))
+		return invalid(event.ReasonTimeOutOfRange, "%s %s is before %s", field, t.Format(time.RFC3339Nano), bound.Format(time.RFC3339))
 	case "enum.defined_only", "enum.not_in":
 		enum := v.FieldDescriptor.Enum().FullName()
-		reason := ReasonInvalidField
+		reason := event.ReasonInvalidField
 		if enum == "keytrail.v1.Action" {
-			reason = ReasonUnknownAction
+			reason = event.ReasonUnknownAction
 		}
 		return invalid(reason, "%s %d is not a known %s", field, int32(v.FieldValue.Enum()), enumNouns[enum])
 	case "repeated.max_items":
-		return invalid(ReasonInvalidField, "%s has %d entries (at most %d)", field, v.FieldValue.List().Len(), v.RuleValue.Uint())
+		return invalid(event.ReasonInvalidField, "%s has %d entries (at most %d)", field, v.FieldValue.List().Len(), v.RuleValue.Uint())
 	case "map.max_pairs":
-		return invalid(ReasonInvalidField, "%s has %d entries (at most %d)", field, v.FieldValue.Map().Len(), v.RuleValue.Uint())
+		return invalid(event.ReasonInvalidField, "%s has %d entries (at most %d)", field, v.FieldValue.Map().Len(), v.RuleValue.Uint())
 	case "uint32.gte_lte":
 		if noun, ok := rangeNouns[field]; ok {
 			r, err := protovalidate.ResolveFieldRules(v.FieldDescriptor)
 			if err == nil {
-				return invalid(ReasonInvalidField, "%s %d is not %s (%d-%d)", field, v.FieldValue.Uint(), noun, r.GetUint32().GetGte(), r.GetUint32().GetLte())
+				return invalid(event.ReasonInvalidField, "%s %d is not %s (%d-%d)", field, v.FieldValue.Uint(), noun, r.GetUint32().GetGte(), r.GetUint32().GetLte())
 			}
 		}
 	}
 	if field == "" {
 		reason, ok := crossFieldReasons[rule]
 		if !ok {
-			reason = ReasonInvalidField
+			reason = event.ReasonInvalidField
 		}
 		return invalid(reason, "%s", v.Proto.GetMessage())
 	}
 	// A rule without its own wording: protovalidate's message, after the field.
-	return invalid(ReasonInvalidField, "%s %s", field, v.Proto.GetMessage())
+	return invalid(event.ReasonInvalidField, "%s %s", field, v.Proto.GetMessage())
 }
 
 // fieldName is the field path as a detail shows it: budget.amount_micros, scopes[3],
@@ -231,11 +192,11 @@ func fieldName(v *protovalidate.Violation) string {
 }
 
 // checkNotAhead is the dynamic half of the time rules (required and not before 2000 are
-// annotations): gateway clocks drift, but an event more than MaxClockSkew ahead of the
+// annotations): gateway clocks drift, but an event more than event.MaxClockSkew ahead of the
 // ingester's clock would sit in the future of every answer.
 func checkNotAhead(field string, ts *timestamppb.Timestamp, now time.Time) error {
-	if t := ts.AsTime(); t.After(now.Add(MaxClockSkew)) {
-		return invalid(ReasonTimeOutOfRange, "%s %s is more than %s after the ingester's clock", field, t.UTC().Format(time.RFC3339Nano), MaxClockSkew)
+	if t := ts.AsTime(); t.After(now.Add(event.MaxClockSkew)) {
+		return invalid(event.ReasonTimeOutOfRange, "%s %s is more than %s after the ingester's clock", field, t.UTC().Format(time.RFC3339Nano), event.MaxClockSkew)
 	}
 	return nil
 }
