@@ -131,10 +131,11 @@ test-go: ## Start the local ClickHouse (and install Chromium), then go test PKGS
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) $(PKGS)
 
 .PHONY: check
-check: lint proto-check openapi-lint console-check ## The static checks: go vet, staticcheck, buf lint, gen/ matches proto/, buf breaking, OpenAPI lint, console bundle
+check: lint proto-check openapi-lint console-check ## The static checks: gofmt, go vet, staticcheck, buf lint, gen/ matches proto/, buf breaking, OpenAPI lint, console bundle
 
 .PHONY: lint
-lint: $(LOCAL_BIN)/staticcheck ## go vet and the pinned staticcheck over PKGS
+lint: $(LOCAL_BIN)/staticcheck ## gofmt (every Go file, generated code included), go vet and the pinned staticcheck over PKGS
+	@unformatted=$$("$$($(GO) env GOROOT)/bin/gofmt" -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "not gofmt'd (run gofmt -w):"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(LOCAL_BIN)/staticcheck $(PKGS)
 

@@ -2,8 +2,8 @@ package ingest_test
 
 import (
 	"bytes"
-	"errors"
 	"context"
+	"errors"
 	"testing"
 	"time"
 

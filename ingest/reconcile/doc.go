@@ -24,8 +24,11 @@
 //     meanwhile, JetStream redelivers them and the next ingester checks again.
 //   - On a schedule (Run, every Config.Interval): the sweep compares requests per (hour, key)
 //     of every bucketed rollup with usage_events over the UTC days overlapping
-//     Config.Lookback, and checks exactly what looks short. It catches what no redelivery
-//     revealed (an insert by another program, a check deferred by another writer).
+//     Config.Lookback, and checks exactly what looks short, in groups of keys bounded by
+//     Config.KeysPerCheck and by their cells (Config.CellsPerCheck), each group a check of its
+//     own (its memory is the group's cells; the ingester writes between groups). It catches
+//     what no redelivery revealed (an insert by another program, a check deferred by another
+//     writer).
 //
 // # What a check compares and how it repairs
 //

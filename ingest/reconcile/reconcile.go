@@ -37,8 +37,14 @@ type Config struct {
 	// KeysPerCheck bounds the keys one comparison reads at once, and so the memory it
 	// holds (default 500).
 	KeysPerCheck int
-	Registerer   prometheus.Registerer
-	Logger       *slog.Logger
+	// CellsPerCheck bounds the fine cells (key, service, model, minute) of one of the sweep's
+	// comparisons (default 5 000; a comparison holds about 2 KB per cell, every bucketed
+	// rollup's cells beside the raw ones, so about 10 MB): KeysPerCheck alone
+	// would not bound its memory (a few hot keys can hold most of a day's cells). A single
+	// key with more cells is still compared alone.
+	CellsPerCheck int
+	Registerer    prometheus.Registerer
+	Logger        *slog.Logger
 	// Now is the clock the sweep's range is measured on; time.Now when nil.
 	Now func() time.Time
 	// ClockSkew is how far the ingester's clock (ingested_at) may be from ClickHouse's when
@@ -64,6 +70,9 @@ func (c Config) Validate() error {
 	}
 	if c.KeysPerCheck < 0 {
 		errs = append(errs, errors.New("reconcile: keys per check must not be negative"))
+	}
+	if c.CellsPerCheck < 0 {
+		errs = append(errs, errors.New("reconcile: cells per check must not be negative"))
 	}
 	if c.ClockSkew < 0 {
 		errs = append(errs, fmt.Errorf("reconcile: clock skew %s must not be negative", c.ClockSkew))
@@ -100,6 +109,9 @@ func New(cfg Config) (*Reconciler, error) {
 	}
 	if cfg.KeysPerCheck == 0 {
 		cfg.KeysPerCheck = 500
+	}
+	if cfg.CellsPerCheck == 0 {
+		cfg.CellsPerCheck = 5_000
 	}
 	if cfg.ClockSkew == 0 {
 		cfg.ClockSkew = defaultClockSkew
@@ -143,17 +155,35 @@ type Report struct {
 	// Unreachable counts all-time cells left alone because they hold history older than
 	// the oldest month usage_events retains.
 	Unreachable map[string]int
+	// repairedHours are the hours behind HoursRepaired, so that comparisons of the same
+	// hours (several chunks of keys) count each hour once.
+	repairedHours map[string]map[int64]bool
+}
+
+// hoursRepaired records that ro's cells of these hours were repaired.
+func (r *Report) hoursRepaired(table string, hours map[int64]bool) {
+	if r.repairedHours[table] == nil {
+		r.repairedHours[table] = map[int64]bool{}
+	}
+	for h := range hours {
+		r.repairedHours[table][h] = true
+	}
+	r.HoursRepaired[table] = len(r.repairedHours[table])
 }
 
 func newReport() Report {
 	return Report{HoursRepaired: map[string]int{}, CellsRepaired: map[string]int{}, RowsCorrected: map[string]int64{},
-		Deferred: map[string]int{}, Excess: map[string]int{}, Unreachable: map[string]int{}}
+		Deferred: map[string]int{}, Excess: map[string]int{}, Unreachable: map[string]int{}, repairedHours: map[string]map[int64]bool{}}
 }
 
 func (r *Report) add(o Report) {
 	r.HoursChecked += o.HoursChecked
 	for k, v := range o.HoursRepaired {
-		r.HoursRepaired[k] += v
+		if hours, ok := o.repairedHours[k]; ok {
+			r.hoursRepaired(k, hours)
+		} else {
+			r.HoursRepaired[k] += v
+		}
 	}
 	for k, v := range o.CellsRepaired {
 		r.CellsRepaired[k] += v
@@ -397,7 +427,7 @@ func (r *Reconciler) checkBucketed(ctx context.Context, days []int64, keys []str
 			suspect[keyOfCell(ro, f.cell)] = true
 			buckets[f.cell.bucket-f.cell.bucket%3600] = true
 		}
-		rep.HoursRepaired[ro.Table] += len(buckets)
+		rep.hoursRepaired(ro.Table, buckets)
 		r.logRepair(ro, fixes, trigger)
 	}
 	return rep, suspect, nil

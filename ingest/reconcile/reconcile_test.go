@@ -559,3 +559,47 @@ func TestRedeliveryCheckRetriesBusyCells(t *testing.T) {
 		})
 	}
 }
+
+// The sweep's comparisons are sized by the cells they read, not only by their keys: with a
+// bound of 45 cells, 20 cells per key go two keys at a time, and a key with more cells than
+// the bound is compared alone. Every short rollup is still repaired.
+func TestSweepComparisonsAreBoundedByCells(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.ClickHouse(t)
+	now := time.Date(2026, 11, 21, 10, 30, 0, 0, time.UTC)
+	rec, _ := newReconciler(t, db, func(c *reconcile.Config) {
+		c.Lookback = 24 * time.Hour
+		c.CellsPerCheck = 45
+		c.Now = func() time.Time { return now }
+	})
+	// One event a minute, so every row is a cell of its own: key_0..key_4 with 20 each, and
+	// key_5 with 50, all of one day.
+	evs := events("rc", now.Add(-3*time.Hour), time.Minute, 100)
+	for i, e := range events("hot", now.Add(-2*time.Hour), time.Minute, 50) {
+		e.KeyId, e.Project = "key_5", "acme"
+		e.EventId = fmt.Sprintf("hot-%04d", i)
+		evs = append(evs, e)
+	}
+	short := []string{"usage_key_hourly", "spend_daily"}
+	withViewsDetached(t, db, short, evs)
+
+	day := now.Truncate(24 * time.Hour).Unix()
+	chunks, err := reconcile.WeighedChunks(rec, ctx, day, []string{"key_4", "key_0", "key_5", "key_2", "key_1", "key_3", "key_unknown"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"key_0", "key_1"}, {"key_2", "key_3"}, {"key_4"}, {"key_5"}, {"key_unknown"}}
+	if !slices.EqualFunc(chunks, want, slices.Equal[[]string]) {
+		t.Errorf("comparisons %v, want %v", chunks, want)
+	}
+
+	rep, err := rec.Sweep(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect(short, evs).check(t, rep)
+	if m := testenv.RollupMismatches(t, db.Conn, 100); len(m) != 0 {
+		t.Errorf("after the sweep, rollups still short:\n%s", strings.Join(m, "\n"))
+	}
+}

@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -76,21 +77,70 @@ func (r *Reconciler) sweep(ctx context.Context) (Report, error) {
 	}
 	sort.Slice(days, func(i, j int) bool { return days[i] < days[j] })
 
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	for _, day := range days {
-		keys := make([]string, 0, len(candidates[day]))
-		for k := range candidates[day] {
-			keys = append(keys, k)
-		}
-		part, err := r.check(ctx, Scope{Days: []time.Time{time.Unix(day, 0)}, Keys: keys}, TriggerSchedule)
-		part.HoursChecked = 0 // counted above: the first look compared every hour
-		rep.add(part)
+		chunks, err := r.weighedChunks(ctx, day, candidates[day])
 		if err != nil {
 			return rep, err
 		}
+		// The lock is taken per comparison, not for the whole sweep: the ingester's inserts
+		// go on between them (each comparison is exact on its own, see checkBucketed).
+		for _, keys := range chunks {
+			r.mu.Lock()
+			part, err := r.check(ctx, Scope{Days: []time.Time{time.Unix(day, 0)}, Keys: keys}, TriggerSchedule)
+			r.mu.Unlock()
+			part.HoursChecked = 0 // counted above: the first look compared every hour
+			rep.add(part)
+			if err != nil {
+				return rep, err
+			}
+		}
 	}
 	return rep, nil
+}
+
+// weighedChunks splits the candidate keys of a day into the sweep's comparisons: in key order,
+// each at most KeysPerCheck keys and CellsPerCheck fine cells of usage_events that day (a
+// key with more cells alone). The cells are counted by ClickHouse's uniq, which is exact
+// for small sets and within a few percent beyond: close enough to size a comparison.
+func (r *Reconciler) weighedChunks(ctx context.Context, day int64, keySet map[string]bool) ([][]string, error) {
+	keys := sortedKeys(keySet)
+	cellsOf := make(map[string]uint64, len(keys))
+	for chunk := range slices.Chunk(keys, r.cfg.KeysPerCheck*10) {
+		rows, err := r.conn.Query(ctx, keyCellsSQL, chunk, day, day+86400)
+		if err != nil {
+			return nil, fmt.Errorf("reconcile: count the cells of the keys to compare: %w", err)
+		}
+		for rows.Next() {
+			var key string
+			var n uint64
+			if err := rows.Scan(&key, &n); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("reconcile: count the cells of the keys to compare: %w", err)
+			}
+			cellsOf[key] = n
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reconcile: count the cells of the keys to compare: %w", err)
+		}
+	}
+	var (
+		chunks [][]string
+		cur    []string
+		sum    uint64
+	)
+	for _, k := range keys {
+		n := cellsOf[k]
+		if len(cur) > 0 && (len(cur) == r.cfg.KeysPerCheck || sum+n > uint64(r.cfg.CellsPerCheck)) {
+			chunks, cur, sum = append(chunks, cur), nil, 0
+		}
+		cur, sum = append(cur, k), sum+n
+	}
+	if len(cur) > 0 {
+		chunks = append(chunks, cur)
+	}
+	return chunks, nil
 }
 
 // shortPairs adds to candidates the (day, key) pairs of shortHoursSQL's answer for ro.
