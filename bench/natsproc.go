@@ -8,9 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/keytrail/keytrail/internal/testenv"
 )
 
 // The ingest phases run JetStream as its own nats-server process on this machine, built
@@ -18,36 +19,10 @@ import (
 // server's CPU is read apart from the harness's: the harness process then holds only the
 // publisher or the ingester, and its CPU is theirs. Everything still shares the two cores.
 
-const natsServerModule = "github.com/nats-io/nats-server/v2"
-
-// natsServerBinary builds nats-server once into <repo>/.local/bin/nats-server-<version>
-// (the same path the fault tests use, so either builds it for the other).
+// natsServerBinary is the nats-server the fault tests run, built once into
+// <repo>/.local/bin (testenv.BuildNATSServer).
 func (h *harness) natsServerBinary(ctx context.Context) (string, error) {
-	list := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Version}}", natsServerModule)
-	list.Dir = h.cfg.RepoDir
-	out, err := list.Output()
-	if err != nil {
-		return "", fmt.Errorf("version of %s: %w", natsServerModule, err)
-	}
-	bin, err := filepath.Abs(filepath.Join(h.cfg.RepoDir, ".local", "bin", "nats-server-"+strings.TrimSpace(string(out))))
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(bin); err == nil {
-		return bin, nil
-	}
-	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-		return "", err
-	}
-	h.logf("building %s", filepath.Base(bin))
-	tmp := fmt.Sprintf("%s.tmp%d", bin, os.Getpid())
-	build := exec.CommandContext(ctx, "go", "build", "-o", tmp, natsServerModule)
-	build.Dir = h.cfg.RepoDir
-	if out, err := build.CombinedOutput(); err != nil {
-		os.Remove(tmp)
-		return "", fmt.Errorf("go build %s: %w\n%s", natsServerModule, err, out)
-	}
-	return bin, os.Rename(tmp, bin)
+	return testenv.BuildNATSServer(ctx, h.cfg.RepoDir)
 }
 
 // natsProcess is one nats-server with JetStream, its store and configuration in dir.

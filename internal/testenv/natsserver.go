@@ -28,45 +28,55 @@ const natsServerModule = "github.com/nats-io/nats-server/v2"
 var natsBuild sync.Mutex
 
 // NATSServerBinary returns the path of a nats-server binary built from natsServerModule at
-// the version go.mod requires. It is built once into <repo>/.local/bin/nats-server-<version>
-// and reused by later tests and runs (a few seconds the first time, from Go's build cache
-// after that). deploy/cluster/local.sh builds and runs the same file.
+// the version go.mod requires (BuildNATSServer in the repository), failing the test if it
+// cannot be built.
 func NATSServerBinary(t testing.TB) string {
 	t.Helper()
-	natsBuild.Lock()
-	defer natsBuild.Unlock()
 	root, err := RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	goCmd := GoCommand()
-	list := exec.Command(goCmd, "list", "-m", "-f", "{{.Version}}", natsServerModule)
-	list.Dir = root
-	out, err := list.Output()
+	bin, err := BuildNATSServer(context.Background(), root)
 	if err != nil {
-		t.Fatalf("testenv: version of %s: %v", natsServerModule, err)
-	}
-	version := strings.TrimSpace(string(out))
-	bin := filepath.Join(root, ".local", "bin", "nats-server-"+version)
-	if fileExists(bin) {
-		return bin
-	}
-	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// Built beside its final name and renamed: another test process building at the same
-	// time never sees half a binary.
-	tmp := fmt.Sprintf("%s.tmp%d", bin, os.Getpid())
-	build := exec.Command(goCmd, "build", "-o", tmp, natsServerModule)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		_ = os.Remove(tmp)
-		t.Fatalf("testenv: go build %s: %v\n%s", natsServerModule, err, out)
-	}
-	if err := os.Rename(tmp, bin); err != nil {
 		t.Fatal(err)
 	}
 	return bin
+}
+
+// BuildNATSServer builds nats-server from natsServerModule at the version go.mod requires,
+// once, into <root>/.local/bin/nats-server-<version>, and returns its path. Later tests and
+// runs reuse it (a few seconds the first time, from Go's build cache after that); the fault
+// tests, the benchmark and deploy/cluster/local.sh all run the same file.
+func BuildNATSServer(ctx context.Context, root string) (string, error) {
+	natsBuild.Lock()
+	defer natsBuild.Unlock()
+	goCmd := GoCommand()
+	list := exec.CommandContext(ctx, goCmd, "list", "-m", "-f", "{{.Version}}", natsServerModule)
+	list.Dir = root
+	out, err := list.Output()
+	if err != nil {
+		return "", fmt.Errorf("testenv: version of %s: %w", natsServerModule, err)
+	}
+	bin, err := filepath.Abs(filepath.Join(root, ".local", "bin", "nats-server-"+strings.TrimSpace(string(out))))
+	if err != nil {
+		return "", err
+	}
+	if fileExists(bin) {
+		return bin, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		return "", err
+	}
+	// Built beside its final name and renamed: another process building at the same time
+	// never sees half a binary.
+	tmp := fmt.Sprintf("%s.tmp%d", bin, os.Getpid())
+	build := exec.CommandContext(ctx, goCmd, "build", "-o", tmp, natsServerModule)
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		_ = os.Remove(tmp)
+		return "", fmt.Errorf("testenv: go build %s: %w\n%s", natsServerModule, err, out)
+	}
+	return bin, os.Rename(tmp, bin)
 }
 
 // NATSServerConfig configures a nats-server process.
