@@ -100,6 +100,8 @@ type Reconciler struct {
 	// afterFirstRead, when set (tests), runs between a bucketed check's first raw read and
 	// its fence.
 	afterFirstRead func()
+	// onGroup, when set (tests), is told the keys of each bucketed comparison.
+	onGroup func(keys []string)
 }
 
 // New validates the configuration and creates a Reconciler.
@@ -142,6 +144,8 @@ type Scope struct {
 	Days    []time.Time
 	Keys    []string
 	AllTime bool
+	// grouped says Keys are already one comparison's (the sweep sizes its own groups).
+	grouped bool
 }
 
 // Report says what a check compared and what it did, per rollup table.
@@ -278,9 +282,23 @@ func (r *Reconciler) checkHeld(ctx context.Context, s Scope, trigger string) (re
 	sort.Strings(keys)
 	keys = slices.Compact(keys)
 
+	// The bucketed comparisons go in groups bounded by cells as well as keys, so that their
+	// memory is bounded whatever the keys' traffic (weighedChunks).
+	groups := [][]string{keys}
+	switch {
+	case len(days) == 0:
+		groups = slices.Collect(slices.Chunk(keys, r.cfg.KeysPerCheck))
+	case !s.grouped:
+		if groups, err = r.weighedChunks(ctx, days, keys); err != nil {
+			return rep, err
+		}
+	}
 	allTimeKeys := map[string]bool{}
-	for chunk := range slices.Chunk(keys, r.cfg.KeysPerCheck) {
+	for _, chunk := range groups {
 		if len(days) > 0 {
+			if r.onGroup != nil {
+				r.onGroup(chunk)
+			}
 			part, suspect, err := r.checkBucketed(ctx, days, chunk, trigger)
 			if err != nil {
 				return rep, err

@@ -603,3 +603,44 @@ func TestSweepComparisonsAreBoundedByCells(t *testing.T) {
 		t.Errorf("after the sweep, rollups still short:\n%s", strings.Join(m, "\n"))
 	}
 }
+
+// The check after a redelivery groups its comparisons by cells too: a redelivered batch of
+// hot keys does not make one comparison hold all their cells at once.
+func TestRedeliveryCheckComparisonsAreBoundedByCells(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.ClickHouse(t)
+	rec, _ := newReconciler(t, db, func(c *reconcile.Config) {
+		c.CellsPerCheck = 45
+		c.ClockSkew = time.Second
+	})
+	var groups [][]string
+	reconcile.SetOnGroup(rec, func(keys []string) { groups = append(groups, slices.Clone(keys)) })
+	sink := rec.Guard()
+
+	// One event a minute: key_0..key_4 with 20 cells each, key_5 with 50.
+	start := time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
+	evs := events("rb", start, time.Minute, 100)
+	for i, e := range events("rbhot", start, time.Minute, 50) {
+		e.KeyId, e.Project = "key_5", "acme"
+		e.EventId = fmt.Sprintf("rbhot-%04d", i)
+		evs = append(evs, e)
+	}
+	batch := usageRecords(evs, 1)
+	if err := sink.Write(ctx, ingest.RowsOf(batch)); err != nil {
+		t.Fatal(err)
+	}
+	presence, err := sink.(ingest.Deduper).Classify(ctx, batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range presence {
+		if p != ingest.AlreadyStored {
+			t.Fatalf("record %d: presence %v, want AlreadyStored", i, p)
+		}
+	}
+	want := [][]string{{"key_0", "key_1"}, {"key_2", "key_3"}, {"key_4"}, {"key_5"}}
+	if !slices.EqualFunc(groups, want, slices.Equal[[]string]) {
+		t.Errorf("comparisons %v, want %v", groups, want)
+	}
+}

@@ -123,10 +123,10 @@ func shortHoursSQL(r migrations.Rollup) string {
 		"WHERE raw_n > held_n"
 }
 
-// keyCellsSQL counts the fine cells (as fineRawSQL groups them) of some keys in one UTC
-// day, to size the sweep's comparisons. Arguments: keys, from, to (Unix seconds).
-const keyCellsSQL = "SELECT key_id, toUInt64(uniq(toStartOfMinute(event_time), project, service, model)) FROM usage_events\n" +
-	"WHERE " + keysFilter + " AND event_time >= toDateTime(?) AND event_time < toDateTime(?)\n" +
+// keyCellsSQL counts the fine cells (as fineRawSQL groups them) of some keys in some UTC
+// days, to size bucketed comparisons. Arguments: keys, from, to, days.
+var keyCellsSQL = "SELECT key_id, toUInt64(uniq(toStartOfMinute(event_time), project, service, model)) FROM usage_events\n" +
+	"WHERE " + keysFilter + " AND " + daysFilter("event_time") + "\n" +
 	"GROUP BY key_id"
 
 // insertColumns is the column list of a correction insert into r.

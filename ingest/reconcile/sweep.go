@@ -78,7 +78,7 @@ func (r *Reconciler) sweep(ctx context.Context) (Report, error) {
 	sort.Slice(days, func(i, j int) bool { return days[i] < days[j] })
 
 	for _, day := range days {
-		chunks, err := r.weighedChunks(ctx, day, candidates[day])
+		chunks, err := r.weighedChunks(ctx, []int64{day}, sortedKeys(candidates[day]))
 		if err != nil {
 			return rep, err
 		}
@@ -86,7 +86,7 @@ func (r *Reconciler) sweep(ctx context.Context) (Report, error) {
 		// go on between them (each comparison is exact on its own, see checkBucketed).
 		for _, keys := range chunks {
 			r.mu.Lock()
-			part, err := r.check(ctx, Scope{Days: []time.Time{time.Unix(day, 0)}, Keys: keys}, TriggerSchedule)
+			part, err := r.check(ctx, Scope{Days: []time.Time{time.Unix(day, 0)}, Keys: keys, grouped: true}, TriggerSchedule)
 			r.mu.Unlock()
 			part.HoursChecked = 0 // counted above: the first look compared every hour
 			rep.add(part)
@@ -98,15 +98,15 @@ func (r *Reconciler) sweep(ctx context.Context) (Report, error) {
 	return rep, nil
 }
 
-// weighedChunks splits the candidate keys of a day into the sweep's comparisons: in key order,
-// each at most KeysPerCheck keys and CellsPerCheck fine cells of usage_events that day (a
-// key with more cells alone). The cells are counted by ClickHouse's uniq, which is exact
-// for small sets and within a few percent beyond: close enough to size a comparison.
-func (r *Reconciler) weighedChunks(ctx context.Context, day int64, keySet map[string]bool) ([][]string, error) {
-	keys := sortedKeys(keySet)
+// weighedChunks splits keys (sorted, unique) into bucketed comparisons of some days: in key
+// order, each at most KeysPerCheck keys and CellsPerCheck fine cells of usage_events in those
+// days (a key with more cells alone). The cells are counted by ClickHouse's uniq, which is
+// exact for small sets and within a few percent beyond: close enough to size a comparison.
+func (r *Reconciler) weighedChunks(ctx context.Context, days []int64, keys []string) ([][]string, error) {
+	from, to := days[0], days[len(days)-1]+86400
 	cellsOf := make(map[string]uint64, len(keys))
 	for chunk := range slices.Chunk(keys, r.cfg.KeysPerCheck*10) {
-		rows, err := r.conn.Query(ctx, keyCellsSQL, chunk, day, day+86400)
+		rows, err := r.conn.Query(ctx, keyCellsSQL, chunk, from, to, days)
 		if err != nil {
 			return nil, fmt.Errorf("reconcile: count the cells of the keys to compare: %w", err)
 		}
