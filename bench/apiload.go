@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -15,7 +14,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
@@ -274,30 +272,12 @@ func startQueryProcess(ctx context.Context, bin, dir, natsURL, dsn, tokensFile, 
 	cmd.Dir = dir
 	cmd.Env = withoutKeytrailEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
+	proc, err := startChild(cmd, "keytrail", func() { logFile.Close() })
+	if err != nil {
 		logFile.Close()
-		return nil, fmt.Errorf("start keytrail: %w", err)
+		return nil, err
 	}
-	exited := make(chan struct{})
-	var exitErr error
-	go func() { exitErr = cmd.Wait(); logFile.Close(); close(exited) }()
-	// Stop exactly the process started here, by its pid.
-	stop := func() error {
-		select {
-		case <-exited:
-			return exitErr
-		default:
-		}
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-			return exitErr
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			return errors.New("keytrail did not stop within 30 s of SIGTERM; killed")
-		}
-	}
+	stop := proc.stop
 	p := &queryProcess{base: "http://" + httpAddr, stop: stop, logRef: logPath}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -309,8 +289,8 @@ func startQueryProcess(ctx context.Context, bin, dir, natsURL, dsn, tokensFile, 
 			}
 		}
 		select {
-		case <-exited:
-			return nil, fmt.Errorf("keytrail exited before it was ready (%v):\n%s", exitErr, tail(logPath, 20))
+		case <-proc.exited:
+			return nil, fmt.Errorf("keytrail exited before it was ready (%v):\n%s", proc.err, tail(logPath, 20))
 		case <-ctx.Done():
 			stop()
 			return nil, ctx.Err()

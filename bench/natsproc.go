@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"github.com/keytrail/keytrail/internal/testenv"
@@ -27,10 +26,9 @@ func (h *harness) natsServerBinary(ctx context.Context) (string, error) {
 
 // natsProcess is one nats-server with JetStream, its store and configuration in dir.
 type natsProcess struct {
-	cmd    *exec.Cmd
-	dir    string
-	url    string
-	exited chan struct{}
+	*child
+	dir string
+	url string
 }
 
 // startNATSProcess starts nats-server on a free loopback port with the settings of
@@ -49,12 +47,12 @@ func startNATSProcess(ctx context.Context, bin, dir string) (*natsProcess, error
 	defer logFile.Close()
 	cmd := exec.Command(bin, "-c", confPath)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start nats-server: %w", err)
+	c, err := startChild(cmd, "nats-server", nil)
+	if err != nil {
+		return nil, err
 	}
-	p := &natsProcess{cmd: cmd, dir: dir, exited: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(p.exited) }()
-	portsFile := filepath.Join(dir, fmt.Sprintf("%s_%d.ports", filepath.Base(bin), cmd.Process.Pid))
+	p := &natsProcess{child: c, dir: dir}
+	portsFile := filepath.Join(dir, fmt.Sprintf("%s_%d.ports", filepath.Base(bin), p.pid()))
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		var ports struct {
@@ -76,24 +74,5 @@ func startNATSProcess(ctx context.Context, bin, dir string) (*natsProcess, error
 			p.stop()
 			return nil, errors.New("nats-server wrote no ports file within 30 s")
 		}
-	}
-}
-
-func (p *natsProcess) pid() int { return p.cmd.Process.Pid }
-
-// stop shuts the server down by its pid (SIGTERM, SIGKILL after 30 s); the pid is only
-// signalled while the process has not been reaped, so it cannot belong to another one.
-func (p *natsProcess) stop() {
-	select {
-	case <-p.exited:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -68,31 +67,11 @@ func (h *harness) runRSS(ctx context.Context) error {
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	h.logf("rss: keytrail serve -role ingest draining %s events", count(n))
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start keytrail: %w", err)
+	proc, err := startChild(cmd, "keytrail", nil)
+	if err != nil {
+		return err
 	}
-	// Wait for the process exactly once; exited is closed when it is gone.
-	exited := make(chan struct{})
-	var exitErr error
-	go func() { exitErr = cmd.Wait(); close(exited) }()
-	// Stop exactly the process started here, by its pid, whatever happens next.
-	stop := func() error {
-		select {
-		case <-exited:
-			return exitErr
-		default:
-		}
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-			return exitErr
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			return errors.New("keytrail did not stop within 30 s of SIGTERM; killed")
-		}
-	}
-	defer stop()
+	defer proc.stop()
 
 	var (
 		mu      sync.Mutex
@@ -106,7 +85,7 @@ func (h *harness) runRSS(ctx context.Context) error {
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
-			rss, high, err := alive(exited, cmd.Process.Pid)
+			rss, high, err := alive(proc.exited, proc.pid())
 			if err == nil {
 				mu.Lock()
 				peakRSS, hwm, samples = max(peakRSS, rss), max(hwm, high), samples+1
@@ -123,7 +102,7 @@ func (h *harness) runRSS(ctx context.Context) error {
 	waitCtx, cancelWait := context.WithCancel(ctx)
 	go func() {
 		select {
-		case <-exited:
+		case <-proc.exited:
 			cancelWait()
 		case <-waitCtx.Done():
 		}
@@ -132,15 +111,15 @@ func (h *harness) runRSS(ctx context.Context) error {
 	cancelWait()
 	if err != nil {
 		select {
-		case <-exited:
+		case <-proc.exited:
 			if ctx.Err() == nil {
-				err = fmt.Errorf("keytrail exited during the drain (%v)", exitErr)
+				err = fmt.Errorf("keytrail exited during the drain (%v)", proc.err)
 			}
 		default:
 		}
 	}
 	// Read the high-water mark once more before the process starts shutting down.
-	if _, high, perr := alive(exited, cmd.Process.Pid); perr == nil {
+	if _, high, perr := alive(proc.exited, proc.pid()); perr == nil {
 		mu.Lock()
 		hwm = max(hwm, high)
 		mu.Unlock()
@@ -150,7 +129,7 @@ func (h *harness) runRSS(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w\nlast lines of %s:\n%s", err, logPath, tail(logPath, 20))
 	}
-	if serr := stop(); serr != nil {
+	if serr := proc.stop(); serr != nil {
 		h.logf("rss: keytrail stop: %v", serr)
 	}
 	mb := float64(hwm) / 1024
