@@ -182,12 +182,8 @@ func newReport() Report {
 
 func (r *Report) add(o Report) {
 	r.HoursChecked += o.HoursChecked
-	for k, v := range o.HoursRepaired {
-		if hours, ok := o.repairedHours[k]; ok {
-			r.hoursRepaired(k, hours)
-		} else {
-			r.HoursRepaired[k] += v
-		}
+	for table, hours := range o.repairedHours {
+		r.hoursRepaired(table, hours)
 	}
 	for k, v := range o.CellsRepaired {
 		r.CellsRepaired[k] += v
